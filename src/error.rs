@@ -1,0 +1,201 @@
+//! The one error type of the library, named for what the caller does next.
+//!
+//! Local errors keep their source; only the HTTP and RPC edges turn them into
+//! strings. `http_status()` is the single place that maps an error to a status
+//! code, and `is_retryable()` tells clients whether another attempt (on this or
+//! another node) can succeed.
+
+use crate::ring::NodeId;
+
+/// Errors returned by every layer of ringkv.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The key (or another named thing) does not exist.
+    #[error("not found: {what}")]
+    NotFound {
+        /// What was looked for.
+        what: String,
+    },
+    /// The request itself is wrong; repeating it cannot succeed.
+    #[error("invalid input: {reason}")]
+    InvalidInput {
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A value larger than the configured maximum.
+    #[error("value too large: {size} bytes, the limit is {limit} bytes")]
+    TooLarge {
+        /// Bytes offered (or read so far).
+        size: u64,
+        /// The configured limit (`--max-value-size`).
+        limit: u64,
+    },
+    /// Fewer replicas answered than the quorum needs.
+    #[error("unavailable: needed {needed} replicas, {got} answered")]
+    Unavailable {
+        /// Replicas the quorum needs (W or R).
+        needed: usize,
+        /// Replicas that answered successfully.
+        got: usize,
+        /// The replicas that answered successfully.
+        answered: Vec<NodeId>,
+        /// The replicas that failed, with the reason.
+        failed: Vec<(NodeId, String)>,
+    },
+    /// A peer or the client took longer than the deadline.
+    #[error("timed out: {what}")]
+    Timeout {
+        /// What was waited for.
+        what: String,
+    },
+    /// The client went away or its upload broke off.
+    #[error("request aborted: {reason}")]
+    Aborted {
+        /// Why the transfer stopped.
+        reason: String,
+    },
+    /// A call to another node failed.
+    #[error("rpc to {node} failed: {reason}")]
+    Rpc {
+        /// The peer called.
+        node: NodeId,
+        /// What went wrong, as the transport said it.
+        reason: String,
+    },
+    /// The disk is full; the write was not stored.
+    #[error("no space left on the data disk")]
+    DiskFull,
+    /// Stored bytes do not match their checksum or cannot be decoded.
+    #[error("corrupt data: {reason}")]
+    Corrupt {
+        /// What did not check out.
+        reason: String,
+    },
+    /// The feature is not built yet.
+    #[error("not implemented: {what}")]
+    NotImplemented {
+        /// The missing feature.
+        what: String,
+    },
+    /// An I/O error on local files.
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The storage engine failed.
+    #[error("storage engine error: {0}")]
+    Storage(#[from] fjall::Error),
+    /// The node is shutting down or not ready.
+    #[error("node not ready: {reason}")]
+    NotReady {
+        /// Why it cannot serve.
+        reason: String,
+    },
+}
+
+/// Result with the library's error.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// Shorthand for [`Error::InvalidInput`].
+    pub fn invalid(reason: impl Into<String>) -> Self {
+        Error::InvalidInput {
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::Corrupt`].
+    pub fn corrupt(reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            reason: reason.into(),
+        }
+    }
+
+    /// Shorthand for [`Error::NotFound`].
+    pub fn not_found(what: impl Into<String>) -> Self {
+        Error::NotFound { what: what.into() }
+    }
+
+    /// The HTTP status code this error answers with.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::NotFound { .. } => 404,
+            Error::InvalidInput { .. } => 400,
+            Error::TooLarge { .. } => 413,
+            Error::Unavailable { .. } => 503,
+            Error::Timeout { .. } => 504,
+            Error::Aborted { .. } => 400,
+            Error::Rpc { .. } => 502,
+            Error::DiskFull => 507,
+            Error::Corrupt { .. } => 500,
+            Error::NotImplemented { .. } => 501,
+            Error::Io(e) if is_disk_full(e) => 507,
+            Error::Io(_) | Error::Storage(_) => 500,
+            Error::NotReady { .. } => 503,
+        }
+    }
+
+    /// A short machine-readable code for JSON error bodies.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::NotFound { .. } => "not_found",
+            Error::InvalidInput { .. } => "invalid_input",
+            Error::TooLarge { .. } => "too_large",
+            Error::Unavailable { .. } => "unavailable",
+            Error::Timeout { .. } => "timeout",
+            Error::Aborted { .. } => "aborted",
+            Error::Rpc { .. } => "rpc_failed",
+            Error::DiskFull => "disk_full",
+            Error::Corrupt { .. } => "corrupt",
+            Error::NotImplemented { .. } => "not_implemented",
+            Error::Io(_) => "io",
+            Error::Storage(_) => "storage",
+            Error::NotReady { .. } => "not_ready",
+        }
+    }
+
+    /// Whether the same request may succeed if tried again (here or elsewhere).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::Unavailable { .. }
+                | Error::Timeout { .. }
+                | Error::Rpc { .. }
+                | Error::NotReady { .. }
+        )
+    }
+
+    /// Maps a storage-engine error, recognising a full disk.
+    pub fn from_storage(err: fjall::Error) -> Self {
+        if let fjall::Error::Io(io) = &err
+            && is_disk_full(io)
+        {
+            return Error::DiskFull;
+        }
+        Error::Storage(err)
+    }
+}
+
+/// ENOSPC (28) or EDQUOT (122) on Linux.
+fn is_disk_full(err: &std::io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(28) | Some(122))
+        || err.kind() == std::io::ErrorKind::StorageFull
+}
+
+impl From<Error> for tonic::Status {
+    fn from(err: Error) -> Self {
+        let message = err.to_string();
+        match err {
+            Error::NotFound { .. } => tonic::Status::not_found(message),
+            Error::InvalidInput { .. } | Error::TooLarge { .. } => {
+                tonic::Status::invalid_argument(message)
+            }
+            Error::Timeout { .. } => tonic::Status::deadline_exceeded(message),
+            Error::Aborted { .. } => tonic::Status::aborted(message),
+            Error::DiskFull => tonic::Status::resource_exhausted(message),
+            Error::Corrupt { .. } => tonic::Status::data_loss(message),
+            Error::NotReady { .. } | Error::Unavailable { .. } => {
+                tonic::Status::unavailable(message)
+            }
+            _ => tonic::Status::internal(message),
+        }
+    }
+}

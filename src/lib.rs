@@ -1,0 +1,17 @@
+//! ringkv: a distributed hash table of equal nodes.
+//!
+//! Layers, bottom-up (see ARCHITECTURE.md for the flows through them):
+//!
+//! - [`error`], [`version`], [`ring`], [`key`], [`proto`], [`storage`]: pure
+//!   data, placement and the local store; no networking.
+//! - [`membership`] (gossip) and [`rpc`] (the node-to-node gRPC service).
+//! - [`coordinator`]: quorum reads and writes, read repair, streaming.
+//! - [`http`]: the public API; [`server`] wires a node together.
+//! - [`client`] (used by the CLI, the bench and the tests) and [`cli`].
+
+pub mod error;
+pub mod key;
+pub mod proto;
+pub mod ring;
+pub mod storage;
+pub mod version;

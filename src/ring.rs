@@ -1,0 +1,506 @@
+//! Consistent hashing with virtual nodes (F6) and zone-aware placement (F9).
+//!
+//! Pure data and functions: no I/O, no clocks. A [`Ring`] is built from the
+//! members the membership layer knows and answers "which nodes hold this
+//! key", in preference order. Every node that sees the same members builds the
+//! same ring and the same [`Ring::digest`].
+//!
+//! Placement: a key hashes (xxh3-64) to a [`Token`]; walking the ring clockwise
+//! from there, the replicas are the first N distinct nodes, taking nodes from
+//! zones not yet used first (Cassandra's rack awareness) and filling from the
+//! remaining nodes in walk order when there are fewer zones than N. Members
+//! that are `Joining` or `Removed` own no ranges; `Down` members keep theirs
+//! (a crash must not move data), and quorums route around them.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use xxhash_rust::xxh3::xxh3_64;
+
+use crate::error::{Error, Result};
+
+/// Virtual nodes per node when `--tokens` is not given.
+pub const DEFAULT_TOKENS_PER_NODE: usize = 64;
+
+/// A node's identity: the `host:port` peers use to reach it (F1).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct NodeId(String);
+
+impl NodeId {
+    /// Parses and checks a `host:port` identity.
+    pub fn parse(s: &str) -> Result<NodeId> {
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| Error::invalid(format!("node {s:?} is not host:port")))?;
+        if host.is_empty() {
+            return Err(Error::invalid(format!("node {s:?} has an empty host")));
+        }
+        let port: u16 = port
+            .parse()
+            .map_err(|_| Error::invalid(format!("node {s:?} has an invalid port")))?;
+        if port == 0 {
+            return Err(Error::invalid(format!("node {s:?} has port 0")));
+        }
+        Ok(NodeId(s.to_string()))
+    }
+
+    /// The identity as `host:port`.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The port part.
+    pub fn port(&self) -> u16 {
+        self.0
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// A stable 64-bit hash, used as the writer id in versions.
+    pub fn hash64(&self) -> u64 {
+        xxh3_64(self.0.as_bytes())
+    }
+}
+
+impl fmt::Display for NodeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A position on the ring (the 64-bit hash space).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Token(pub u64);
+
+impl Token {
+    /// The token a key hashes to.
+    pub fn of_key(key: &[u8]) -> Token {
+        Token(xxh3_64(key))
+    }
+}
+
+/// A member's place in its lifecycle (F7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemberState {
+    /// Announced, streaming its ranges; owns nothing yet.
+    Joining,
+    /// Serving its ranges.
+    Normal,
+    /// Handing its ranges over before it exits.
+    Leaving,
+    /// Suspected by the failure detector; still owns its ranges.
+    Down,
+    /// Removed for good; owns nothing.
+    Removed,
+}
+
+impl MemberState {
+    /// The lowercase name used on the wire and in JSON.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MemberState::Joining => "joining",
+            MemberState::Normal => "normal",
+            MemberState::Leaving => "leaving",
+            MemberState::Down => "down",
+            MemberState::Removed => "removed",
+        }
+    }
+
+    /// Parses the wire name.
+    pub fn parse(s: &str) -> Option<MemberState> {
+        Some(match s {
+            "joining" => MemberState::Joining,
+            "normal" => MemberState::Normal,
+            "leaving" => MemberState::Leaving,
+            "down" => MemberState::Down,
+            "removed" => MemberState::Removed,
+            _ => return None,
+        })
+    }
+
+    /// Whether members in this state own token ranges.
+    pub fn owns_ranges(&self) -> bool {
+        matches!(
+            self,
+            MemberState::Normal | MemberState::Leaving | MemberState::Down
+        )
+    }
+}
+
+/// One node as the ring sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its identity.
+    pub id: NodeId,
+    /// Its zone (`--zone`); empty when unset.
+    pub zone: String,
+    /// Its lifecycle state.
+    pub state: MemberState,
+    /// Its virtual-node positions, sorted.
+    pub tokens: Vec<Token>,
+}
+
+/// An immutable view of the ring: members, tokens and the replication factor.
+#[derive(Debug, Clone)]
+pub struct Ring {
+    /// Replication factor N.
+    replicas: usize,
+    /// All known members by id, including those that own nothing.
+    members: BTreeMap<NodeId, Member>,
+    /// Every owned token with the index of its member in `owners`, sorted by token.
+    points: Vec<(Token, u32)>,
+    /// Members that own ranges, indexed by `points`.
+    owners: Vec<NodeId>,
+    /// Zone of each entry in `owners`.
+    owner_zones: Vec<u32>,
+    /// Number of distinct zones among owners.
+    zone_count: usize,
+    /// Hash of everything above; equal rings have equal digests.
+    digest: u64,
+}
+
+impl Ring {
+    /// Builds the ring from members and the replication factor.
+    pub fn new(members: impl IntoIterator<Item = Member>, replicas: usize) -> Ring {
+        let members: BTreeMap<NodeId, Member> =
+            members.into_iter().map(|m| (m.id.clone(), m)).collect();
+        let mut owners = Vec::new();
+        let mut owner_zones = Vec::new();
+        let mut zones: BTreeMap<&str, u32> = BTreeMap::new();
+        let mut points = Vec::new();
+        for member in members.values().filter(|m| m.state.owns_ranges()) {
+            let index = owners.len() as u32;
+            owners.push(member.id.clone());
+            let next_zone = zones.len() as u32;
+            owner_zones.push(*zones.entry(member.zone.as_str()).or_insert(next_zone));
+            points.extend(member.tokens.iter().map(|t| (*t, index)));
+        }
+        // Two members claiming one token: the smaller id wins, on every node alike.
+        points.sort();
+        points.dedup_by_key(|(t, _)| *t);
+        let zone_count = zones.len();
+        let digest = digest_of(&members, replicas);
+        Ring {
+            replicas,
+            members,
+            points,
+            owners,
+            owner_zones,
+            zone_count,
+            digest,
+        }
+    }
+
+    /// The replication factor N.
+    pub fn replicas(&self) -> usize {
+        self.replicas
+    }
+
+    /// All members, including those that own nothing.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    /// One member.
+    pub fn member(&self, id: &NodeId) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    /// A hash of the whole view; nodes agree on the ring iff digests agree.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// The replicas of `key`, in preference order (F6, F9).
+    pub fn nodes_of(&self, key: &[u8]) -> Vec<NodeId> {
+        self.nodes_of_token(Token::of_key(key))
+    }
+
+    /// The replicas of the range that holds `token`, in preference order.
+    pub fn nodes_of_token(&self, token: Token) -> Vec<NodeId> {
+        self.owner_indexes_of_token(token)
+            .into_iter()
+            .map(|i| self.owners[i].clone())
+            .collect()
+    }
+
+    fn owner_indexes_of_token(&self, token: Token) -> Vec<usize> {
+        let want = self.replicas.min(self.owners.len());
+        if want == 0 {
+            return Vec::new();
+        }
+        let zones_wanted = want.min(self.zone_count);
+        let start = self.points.partition_point(|(t, _)| *t < token);
+        let mut seen: Vec<usize> = Vec::with_capacity(want);
+        let mut zones_used: HashSet<u32> = HashSet::new();
+        let mut picked: Vec<bool> = Vec::with_capacity(want);
+        for step in 0..self.points.len() {
+            let (_, owner) = self.points[(start + step) % self.points.len()];
+            let owner = owner as usize;
+            if seen.contains(&owner) {
+                continue;
+            }
+            let new_zone = zones_used.len() < zones_wanted
+                && zones_used.insert(self.owner_zones[owner]);
+            seen.push(owner);
+            picked.push(new_zone);
+            if zones_used.len() == zones_wanted && seen.len() >= want {
+                break;
+            }
+        }
+        // Zone-first picks, then the rest in walk order; reported in walk order.
+        let mut fill = want - zones_used.len();
+        seen.iter()
+            .zip(picked)
+            .filter_map(|(owner, by_zone)| {
+                if by_zone {
+                    Some(*owner)
+                } else if fill > 0 {
+                    fill -= 1;
+                    Some(*owner)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    /// The ranges of the ring as `(start_exclusive, end_inclusive, replicas)`.
+    /// The first range wraps around from the last token.
+    pub fn ranges(&self) -> Vec<(Token, Token, Vec<NodeId>)> {
+        let n = self.points.len();
+        (0..n)
+            .map(|i| {
+                let start = self.points[(i + n - 1) % n].0;
+                let end = self.points[i].0;
+                (start, end, self.nodes_of_token(end))
+            })
+            .collect()
+    }
+
+    /// Each owner's share of replica copies: the fraction of the hash space it
+    /// holds a replica of, divided by N, so the shares of all nodes sum to 1.
+    pub fn load_shares(&self) -> BTreeMap<NodeId, f64> {
+        let mut load: BTreeMap<NodeId, f64> = BTreeMap::new();
+        let n = self.points.len();
+        if n == 0 {
+            return load;
+        }
+        let copies = self.replicas.min(self.owners.len()) as f64;
+        for i in 0..n {
+            let start = self.points[(i + n - 1) % n].0.0;
+            let end = self.points[i].0.0;
+            let width = if n == 1 {
+                u64::MAX as f64
+            } else {
+                end.wrapping_sub(start) as f64
+            };
+            for owner in self.owner_indexes_of_token(self.points[i].0) {
+                *load.entry(self.owners[owner].clone()).or_default() +=
+                    width / (u64::MAX as f64 * copies);
+            }
+        }
+        load
+    }
+}
+
+fn digest_of(members: &BTreeMap<NodeId, Member>, replicas: usize) -> u64 {
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&(replicas as u64).to_be_bytes());
+    for m in members.values() {
+        bytes.extend_from_slice(m.id.as_str().as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(m.zone.as_bytes());
+        bytes.push(0);
+        bytes.extend_from_slice(m.state.as_str().as_bytes());
+        bytes.push(0);
+        for t in &m.tokens {
+            bytes.extend_from_slice(&t.0.to_be_bytes());
+        }
+    }
+    xxh3_64(&bytes)
+}
+
+/// `count` random tokens for a new node.
+pub fn random_tokens(count: usize) -> Vec<Token> {
+    let mut tokens: Vec<Token> = (0..count).map(|_| Token(rand::random())).collect();
+    tokens.sort();
+    tokens.dedup();
+    tokens
+}
+
+/// Encodes tokens for gossip: hex, comma separated.
+pub fn encode_tokens(tokens: &[Token]) -> String {
+    tokens
+        .iter()
+        .map(|t| format!("{:x}", t.0))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Decodes [`encode_tokens`]; a malformed list is an error, never a panic.
+pub fn decode_tokens(s: &str) -> Result<Vec<Token>> {
+    if s.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut tokens = s
+        .split(',')
+        .map(|t| {
+            u64::from_str_radix(t, 16)
+                .map(Token)
+                .map_err(|_| Error::invalid(format!("bad token {t:?}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    tokens.sort();
+    Ok(tokens)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn member(i: usize, zone: &str, tokens: usize) -> Member {
+        Member {
+            id: NodeId::parse(&format!("127.0.0.1:{}", 1000 + i)).unwrap(),
+            zone: zone.to_string(),
+            state: MemberState::Normal,
+            tokens: random_tokens(tokens),
+        }
+    }
+
+    #[test]
+    fn node_id_parsing() {
+        assert!(NodeId::parse("a:1").is_ok());
+        assert!(NodeId::parse("[::1]:50140").is_ok());
+        assert!(NodeId::parse("nohost").is_err());
+        assert!(NodeId::parse(":1").is_err());
+        assert!(NodeId::parse("a:0").is_err());
+        assert!(NodeId::parse("a:99999").is_err());
+        assert_eq!(NodeId::parse("h:50140").unwrap().port(), 50140);
+    }
+
+    #[test]
+    fn replicas_are_distinct_and_n_long() {
+        let ring = Ring::new((0..5).map(|i| member(i, "", 16)), 3);
+        for k in 0..500 {
+            let nodes = ring.nodes_of(format!("key{k}").as_bytes());
+            assert_eq!(nodes.len(), 3);
+            let set: HashSet<_> = nodes.iter().collect();
+            assert_eq!(set.len(), 3);
+        }
+    }
+
+    #[test]
+    fn fewer_nodes_than_n_gives_every_node() {
+        let ring = Ring::new((0..2).map(|i| member(i, "", 8)), 3);
+        assert_eq!(ring.nodes_of(b"k").len(), 2);
+        let empty = Ring::new(Vec::new(), 3);
+        assert!(empty.nodes_of(b"k").is_empty());
+    }
+
+    #[test]
+    fn three_zones_get_one_replica_each() {
+        let zones = ["a", "a", "a", "b", "b", "c", "c", "c", "c"];
+        let ring = Ring::new(
+            zones.iter().enumerate().map(|(i, z)| member(i, z, 16)),
+            3,
+        );
+        for k in 0..1000 {
+            let nodes = ring.nodes_of(format!("key{k}").as_bytes());
+            let zones: HashSet<_> = nodes
+                .iter()
+                .map(|n| ring.member(n).unwrap().zone.clone())
+                .collect();
+            assert_eq!(zones.len(), 3, "{nodes:?}");
+        }
+    }
+
+    #[test]
+    fn fewer_zones_than_n_still_distinct_nodes() {
+        let zones = ["a", "a", "b", "b"];
+        let ring = Ring::new(
+            zones.iter().enumerate().map(|(i, z)| member(i, z, 16)),
+            3,
+        );
+        for k in 0..1000 {
+            let nodes = ring.nodes_of(format!("key{k}").as_bytes());
+            assert_eq!(nodes.iter().collect::<HashSet<_>>().len(), 3);
+            let zones: HashSet<_> = nodes
+                .iter()
+                .map(|n| ring.member(n).unwrap().zone.clone())
+                .collect();
+            assert_eq!(zones.len(), 2);
+        }
+    }
+
+    #[test]
+    fn joining_and_removed_members_own_nothing() {
+        let mut members: Vec<Member> = (0..4).map(|i| member(i, "", 16)).collect();
+        members[0].state = MemberState::Joining;
+        members[1].state = MemberState::Removed;
+        members[2].state = MemberState::Down;
+        let ring = Ring::new(members.clone(), 3);
+        for k in 0..200 {
+            let nodes = ring.nodes_of(format!("k{k}").as_bytes());
+            assert!(!nodes.contains(&members[0].id));
+            assert!(!nodes.contains(&members[1].id));
+            assert_eq!(nodes.len(), 2);
+        }
+    }
+
+    #[test]
+    fn load_shares_sum_to_one() {
+        let ring = Ring::new((0..7).map(|i| member(i, "", 32)), 3);
+        let total: f64 = ring.load_shares().values().sum();
+        assert!((total - 1.0).abs() < 1e-6, "{total}");
+    }
+
+    #[test]
+    fn digest_depends_on_members_not_on_order() {
+        let members: Vec<Member> = (0..4).map(|i| member(i, "", 8)).collect();
+        let mut reversed = members.clone();
+        reversed.reverse();
+        assert_eq!(
+            Ring::new(members.clone(), 3).digest(),
+            Ring::new(reversed, 3).digest()
+        );
+        assert_ne!(
+            Ring::new(members.clone(), 3).digest(),
+            Ring::new(members, 2).digest()
+        );
+    }
+
+    #[test]
+    fn bad_token_lists_are_errors() {
+        assert!(decode_tokens("zz").is_err());
+        assert!(decode_tokens("1,,2").is_err());
+        assert_eq!(decode_tokens("").unwrap(), vec![]);
+    }
+
+    proptest! {
+        #[test]
+        fn token_codec_round_trips(raw in proptest::collection::vec(any::<u64>(), 0..100)) {
+            let mut tokens: Vec<Token> = raw.into_iter().map(Token).collect();
+            tokens.sort();
+            prop_assert_eq!(decode_tokens(&encode_tokens(&tokens)).unwrap(), tokens);
+        }
+
+        #[test]
+        fn placement_is_the_same_whatever_the_member_order(seed in any::<u64>(), key in any::<Vec<u8>>()) {
+            let members: Vec<Member> = (0..6u64).map(|i| Member {
+                id: NodeId::parse(&format!("n:{}", 1 + i)).unwrap(),
+                zone: format!("z{}", i % 2),
+                state: MemberState::Normal,
+                tokens: (0..8u64).map(|j| Token(xxh3_64(&(seed ^ (i * 100 + j)).to_be_bytes()))).collect(),
+            }).collect();
+            let mut shuffled = members.clone();
+            shuffled.rotate_left((seed % 6) as usize);
+            prop_assert_eq!(Ring::new(members, 3).nodes_of(&key), Ring::new(shuffled, 3).nodes_of(&key));
+        }
+    }
+}

@@ -1,0 +1,274 @@
+//! The seam between ringkv's record logic and the embedded engine: three
+//! ordered byte maps ("spaces") with atomic multi-space batches.
+//!
+//! [`FjallEngine`] is the real one (an LSM tree on disk, see ARCHITECTURE.md
+//! for why fjall). [`MemoryEngine`] backs `--in-memory` nodes (tests and
+//! demos) with the same semantics and no durability.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::RwLock;
+
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+
+use crate::error::{Error, Result};
+
+/// The three maps a store keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Space {
+    /// One [`StoredRecord`](crate::rpc::proto::StoredRecord) per key.
+    Meta,
+    /// Value chunks of large values, keyed by key, version and index.
+    Chunks,
+    /// Markers of streamed writes in progress, cleaned up after a crash.
+    Pending,
+}
+
+/// One change inside an atomic batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Sets a key.
+    Put(Space, Vec<u8>, Bytes),
+    /// Removes a key.
+    Delete(Space, Vec<u8>),
+}
+
+/// An ordered key-value engine with atomic batches.
+pub trait Engine: Send + Sync + 'static {
+    /// The value of `key`, if any.
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Bytes>>;
+    /// Up to `limit` entries whose key starts with `prefix` and is after
+    /// `start`, in key order.
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        start: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>>;
+    /// Applies every op or none.
+    fn apply(&self, ops: Vec<Op>) -> Result<()>;
+    /// Makes every applied batch durable against power loss (fsync).
+    fn persist(&self) -> Result<()>;
+    /// Bytes the engine uses on disk (0 in memory).
+    fn disk_bytes(&self) -> u64;
+}
+
+/// fjall: a pure-Rust LSM tree, one database with a keyspace per [`Space`].
+pub struct FjallEngine {
+    /// The database; owns the journal shared by all keyspaces.
+    db: Database,
+    /// Records, small and hot: no key-value separation.
+    meta: Keyspace,
+    /// Chunks of up to 1 MiB: key-value separated so compaction never
+    /// rewrites value bytes.
+    chunks: Keyspace,
+    /// Pending-write markers.
+    pending: Keyspace,
+}
+
+impl FjallEngine {
+    /// Opens (or creates) the engine under `path`.
+    pub fn open(path: &Path) -> Result<FjallEngine> {
+        std::fs::create_dir_all(path)?;
+        let db = Database::builder(path).open().map_err(Error::from_storage)?;
+        let meta = db
+            .keyspace("meta", KeyspaceCreateOptions::default)
+            .map_err(Error::from_storage)?;
+        let chunks = db
+            .keyspace("chunks", || {
+                KeyspaceCreateOptions::default()
+                    .with_kv_separation(Some(KvSeparationOptions::default()))
+            })
+            .map_err(Error::from_storage)?;
+        let pending = db
+            .keyspace("pending", KeyspaceCreateOptions::default)
+            .map_err(Error::from_storage)?;
+        Ok(FjallEngine {
+            db,
+            meta,
+            chunks,
+            pending,
+        })
+    }
+
+    fn keyspace(&self, space: Space) -> &Keyspace {
+        match space {
+            Space::Meta => &self.meta,
+            Space::Chunks => &self.chunks,
+            Space::Pending => &self.pending,
+        }
+    }
+}
+
+impl Engine for FjallEngine {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Bytes>> {
+        Ok(self
+            .keyspace(space)
+            .get(key)
+            .map_err(Error::from_storage)?
+            .map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        start: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        let start = match start {
+            Bound::Unbounded => Bound::Included(prefix.to_vec()),
+            other => other,
+        };
+        let mut out = Vec::new();
+        for guard in self
+            .keyspace(space)
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        {
+            let (key, value) = guard.into_inner().map_err(Error::from_storage)?;
+            if !key.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push((key.to_vec(), Bytes::copy_from_slice(&value)));
+        }
+        Ok(out)
+    }
+
+    fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        let mut batch = self.db.batch();
+        for op in ops {
+            match op {
+                Op::Put(space, key, value) => batch.insert(self.keyspace(space), key, &value[..]),
+                Op::Delete(space, key) => batch.remove(self.keyspace(space), key),
+            }
+        }
+        batch.commit().map_err(Error::from_storage)
+    }
+
+    fn persist(&self) -> Result<()> {
+        self.db
+            .persist(PersistMode::SyncData)
+            .map_err(Error::from_storage)
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
+
+/// Ordered maps in memory; `--in-memory` nodes lose everything on exit.
+#[derive(Default)]
+pub struct MemoryEngine {
+    /// One map per space. A std lock: never held across an await.
+    spaces: RwLock<BTreeMap<Space, BTreeMap<Vec<u8>, Bytes>>>,
+}
+
+impl Engine for MemoryEngine {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Bytes>> {
+        let spaces = self.spaces.read().unwrap_or_else(|p| p.into_inner());
+        Ok(spaces.get(&space).and_then(|m| m.get(key)).cloned())
+    }
+
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        start: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        let start = match start {
+            Bound::Unbounded => Bound::Included(prefix.to_vec()),
+            other => other,
+        };
+        let spaces = self.spaces.read().unwrap_or_else(|p| p.into_inner());
+        let Some(map) = spaces.get(&space) else {
+            return Ok(Vec::new());
+        };
+        Ok(map
+            .range((start, Bound::Unbounded))
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect())
+    }
+
+    fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        let mut spaces = self.spaces.write().unwrap_or_else(|p| p.into_inner());
+        for op in ops {
+            match op {
+                Op::Put(space, key, value) => {
+                    spaces.entry(space).or_default().insert(key, value);
+                }
+                Op::Delete(space, key) => {
+                    spaces.entry(space).or_default().remove(&key);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn persist(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn disk_bytes(&self) -> u64 {
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn exercise(engine: &dyn Engine) {
+        engine
+            .apply(vec![
+                Op::Put(Space::Meta, b"a/1".to_vec(), Bytes::from_static(b"x")),
+                Op::Put(Space::Meta, b"a/2".to_vec(), Bytes::from_static(b"y")),
+                Op::Put(Space::Meta, b"b/1".to_vec(), Bytes::from_static(b"z")),
+                Op::Put(Space::Chunks, b"a/1".to_vec(), Bytes::from_static(b"c")),
+            ])
+            .unwrap();
+        assert_eq!(
+            engine.get(Space::Meta, b"a/2").unwrap().unwrap(),
+            Bytes::from_static(b"y")
+        );
+        let a = engine
+            .scan(Space::Meta, b"a/", Bound::Unbounded, 10)
+            .unwrap();
+        assert_eq!(a.len(), 2);
+        let after = engine
+            .scan(Space::Meta, b"a/", Bound::Excluded(b"a/1".to_vec()), 10)
+            .unwrap();
+        assert_eq!(after.len(), 1);
+        assert_eq!(after[0].0, b"a/2");
+        let limited = engine.scan(Space::Meta, b"", Bound::Unbounded, 2).unwrap();
+        assert_eq!(limited.len(), 2);
+        engine
+            .apply(vec![Op::Delete(Space::Meta, b"a/1".to_vec())])
+            .unwrap();
+        assert!(engine.get(Space::Meta, b"a/1").unwrap().is_none());
+        assert!(engine.get(Space::Chunks, b"a/1").unwrap().is_some());
+        engine.persist().unwrap();
+    }
+
+    #[test]
+    fn memory_engine_semantics() {
+        exercise(&MemoryEngine::default());
+    }
+
+    #[test]
+    fn fjall_engine_semantics_and_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let engine = FjallEngine::open(dir.path()).unwrap();
+            exercise(&engine);
+        }
+        let engine = FjallEngine::open(dir.path()).unwrap();
+        assert!(engine.get(Space::Meta, b"b/1").unwrap().is_some());
+        assert!(engine.get(Space::Meta, b"a/1").unwrap().is_none());
+    }
+}

@@ -1,0 +1,807 @@
+//! Durable storage of versioned records on one node (F3).
+//!
+//! A [`Store`] keeps, per key, the newest record it has seen: a value or a
+//! tombstone, with its version, content type, size and blake3 checksum. It
+//! owns the merge rule on disk: a write whose version is not newer than the
+//! stored one changes nothing (see `version.rs`).
+//!
+//! # On-disk layout (three spaces of one engine, see `engine.rs`)
+//!
+//! - `meta`: `key` -> `0x01 ++ StoredRecord` (prost). Values of at most
+//!   [`INLINE_MAX_BYTES`] live inside the record.
+//! - `chunks`: `u16 key length ++ key ++ timestamp ++ writer ++ u32 index`
+//!   (big-endian) -> `bytes ++ xxh3-64 of the bytes`. Larger values are cut
+//!   into [`CHUNK_SIZE_BYTES`] chunks written as they stream in; chunks carry
+//!   the version, so a new write never touches the chunks of the one it
+//!   replaces until its record is committed.
+//! - `pending`: `u16 key length ++ key ++ timestamp ++ writer` -> empty, set
+//!   while a streamed write is in flight. The record commit removes it in the
+//!   same batch; [`Store::open`] deletes the chunks of any marker left by a
+//!   crash. A half-written value is therefore never visible.
+//!
+//! # Durability
+//!
+//! Every batch reaches the OS before `apply` returns (survives a process
+//! kill). With `fsync` on, [`Store::sync`] additionally waits until the data
+//! is on disk; concurrent callers share one fsync (group commit).
+
+mod engine;
+
+use std::ops::Bound;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::{Bytes, BytesMut};
+use prost::Message;
+use tokio::sync::{mpsc, oneshot};
+use xxhash_rust::xxh3::xxh3_64;
+
+pub use self::engine::{Engine, FjallEngine, MemoryEngine, Op, Space};
+use crate::error::{Error, Result};
+use crate::proto::{RecordMeta, StoredRecord};
+use crate::version::Version;
+
+/// Largest value kept inside its record (bytes): one read serves it.
+pub const INLINE_MAX_BYTES: usize = 64 * 1024;
+/// Bytes per stored chunk of a large value: 1 MiB keeps each engine write
+/// and each RPC message well under the 4 MiB gRPC default.
+pub const CHUNK_SIZE_BYTES: usize = 1024 * 1024;
+/// Key locks striped over this many mutexes.
+const LOCK_STRIPES: usize = 256;
+/// Format byte in front of every encoded record.
+const RECORD_FORMAT_V1: u8 = 1;
+/// Checksum bytes appended to every chunk.
+const CHUNK_CHECKSUM_BYTES: usize = 8;
+
+/// How a store is opened.
+#[derive(Debug, Clone)]
+pub struct StorageOptions {
+    /// Where the engine keeps its files; `None` keeps everything in memory.
+    pub data_dir: Option<PathBuf>,
+    /// Wait for data to be on disk before acknowledging (group-committed).
+    pub fsync: bool,
+}
+
+/// What happened to a write on this replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// False when the replica already held this or a newer version.
+    pub applied: bool,
+    /// The version the replica holds now.
+    pub current: Version,
+}
+
+/// A node's store. Cheap to clone; all clones share one engine.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The engine: fjall on disk or maps in memory.
+    engine: Box<dyn Engine>,
+    /// Serialises read-compare-write of one key's record; std mutexes,
+    /// never held across an await.
+    locks: Vec<Mutex<()>>,
+    /// Group-commit queue, present when `fsync` is on.
+    syncer: Option<mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>>,
+}
+
+impl Store {
+    /// Opens the store and removes what a crash left half-written. Must be
+    /// called inside a tokio runtime when `fsync` is on.
+    pub fn open(options: &StorageOptions) -> Result<Store> {
+        let engine: Box<dyn Engine> = match &options.data_dir {
+            Some(dir) => Box::new(FjallEngine::open(&dir.join("engine"))?),
+            None => Box::new(MemoryEngine::default()),
+        };
+        let engine: Arc<dyn Engine> = Arc::from(engine);
+        let syncer = options.fsync.then(|| spawn_group_commit(engine.clone()));
+        let store = Store {
+            inner: Arc::new(Inner {
+                engine: Box::new(SharedEngine(engine)),
+                locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+                syncer,
+            }),
+        };
+        store.clean_pending()?;
+        Ok(store)
+    }
+
+    /// Deletes chunks of streamed writes that never committed.
+    fn clean_pending(&self) -> Result<()> {
+        loop {
+            let markers =
+                self.inner
+                    .engine
+                    .scan(Space::Pending, b"", Bound::Unbounded, 64)?;
+            if markers.is_empty() {
+                return Ok(());
+            }
+            for (marker, _) in markers {
+                let mut ops = self.chunk_deletes_with_prefix(&marker)?;
+                ops.push(Op::Delete(Space::Pending, marker));
+                self.inner.engine.apply(ops)?;
+            }
+        }
+    }
+
+    fn chunk_deletes_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Op>> {
+        let mut ops = Vec::new();
+        let mut start = Bound::Unbounded;
+        loop {
+            let batch = self
+                .inner
+                .engine
+                .scan(Space::Chunks, prefix, start, 256)?;
+            let Some((last, _)) = batch.last() else {
+                return Ok(ops);
+            };
+            start = Bound::Excluded(last.clone());
+            ops.extend(batch.into_iter().map(|(k, _)| Op::Delete(Space::Chunks, k)));
+        }
+    }
+
+    /// The record held for `key`, if any.
+    pub fn record(&self, key: &str) -> Result<Option<StoredRecord>> {
+        match self.inner.engine.get(Space::Meta, key.as_bytes())? {
+            Some(bytes) => decode_record(&bytes).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The version held for `key` (`Version::ZERO` when absent).
+    pub fn version_of(&self, key: &str) -> Result<Version> {
+        Ok(self
+            .record(key)?
+            .and_then(|r| r.meta)
+            .map(|m| m.version())
+            .unwrap_or(Version::ZERO))
+    }
+
+    /// Stores a whole value (or a tombstone) if newer than what is held.
+    pub fn write_whole(&self, meta: RecordMeta, value: Bytes) -> Result<WriteOutcome> {
+        check_meta(&meta)?;
+        if meta.deleted && !value.is_empty() {
+            return Err(Error::invalid("a tombstone carries no value"));
+        }
+        if meta.size != value.len() as u64 {
+            return Err(Error::invalid(format!(
+                "size {} does not match the {} bytes sent",
+                meta.size,
+                value.len()
+            )));
+        }
+        if !meta.deleted && blake3::hash(&value).as_bytes()[..] != meta.checksum[..] {
+            return Err(Error::invalid("checksum does not match the value sent"));
+        }
+        let version = meta.version();
+        if value.len() <= INLINE_MAX_BYTES {
+            let deleted = meta.deleted;
+            let record = StoredRecord {
+                meta: Some(meta),
+                inline_value: (!deleted).then_some(value),
+                chunk_count: 0,
+                chunk_size: 0,
+            };
+            return self.commit(record, Vec::new(), Staged::default());
+        }
+        let key = meta.key.clone();
+        let mut ops = Vec::new();
+        let mut count = 0u32;
+        for (index, piece) in value.chunks(CHUNK_SIZE_BYTES).enumerate() {
+            ops.push(Op::Put(
+                Space::Chunks,
+                chunk_key(&key, version, index as u32),
+                seal_chunk(piece),
+            ));
+            count += 1;
+        }
+        let record = StoredRecord {
+            meta: Some(meta),
+            inline_value: None,
+            chunk_count: count,
+            chunk_size: CHUNK_SIZE_BYTES as u32,
+        };
+        self.commit(record, ops, Staged::default())
+    }
+
+    /// Starts a streamed write; see [`StreamWriter`].
+    pub fn begin_stream(&self, header: RecordMeta) -> Result<StreamWriter> {
+        check_meta(&header)?;
+        if header.deleted {
+            return Err(Error::invalid("a tombstone is not streamed"));
+        }
+        let marker = pending_key(&header.key, header.version());
+        self.inner.engine.apply(vec![Op::Put(
+            Space::Pending,
+            marker.clone(),
+            Bytes::new(),
+        )])?;
+        Ok(StreamWriter {
+            store: self.clone(),
+            header,
+            marker,
+            buffer: BytesMut::new(),
+            chunks_written: 0,
+            size: 0,
+            hasher: blake3::Hasher::new(),
+            finished: false,
+        })
+    }
+
+    /// Writes `record` (with `ops`) if its version is newer than the stored
+    /// one; otherwise removes what `staged` put on disk beforehand.
+    fn commit(&self, record: StoredRecord, mut ops: Vec<Op>, staged: Staged) -> Result<WriteOutcome> {
+        let meta = record.meta.as_ref().ok_or_else(|| Error::invalid("record without meta"))?;
+        let key = meta.key.clone();
+        let version = meta.version();
+        let _guard = self.lock(&key);
+        let existing = self.record(&key)?;
+        let current = existing
+            .as_ref()
+            .and_then(|r| r.meta.as_ref())
+            .map(|m| m.version())
+            .unwrap_or(Version::ZERO);
+        if current >= version {
+            // Keep the newer record; remove whatever this write staged.
+            let undo = staged.undo();
+            if !undo.is_empty() {
+                self.inner.engine.apply(undo)?;
+            }
+            return Ok(WriteOutcome {
+                applied: false,
+                current,
+            });
+        }
+        if let Some(old) = existing {
+            let old_version = old.meta.as_ref().map(|m| m.version()).unwrap_or_default();
+            for index in 0..old.chunk_count {
+                ops.push(Op::Delete(Space::Chunks, chunk_key(&key, old_version, index)));
+            }
+        }
+        ops.push(Op::Put(
+            Space::Meta,
+            key.as_bytes().to_vec(),
+            encode_record(&record),
+        ));
+        if let Some(marker) = staged.marker {
+            ops.push(Op::Delete(Space::Pending, marker));
+        }
+        self.inner.engine.apply(ops)?;
+        Ok(WriteOutcome {
+            applied: true,
+            current: version,
+        })
+    }
+
+    fn lock(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
+        let stripe = (xxh3_64(key.as_bytes()) % LOCK_STRIPES as u64) as usize;
+        self.inner.locks[stripe]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The bytes of chunk `index` of `key` at `version`, checked.
+    pub fn read_chunk(&self, key: &str, version: Version, index: u32) -> Result<Bytes> {
+        let raw = self
+            .inner
+            .engine
+            .get(Space::Chunks, &chunk_key(key, version, index))?
+            .ok_or_else(|| {
+                Error::not_found(format!("chunk {index} of {key:?} at version {version:?}"))
+            })?;
+        open_chunk(raw).map_err(|e| match e {
+            Error::Corrupt { reason } => Error::corrupt(format!("{key:?} chunk {index}: {reason}")),
+            other => other,
+        })
+    }
+
+    /// The whole inline value of a record, checked against its checksum.
+    pub fn inline_value(&self, record: &StoredRecord) -> Result<Option<Bytes>> {
+        let (Some(meta), Some(value)) = (&record.meta, &record.inline_value) else {
+            return Ok(None);
+        };
+        if !meta.deleted && blake3::hash(value).as_bytes()[..] != meta.checksum[..] {
+            return Err(Error::corrupt(format!(
+                "value of {:?} does not match its checksum",
+                meta.key
+            )));
+        }
+        Ok(Some(value.clone()))
+    }
+
+    /// Records whose key starts with `prefix` and sorts after `after`, in key
+    /// order, at most `limit`.
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> Result<Vec<RecordMeta>> {
+        let start = match after {
+            Some(a) => Bound::Excluded(a.as_bytes().to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.inner
+            .engine
+            .scan(Space::Meta, prefix.as_bytes(), start, limit)?
+            .into_iter()
+            .map(|(_, raw)| {
+                decode_record(&raw)?
+                    .meta
+                    .ok_or_else(|| Error::corrupt("record without meta"))
+            })
+            .collect()
+    }
+
+    /// Waits until everything applied so far is on disk, when `fsync` is on.
+    /// Concurrent callers share one fsync.
+    pub async fn sync(&self) -> Result<()> {
+        let Some(syncer) = &self.inner.syncer else {
+            return Ok(());
+        };
+        let (tx, rx) = oneshot::channel();
+        syncer
+            .send(tx)
+            .map_err(|_| Error::NotReady { reason: "store is closed".into() })?;
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(Error::Io(std::io::Error::other(reason))),
+            Err(_) => Err(Error::NotReady { reason: "store is closed".into() }),
+        }
+    }
+
+    /// Flushes everything to disk (shutdown).
+    pub fn persist(&self) -> Result<()> {
+        self.inner.engine.persist()
+    }
+
+    /// Bytes used on disk.
+    pub fn disk_bytes(&self) -> u64 {
+        self.inner.engine.disk_bytes()
+    }
+}
+
+/// What a streamed write put on disk before its commit.
+#[derive(Default)]
+struct Staged {
+    /// Keys of its chunks.
+    chunks: Vec<Vec<u8>>,
+    /// Its pending marker.
+    marker: Option<Vec<u8>>,
+}
+
+impl Staged {
+    /// The ops that remove it all.
+    fn undo(self) -> Vec<Op> {
+        let mut ops: Vec<Op> = self
+            .chunks
+            .into_iter()
+            .map(|k| Op::Delete(Space::Chunks, k))
+            .collect();
+        ops.extend(self.marker.map(|m| Op::Delete(Space::Pending, m)));
+        ops
+    }
+}
+
+/// Forwards to an engine shared with the group-commit task.
+struct SharedEngine(Arc<dyn Engine>);
+
+impl Engine for SharedEngine {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Bytes>> {
+        self.0.get(space, key)
+    }
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        start: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        self.0.scan(space, prefix, start, limit)
+    }
+    fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        self.0.apply(ops)
+    }
+    fn persist(&self) -> Result<()> {
+        self.0.persist()
+    }
+    fn disk_bytes(&self) -> u64 {
+        self.0.disk_bytes()
+    }
+}
+
+/// Group commit: whoever waits when an fsync starts is answered by it.
+fn spawn_group_commit(
+    engine: Arc<dyn Engine>,
+) -> mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), String>>>();
+    tokio::spawn(async move {
+        while let Some(first) = rx.recv().await {
+            let mut waiters = vec![first];
+            while let Ok(more) = rx.try_recv() {
+                waiters.push(more);
+            }
+            let engine = engine.clone();
+            let result = tokio::task::spawn_blocking(move || engine.persist())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r.map_err(|e| e.to_string()));
+            for waiter in waiters {
+                let _ = waiter.send(result.clone());
+            }
+        }
+    });
+    tx
+}
+
+/// A streamed write in progress on one replica. Bytes go to disk chunk by
+/// chunk as they arrive; the record becomes visible only in [`finish`]
+/// (`StreamWriter::finish`). Dropping an unfinished writer removes its chunks.
+pub struct StreamWriter {
+    /// The store written to.
+    store: Store,
+    /// Key, version and content type of the value.
+    header: RecordMeta,
+    /// This write's pending marker.
+    marker: Vec<u8>,
+    /// Bytes not yet making a full chunk.
+    buffer: BytesMut,
+    /// Chunks on disk so far.
+    chunks_written: u32,
+    /// Bytes received so far.
+    size: u64,
+    /// Running blake3 of the bytes received.
+    hasher: blake3::Hasher,
+    /// Set once the record is committed (or the write lost to a newer one).
+    finished: bool,
+}
+
+impl StreamWriter {
+    /// Appends bytes; full chunks go to disk now.
+    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.hasher.update(data);
+        self.size += data.len() as u64;
+        self.buffer.extend_from_slice(data);
+        while self.buffer.len() >= CHUNK_SIZE_BYTES {
+            let chunk = self.buffer.split_to(CHUNK_SIZE_BYTES);
+            self.put_chunk(&chunk)?;
+        }
+        Ok(())
+    }
+
+    fn put_chunk(&mut self, data: &[u8]) -> Result<()> {
+        let key = chunk_key(&self.header.key, self.header.version(), self.chunks_written);
+        self.store
+            .inner
+            .engine
+            .apply(vec![Op::Put(Space::Chunks, key, seal_chunk(data))])?;
+        self.chunks_written += 1;
+        Ok(())
+    }
+
+    /// Bytes received so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Checks the trailer's size and checksum against what arrived and
+    /// commits the record if its version is the newest.
+    pub fn finish(mut self, size: u64, checksum: &[u8]) -> Result<WriteOutcome> {
+        if size != self.size {
+            return Err(Error::Aborted {
+                reason: format!("trailer says {size} bytes, {} arrived", self.size),
+            });
+        }
+        let digest = self.hasher.finalize();
+        if digest.as_bytes()[..] != checksum[..] {
+            return Err(Error::Aborted {
+                reason: "checksum of the streamed bytes does not match the trailer".into(),
+            });
+        }
+        let mut meta = self.header.clone();
+        meta.size = size;
+        meta.checksum = Bytes::copy_from_slice(digest.as_bytes());
+        let record = if self.chunks_written == 0 && self.buffer.len() <= INLINE_MAX_BYTES {
+            StoredRecord {
+                meta: Some(meta),
+                inline_value: Some(self.buffer.split().freeze()),
+                chunk_count: 0,
+                chunk_size: 0,
+            }
+        } else {
+            if !self.buffer.is_empty() {
+                let rest = self.buffer.split();
+                self.put_chunk(&rest)?;
+            }
+            StoredRecord {
+                meta: Some(meta),
+                inline_value: None,
+                chunk_count: self.chunks_written,
+                chunk_size: CHUNK_SIZE_BYTES as u32,
+            }
+        };
+        let staged = Staged {
+            chunks: (0..self.chunks_written)
+                .map(|i| chunk_key(&self.header.key, self.header.version(), i))
+                .collect(),
+            marker: Some(self.marker.clone()),
+        };
+        let outcome = self.store.commit(record, Vec::new(), staged);
+        // On error the marker stays; Drop and the next open clean up.
+        self.finished = outcome.is_ok();
+        outcome
+    }
+}
+
+impl Drop for StreamWriter {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        let version = self.header.version();
+        let mut ops: Vec<Op> = (0..self.chunks_written)
+            .map(|i| Op::Delete(Space::Chunks, chunk_key(&self.header.key, version, i)))
+            .collect();
+        ops.push(Op::Delete(Space::Pending, self.marker.clone()));
+        if let Err(err) = self.store.inner.engine.apply(ops) {
+            tracing::warn!(key = %self.header.key, %err, "could not remove an aborted write; the next start will");
+        }
+    }
+}
+
+fn check_meta(meta: &RecordMeta) -> Result<()> {
+    crate::key::validate(&meta.key)?;
+    if meta.version().timestamp == 0 {
+        return Err(Error::invalid("write without a version"));
+    }
+    Ok(())
+}
+
+fn key_prefix(key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + key.len() + 20);
+    out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+fn pending_key(key: &str, version: Version) -> Vec<u8> {
+    let mut out = key_prefix(key);
+    out.extend_from_slice(&version.timestamp.to_be_bytes());
+    out.extend_from_slice(&version.writer.to_be_bytes());
+    out
+}
+
+fn chunk_key(key: &str, version: Version, index: u32) -> Vec<u8> {
+    let mut out = pending_key(key, version);
+    out.extend_from_slice(&index.to_be_bytes());
+    out
+}
+
+fn seal_chunk(data: &[u8]) -> Bytes {
+    let mut out = BytesMut::with_capacity(data.len() + CHUNK_CHECKSUM_BYTES);
+    out.extend_from_slice(data);
+    out.extend_from_slice(&xxh3_64(data).to_le_bytes());
+    out.freeze()
+}
+
+fn open_chunk(mut raw: Bytes) -> Result<Bytes> {
+    if raw.len() < CHUNK_CHECKSUM_BYTES {
+        return Err(Error::corrupt("chunk shorter than its checksum"));
+    }
+    let sum = raw.split_off(raw.len() - CHUNK_CHECKSUM_BYTES);
+    let mut expected = [0u8; CHUNK_CHECKSUM_BYTES];
+    expected.copy_from_slice(&sum);
+    if xxh3_64(&raw) != u64::from_le_bytes(expected) {
+        return Err(Error::corrupt("chunk does not match its checksum"));
+    }
+    Ok(raw)
+}
+
+/// Encodes a record for the `meta` space.
+pub fn encode_record(record: &StoredRecord) -> Bytes {
+    let mut out = Vec::with_capacity(1 + record.encoded_len());
+    out.push(RECORD_FORMAT_V1);
+    record
+        .encode(&mut out)
+        .expect("a Vec grows to fit the record");
+    Bytes::from(out)
+}
+
+/// Decodes a record read back from disk; anything malformed is `Corrupt`.
+pub fn decode_record(raw: &[u8]) -> Result<StoredRecord> {
+    match raw.split_first() {
+        Some((&RECORD_FORMAT_V1, body)) => {
+            let record = StoredRecord::decode(body)
+                .map_err(|e| Error::corrupt(format!("undecodable record: {e}")))?;
+            if record.meta.is_none() {
+                return Err(Error::corrupt("record without meta"));
+            }
+            Ok(record)
+        }
+        Some((format, _)) => Err(Error::corrupt(format!("unknown record format {format}"))),
+        None => Err(Error::corrupt("empty record")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(key: &str, ts: u64, value: &[u8]) -> RecordMeta {
+        RecordMeta {
+            key: key.into(),
+            version: Some(Version { timestamp: ts, writer: 1 }.into()),
+            deleted: false,
+            content_type: String::new(),
+            size: value.len() as u64,
+            checksum: Bytes::copy_from_slice(blake3::hash(value).as_bytes()),
+        }
+    }
+
+    fn tombstone(key: &str, ts: u64) -> RecordMeta {
+        RecordMeta {
+            deleted: true,
+            ..meta(key, ts, b"")
+        }
+    }
+
+    fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
+        let dir = tempfile::tempdir().unwrap();
+        vec![
+            (
+                Store::open(&StorageOptions { data_dir: None, fsync: false }).unwrap(),
+                None,
+            ),
+            (
+                Store::open(&StorageOptions {
+                    data_dir: Some(dir.path().to_path_buf()),
+                    fsync: false,
+                })
+                .unwrap(),
+                Some(dir),
+            ),
+        ]
+    }
+
+    #[test]
+    fn older_writes_never_replace_newer_ones() {
+        for (store, _dir) in stores() {
+            let new = store.write_whole(meta("k", 20, b"new"), Bytes::from_static(b"new")).unwrap();
+            assert!(new.applied);
+            let old = store.write_whole(meta("k", 10, b"old"), Bytes::from_static(b"old")).unwrap();
+            assert!(!old.applied);
+            assert_eq!(old.current.timestamp, 20);
+            let rec = store.record("k").unwrap().unwrap();
+            assert_eq!(store.inline_value(&rec).unwrap().unwrap(), Bytes::from_static(b"new"));
+            // A tombstone older than the value does not delete it either.
+            assert!(!store.write_whole(tombstone("k", 15), Bytes::new()).unwrap().applied);
+            assert!(store.write_whole(tombstone("k", 25), Bytes::new()).unwrap().applied);
+            assert!(store.record("k").unwrap().unwrap().meta.unwrap().deleted);
+            // And an old value does not resurrect a deleted key.
+            assert!(!store.write_whole(meta("k", 22, b"x"), Bytes::from_static(b"x")).unwrap().applied);
+        }
+    }
+
+    #[test]
+    fn bad_writes_are_rejected() {
+        for (store, _dir) in stores() {
+            let mut m = meta("k", 1, b"abc");
+            m.checksum = Bytes::from(vec![0; 32]);
+            assert!(store.write_whole(m, Bytes::from_static(b"abc")).is_err());
+            assert!(store.write_whole(meta("k", 1, b"ab"), Bytes::from_static(b"abc")).is_err());
+            assert!(store.write_whole(meta("", 1, b""), Bytes::new()).is_err());
+            assert!(store.write_whole(meta("k", 0, b""), Bytes::new()).is_err());
+            assert!(store.record("k").unwrap().is_none());
+        }
+    }
+
+    fn big(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn streamed_values_are_chunked_and_read_back() {
+        for (store, _dir) in stores() {
+            let value = big(CHUNK_SIZE_BYTES * 2 + 1234);
+            let mut header = meta("big", 5, b"");
+            header.checksum.clear();
+            header.size = 0;
+            let mut writer = store.begin_stream(header).unwrap();
+            for piece in value.chunks(70_000) {
+                writer.write(piece).unwrap();
+            }
+            let sum = blake3::hash(&value);
+            let outcome = writer.finish(value.len() as u64, sum.as_bytes()).unwrap();
+            assert!(outcome.applied);
+            let rec = store.record("big").unwrap().unwrap();
+            assert_eq!(rec.chunk_count, 3);
+            let mut back = Vec::new();
+            for i in 0..rec.chunk_count {
+                back.extend_from_slice(&store.read_chunk("big", Version { timestamp: 5, writer: 1 }, i).unwrap());
+            }
+            assert_eq!(back, value);
+        }
+    }
+
+    #[test]
+    fn an_unfinished_stream_leaves_nothing_behind() {
+        for (store, _dir) in stores() {
+            let mut writer = store.begin_stream(meta("half", 5, b"")).unwrap();
+            writer.write(&big(CHUNK_SIZE_BYTES + 10)).unwrap();
+            drop(writer);
+            assert!(store.record("half").unwrap().is_none());
+            assert!(store.inner.engine.scan(Space::Chunks, b"", Bound::Unbounded, 10).unwrap().is_empty());
+            assert!(store.inner.engine.scan(Space::Pending, b"", Bound::Unbounded, 10).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn a_stream_whose_trailer_lies_is_not_committed() {
+        for (store, _dir) in stores() {
+            let mut writer = store.begin_stream(meta("lie", 5, b"")).unwrap();
+            writer.write(b"hello").unwrap();
+            assert!(writer.finish(5, blake3::hash(b"jello").as_bytes()).is_err());
+            assert!(store.record("lie").unwrap().is_none());
+        }
+    }
+
+    #[test]
+    fn chunks_left_by_a_crash_are_removed_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StorageOptions { data_dir: Some(dir.path().to_path_buf()), fsync: false };
+        {
+            let store = Store::open(&options).unwrap();
+            let mut writer = store.begin_stream(meta("crash", 5, b"")).unwrap();
+            writer.write(&big(CHUNK_SIZE_BYTES * 2)).unwrap();
+            writer.finished = true; // simulate a crash: Drop does not clean up
+        }
+        let store = Store::open(&options).unwrap();
+        assert!(store.inner.engine.scan(Space::Chunks, b"", Bound::Unbounded, 10).unwrap().is_empty());
+        assert!(store.record("crash").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_newer_value_removes_the_old_chunks() {
+        for (store, _dir) in stores() {
+            let v1 = big(CHUNK_SIZE_BYTES + 1);
+            store.write_whole(meta("k", 1, &v1), Bytes::from(v1.clone())).unwrap();
+            store.write_whole(meta("k", 2, b"small"), Bytes::from_static(b"small")).unwrap();
+            assert!(store.inner.engine.scan(Space::Chunks, b"", Bound::Unbounded, 10).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn corrupted_chunks_and_records_are_detected() {
+        assert!(open_chunk(Bytes::from_static(b"abc")).is_err());
+        let mut sealed = seal_chunk(b"hello world").to_vec();
+        sealed[0] ^= 1;
+        assert!(matches!(open_chunk(Bytes::from(sealed)), Err(Error::Corrupt { .. })));
+        assert!(decode_record(&[]).is_err());
+        assert!(decode_record(&[9, 1, 2]).is_err());
+        assert!(decode_record(&[1, 0xff, 0xff]).is_err());
+    }
+
+    #[test]
+    fn list_pages_through_keys() {
+        for (store, _dir) in stores() {
+            for k in ["a/1", "a/2", "a/3", "b/1"] {
+                store.write_whole(meta(k, 1, b"v"), Bytes::from_static(b"v")).unwrap();
+            }
+            let first = store.list("a/", None, 2).unwrap();
+            assert_eq!(first.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
+            let next = store.list("a/", Some("a/2"), 2).unwrap();
+            assert_eq!(next.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["a/3"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn group_commit_answers_every_waiter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&StorageOptions {
+            data_dir: Some(dir.path().to_path_buf()),
+            fsync: true,
+        })
+        .unwrap();
+        let waits: Vec<_> = (0..20).map(|_| { let s = store.clone(); tokio::spawn(async move { s.sync().await }) }).collect();
+        for w in waits {
+            w.await.unwrap().unwrap();
+        }
+    }
+}
