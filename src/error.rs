@@ -83,6 +83,16 @@ pub enum Error {
     /// The storage engine failed.
     #[error("storage engine error: {0}")]
     Storage(#[from] fjall::Error),
+    /// A node answered an HTTP request with an error (client side).
+    #[error("{node} answered {status}: {message}")]
+    Remote {
+        /// The node asked.
+        node: String,
+        /// Its HTTP status.
+        status: u16,
+        /// The `error` field of its JSON body, or the body itself.
+        message: String,
+    },
     /// The node is shutting down or not ready.
     #[error("node not ready: {reason}")]
     NotReady {
@@ -130,6 +140,7 @@ impl Error {
             Error::Io(e) if is_disk_full(e) => 507,
             Error::Io(_) | Error::Storage(_) => 500,
             Error::NotReady { .. } => 503,
+            Error::Remote { status, .. } => *status,
         }
     }
 
@@ -149,6 +160,7 @@ impl Error {
             Error::Io(_) => "io",
             Error::Storage(_) => "storage",
             Error::NotReady { .. } => "not_ready",
+            Error::Remote { .. } => "remote",
         }
     }
 
@@ -160,7 +172,7 @@ impl Error {
                 | Error::Timeout { .. }
                 | Error::Rpc { .. }
                 | Error::NotReady { .. }
-        )
+        ) || matches!(self, Error::Remote { status, .. } if *status == 503 || *status == 502 || *status == 504)
     }
 
     /// Maps a storage-engine error, recognising a full disk.

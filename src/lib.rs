@@ -9,9 +9,17 @@
 //! - [`http`]: the public API; [`server`] wires a node together.
 //! - [`client`] (used by the CLI, the bench and the tests) and [`cli`].
 
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod coordinator;
 pub mod error;
+pub mod http;
 pub mod key;
+pub mod membership;
 pub mod proto;
 pub mod ring;
+pub mod rpc;
+pub mod server;
 pub mod storage;
 pub mod version;

@@ -244,8 +244,8 @@ impl Ring {
             if seen.contains(&owner) {
                 continue;
             }
-            let new_zone = zones_used.len() < zones_wanted
-                && zones_used.insert(self.owner_zones[owner]);
+            let new_zone =
+                zones_used.len() < zones_wanted && zones_used.insert(self.owner_zones[owner]);
             seen.push(owner);
             picked.push(new_zone);
             if zones_used.len() == zones_wanted && seen.len() >= want {
@@ -406,10 +406,7 @@ mod tests {
     #[test]
     fn three_zones_get_one_replica_each() {
         let zones = ["a", "a", "a", "b", "b", "c", "c", "c", "c"];
-        let ring = Ring::new(
-            zones.iter().enumerate().map(|(i, z)| member(i, z, 16)),
-            3,
-        );
+        let ring = Ring::new(zones.iter().enumerate().map(|(i, z)| member(i, z, 16)), 3);
         for k in 0..1000 {
             let nodes = ring.nodes_of(format!("key{k}").as_bytes());
             let zones: HashSet<_> = nodes
@@ -423,10 +420,7 @@ mod tests {
     #[test]
     fn fewer_zones_than_n_still_distinct_nodes() {
         let zones = ["a", "a", "b", "b"];
-        let ring = Ring::new(
-            zones.iter().enumerate().map(|(i, z)| member(i, z, 16)),
-            3,
-        );
+        let ring = Ring::new(zones.iter().enumerate().map(|(i, z)| member(i, z, 16)), 3);
         for k in 0..1000 {
             let nodes = ring.nodes_of(format!("key{k}").as_bytes());
             assert_eq!(nodes.iter().collect::<HashSet<_>>().len(), 3);

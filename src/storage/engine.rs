@@ -15,6 +15,20 @@ use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, Pers
 
 use crate::error::{Error, Result};
 
+/// Memtable of the records: 16 MiB of small records between flushes.
+const META_MEMTABLE_BYTES: u64 = 16 << 20;
+/// Memtable of the chunks: 8 MiB (eight chunks), so streaming a large value
+/// holds little of it in memory; the bytes go to blob files on flush
+/// (fjall's 64 MiB default let a 1 GiB upload grow a node past 128 MiB).
+const CHUNK_MEMTABLE_BYTES: u64 = 8 << 20;
+/// Sealed chunk memtables allowed to wait for their flush before chunk
+/// writes wait too.
+const MAX_SEALED_CHUNK_MEMTABLES: usize = 1;
+/// Longest a chunk write waits for flushes before going ahead anyway.
+const THROTTLE_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// Block cache for reads.
+const BLOCK_CACHE_BYTES: u64 = 32 << 20;
+
 /// The three maps a store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Space {
@@ -73,13 +87,19 @@ impl FjallEngine {
     /// Opens (or creates) the engine under `path`.
     pub fn open(path: &Path) -> Result<FjallEngine> {
         std::fs::create_dir_all(path)?;
-        let db = Database::builder(path).open().map_err(Error::from_storage)?;
+        let db = Database::builder(path)
+            .cache_size(BLOCK_CACHE_BYTES)
+            .open()
+            .map_err(Error::from_storage)?;
         let meta = db
-            .keyspace("meta", KeyspaceCreateOptions::default)
+            .keyspace("meta", || {
+                KeyspaceCreateOptions::default().max_memtable_size(META_MEMTABLE_BYTES)
+            })
             .map_err(Error::from_storage)?;
         let chunks = db
             .keyspace("chunks", || {
                 KeyspaceCreateOptions::default()
+                    .max_memtable_size(CHUNK_MEMTABLE_BYTES)
                     .with_kv_separation(Some(KvSeparationOptions::default()))
             })
             .map_err(Error::from_storage)?;
@@ -92,6 +112,19 @@ impl FjallEngine {
             chunks,
             pending,
         })
+    }
+
+    /// Backpressure for large values: fjall keeps accepting writes while
+    /// memtables wait to be flushed, so a fast stream would pile them up in
+    /// memory. Wait (on the blocking thread doing the write) until flushes
+    /// catch up, for at most [`THROTTLE_MAX_WAIT`].
+    fn throttle_chunk_writes(&self) {
+        let started = std::time::Instant::now();
+        while self.chunks.sealed_memtable_count() > MAX_SEALED_CHUNK_MEMTABLES
+            && started.elapsed() < THROTTLE_MAX_WAIT
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
     }
 
     fn keyspace(&self, space: Space) -> &Keyspace {
@@ -138,6 +171,12 @@ impl Engine for FjallEngine {
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        if ops
+            .iter()
+            .any(|op| matches!(op, Op::Put(Space::Chunks, ..)))
+        {
+            self.throttle_chunk_writes();
+        }
         let mut batch = self.db.batch();
         for op in ops {
             match op {

@@ -111,10 +111,10 @@ impl Store {
     /// Deletes chunks of streamed writes that never committed.
     fn clean_pending(&self) -> Result<()> {
         loop {
-            let markers =
-                self.inner
-                    .engine
-                    .scan(Space::Pending, b"", Bound::Unbounded, 64)?;
+            let markers = self
+                .inner
+                .engine
+                .scan(Space::Pending, b"", Bound::Unbounded, 64)?;
             if markers.is_empty() {
                 return Ok(());
             }
@@ -130,10 +130,7 @@ impl Store {
         let mut ops = Vec::new();
         let mut start = Bound::Unbounded;
         loop {
-            let batch = self
-                .inner
-                .engine
-                .scan(Space::Chunks, prefix, start, 256)?;
+            let batch = self.inner.engine.scan(Space::Chunks, prefix, start, 256)?;
             let Some((last, _)) = batch.last() else {
                 return Ok(ops);
             };
@@ -213,11 +210,9 @@ impl Store {
             return Err(Error::invalid("a tombstone is not streamed"));
         }
         let marker = pending_key(&header.key, header.version());
-        self.inner.engine.apply(vec![Op::Put(
-            Space::Pending,
-            marker.clone(),
-            Bytes::new(),
-        )])?;
+        self.inner
+            .engine
+            .apply(vec![Op::Put(Space::Pending, marker.clone(), Bytes::new())])?;
         Ok(StreamWriter {
             store: self.clone(),
             header,
@@ -232,8 +227,16 @@ impl Store {
 
     /// Writes `record` (with `ops`) if its version is newer than the stored
     /// one; otherwise removes what `staged` put on disk beforehand.
-    fn commit(&self, record: StoredRecord, mut ops: Vec<Op>, staged: Staged) -> Result<WriteOutcome> {
-        let meta = record.meta.as_ref().ok_or_else(|| Error::invalid("record without meta"))?;
+    fn commit(
+        &self,
+        record: StoredRecord,
+        mut ops: Vec<Op>,
+        staged: Staged,
+    ) -> Result<WriteOutcome> {
+        let meta = record
+            .meta
+            .as_ref()
+            .ok_or_else(|| Error::invalid("record without meta"))?;
         let key = meta.key.clone();
         let version = meta.version();
         let _guard = self.lock(&key);
@@ -257,7 +260,10 @@ impl Store {
         if let Some(old) = existing {
             let old_version = old.meta.as_ref().map(|m| m.version()).unwrap_or_default();
             for index in 0..old.chunk_count {
-                ops.push(Op::Delete(Space::Chunks, chunk_key(&key, old_version, index)));
+                ops.push(Op::Delete(
+                    Space::Chunks,
+                    chunk_key(&key, old_version, index),
+                ));
             }
         }
         ops.push(Op::Put(
@@ -337,13 +343,15 @@ impl Store {
             return Ok(());
         };
         let (tx, rx) = oneshot::channel();
-        syncer
-            .send(tx)
-            .map_err(|_| Error::NotReady { reason: "store is closed".into() })?;
+        syncer.send(tx).map_err(|_| Error::NotReady {
+            reason: "store is closed".into(),
+        })?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(reason)) => Err(Error::Io(std::io::Error::other(reason))),
-            Err(_) => Err(Error::NotReady { reason: "store is closed".into() }),
+            Err(_) => Err(Error::NotReady {
+                reason: "store is closed".into(),
+            }),
         }
     }
 
@@ -627,7 +635,13 @@ mod tests {
     fn meta(key: &str, ts: u64, value: &[u8]) -> RecordMeta {
         RecordMeta {
             key: key.into(),
-            version: Some(Version { timestamp: ts, writer: 1 }.into()),
+            version: Some(
+                Version {
+                    timestamp: ts,
+                    writer: 1,
+                }
+                .into(),
+            ),
             deleted: false,
             content_type: String::new(),
             size: value.len() as u64,
@@ -646,7 +660,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         vec![
             (
-                Store::open(&StorageOptions { data_dir: None, fsync: false }).unwrap(),
+                Store::open(&StorageOptions {
+                    data_dir: None,
+                    fsync: false,
+                })
+                .unwrap(),
                 None,
             ),
             (
@@ -663,19 +681,41 @@ mod tests {
     #[test]
     fn older_writes_never_replace_newer_ones() {
         for (store, _dir) in stores() {
-            let new = store.write_whole(meta("k", 20, b"new"), Bytes::from_static(b"new")).unwrap();
+            let new = store
+                .write_whole(meta("k", 20, b"new"), Bytes::from_static(b"new"))
+                .unwrap();
             assert!(new.applied);
-            let old = store.write_whole(meta("k", 10, b"old"), Bytes::from_static(b"old")).unwrap();
+            let old = store
+                .write_whole(meta("k", 10, b"old"), Bytes::from_static(b"old"))
+                .unwrap();
             assert!(!old.applied);
             assert_eq!(old.current.timestamp, 20);
             let rec = store.record("k").unwrap().unwrap();
-            assert_eq!(store.inline_value(&rec).unwrap().unwrap(), Bytes::from_static(b"new"));
+            assert_eq!(
+                store.inline_value(&rec).unwrap().unwrap(),
+                Bytes::from_static(b"new")
+            );
             // A tombstone older than the value does not delete it either.
-            assert!(!store.write_whole(tombstone("k", 15), Bytes::new()).unwrap().applied);
-            assert!(store.write_whole(tombstone("k", 25), Bytes::new()).unwrap().applied);
+            assert!(
+                !store
+                    .write_whole(tombstone("k", 15), Bytes::new())
+                    .unwrap()
+                    .applied
+            );
+            assert!(
+                store
+                    .write_whole(tombstone("k", 25), Bytes::new())
+                    .unwrap()
+                    .applied
+            );
             assert!(store.record("k").unwrap().unwrap().meta.unwrap().deleted);
             // And an old value does not resurrect a deleted key.
-            assert!(!store.write_whole(meta("k", 22, b"x"), Bytes::from_static(b"x")).unwrap().applied);
+            assert!(
+                !store
+                    .write_whole(meta("k", 22, b"x"), Bytes::from_static(b"x"))
+                    .unwrap()
+                    .applied
+            );
         }
     }
 
@@ -685,7 +725,11 @@ mod tests {
             let mut m = meta("k", 1, b"abc");
             m.checksum = Bytes::from(vec![0; 32]);
             assert!(store.write_whole(m, Bytes::from_static(b"abc")).is_err());
-            assert!(store.write_whole(meta("k", 1, b"ab"), Bytes::from_static(b"abc")).is_err());
+            assert!(
+                store
+                    .write_whole(meta("k", 1, b"ab"), Bytes::from_static(b"abc"))
+                    .is_err()
+            );
             assert!(store.write_whole(meta("", 1, b""), Bytes::new()).is_err());
             assert!(store.write_whole(meta("k", 0, b""), Bytes::new()).is_err());
             assert!(store.record("k").unwrap().is_none());
@@ -714,7 +758,18 @@ mod tests {
             assert_eq!(rec.chunk_count, 3);
             let mut back = Vec::new();
             for i in 0..rec.chunk_count {
-                back.extend_from_slice(&store.read_chunk("big", Version { timestamp: 5, writer: 1 }, i).unwrap());
+                back.extend_from_slice(
+                    &store
+                        .read_chunk(
+                            "big",
+                            Version {
+                                timestamp: 5,
+                                writer: 1,
+                            },
+                            i,
+                        )
+                        .unwrap(),
+                );
             }
             assert_eq!(back, value);
         }
@@ -727,8 +782,22 @@ mod tests {
             writer.write(&big(CHUNK_SIZE_BYTES + 10)).unwrap();
             drop(writer);
             assert!(store.record("half").unwrap().is_none());
-            assert!(store.inner.engine.scan(Space::Chunks, b"", Bound::Unbounded, 10).unwrap().is_empty());
-            assert!(store.inner.engine.scan(Space::Pending, b"", Bound::Unbounded, 10).unwrap().is_empty());
+            assert!(
+                store
+                    .inner
+                    .engine
+                    .scan(Space::Chunks, b"", Bound::Unbounded, 10)
+                    .unwrap()
+                    .is_empty()
+            );
+            assert!(
+                store
+                    .inner
+                    .engine
+                    .scan(Space::Pending, b"", Bound::Unbounded, 10)
+                    .unwrap()
+                    .is_empty()
+            );
         }
     }
 
@@ -745,7 +814,10 @@ mod tests {
     #[test]
     fn chunks_left_by_a_crash_are_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
-        let options = StorageOptions { data_dir: Some(dir.path().to_path_buf()), fsync: false };
+        let options = StorageOptions {
+            data_dir: Some(dir.path().to_path_buf()),
+            fsync: false,
+        };
         {
             let store = Store::open(&options).unwrap();
             let mut writer = store.begin_stream(meta("crash", 5, b"")).unwrap();
@@ -753,7 +825,14 @@ mod tests {
             writer.finished = true; // simulate a crash: Drop does not clean up
         }
         let store = Store::open(&options).unwrap();
-        assert!(store.inner.engine.scan(Space::Chunks, b"", Bound::Unbounded, 10).unwrap().is_empty());
+        assert!(
+            store
+                .inner
+                .engine
+                .scan(Space::Chunks, b"", Bound::Unbounded, 10)
+                .unwrap()
+                .is_empty()
+        );
         assert!(store.record("crash").unwrap().is_none());
     }
 
@@ -761,9 +840,20 @@ mod tests {
     fn a_newer_value_removes_the_old_chunks() {
         for (store, _dir) in stores() {
             let v1 = big(CHUNK_SIZE_BYTES + 1);
-            store.write_whole(meta("k", 1, &v1), Bytes::from(v1.clone())).unwrap();
-            store.write_whole(meta("k", 2, b"small"), Bytes::from_static(b"small")).unwrap();
-            assert!(store.inner.engine.scan(Space::Chunks, b"", Bound::Unbounded, 10).unwrap().is_empty());
+            store
+                .write_whole(meta("k", 1, &v1), Bytes::from(v1.clone()))
+                .unwrap();
+            store
+                .write_whole(meta("k", 2, b"small"), Bytes::from_static(b"small"))
+                .unwrap();
+            assert!(
+                store
+                    .inner
+                    .engine
+                    .scan(Space::Chunks, b"", Bound::Unbounded, 10)
+                    .unwrap()
+                    .is_empty()
+            );
         }
     }
 
@@ -772,7 +862,10 @@ mod tests {
         assert!(open_chunk(Bytes::from_static(b"abc")).is_err());
         let mut sealed = seal_chunk(b"hello world").to_vec();
         sealed[0] ^= 1;
-        assert!(matches!(open_chunk(Bytes::from(sealed)), Err(Error::Corrupt { .. })));
+        assert!(matches!(
+            open_chunk(Bytes::from(sealed)),
+            Err(Error::Corrupt { .. })
+        ));
         assert!(decode_record(&[]).is_err());
         assert!(decode_record(&[9, 1, 2]).is_err());
         assert!(decode_record(&[1, 0xff, 0xff]).is_err());
@@ -782,12 +875,20 @@ mod tests {
     fn list_pages_through_keys() {
         for (store, _dir) in stores() {
             for k in ["a/1", "a/2", "a/3", "b/1"] {
-                store.write_whole(meta(k, 1, b"v"), Bytes::from_static(b"v")).unwrap();
+                store
+                    .write_whole(meta(k, 1, b"v"), Bytes::from_static(b"v"))
+                    .unwrap();
             }
             let first = store.list("a/", None, 2).unwrap();
-            assert_eq!(first.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["a/1", "a/2"]);
+            assert_eq!(
+                first.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
+                ["a/1", "a/2"]
+            );
             let next = store.list("a/", Some("a/2"), 2).unwrap();
-            assert_eq!(next.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(), ["a/3"]);
+            assert_eq!(
+                next.iter().map(|m| m.key.as_str()).collect::<Vec<_>>(),
+                ["a/3"]
+            );
         }
     }
 
@@ -799,7 +900,12 @@ mod tests {
             fsync: true,
         })
         .unwrap();
-        let waits: Vec<_> = (0..20).map(|_| { let s = store.clone(); tokio::spawn(async move { s.sync().await }) }).collect();
+        let waits: Vec<_> = (0..20)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.sync().await })
+            })
+            .collect();
         for w in waits {
             w.await.unwrap().unwrap();
         }

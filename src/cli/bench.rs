@@ -1,0 +1,305 @@
+//! `ringkv bench` (F25): drives a running cluster over HTTP.
+//!
+//! - mix (default): `--concurrency` keep-alive clients spread over the
+//!   nodes run a put/get mix on `--keys` keys for `--duration`, and the
+//!   bench prints ops/s and p50/p99/p99.9 latency per operation.
+//! - `--stream SIZE`: streams one value of SIZE through the first node,
+//!   reads it back through the second, checks it byte for byte (blake3),
+//!   and prints MB/s both ways and each node's peak RSS.
+
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::Parser;
+use futures::StreamExt;
+
+use super::ops::Output;
+use crate::client::{Client, Upload};
+use crate::config::{parse_duration, parse_size};
+
+/// Flags of `ringkv bench`.
+#[derive(Debug, Parser)]
+pub struct BenchArgs {
+    /// How long to run the mix.
+    #[arg(long, value_parser = parse_duration, default_value = "10s")]
+    duration: Duration,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Bytes per value.
+    #[arg(long, value_parser = parse_size, default_value = "100")]
+    value_size: u64,
+    /// Distinct keys.
+    #[arg(long, default_value_t = 10_000)]
+    keys: usize,
+    /// Share of operations that are gets, 0.0–1.0.
+    #[arg(long, default_value_t = 0.5)]
+    get_ratio: f64,
+    /// Instead of the mix, stream one value of this size (e.g. 1GiB).
+    #[arg(long, value_parser = parse_size)]
+    stream: Option<u64>,
+}
+
+/// Latencies of one operation kind, in microseconds.
+#[derive(Default)]
+struct Samples {
+    /// Successful operations' latencies.
+    micros: Vec<u32>,
+    /// Failed operations.
+    errors: u64,
+}
+
+impl Samples {
+    fn merge(&mut self, other: Samples) {
+        self.micros.extend(other.micros);
+        self.errors += other.errors;
+    }
+
+    fn percentile(sorted: &[u32], p: f64) -> f64 {
+        if sorted.is_empty() {
+            return 0.0;
+        }
+        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+        sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
+    }
+}
+
+/// Runs the bench.
+pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!nodes.is_empty(), "no node given");
+    if let Some(size) = args.stream {
+        return stream(size, nodes, out).await;
+    }
+    anyhow::ensure!(
+        args.concurrency >= 1 && args.keys >= 1,
+        "need clients and keys"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&args.get_ratio),
+        "--get-ratio is 0.0–1.0"
+    );
+    let value = Bytes::from(vec![b'x'; args.value_size as usize]);
+    // Each client starts at its own node and fails over to the others.
+    let clients: Vec<Client> = (0..nodes.len())
+        .map(|i| {
+            let mut order = nodes.clone();
+            order.rotate_left(i);
+            Client::new(order)
+        })
+        .collect::<Result<_, _>>()?;
+    eprintln!("prefilling {} keys…", args.keys);
+    let per_worker = args.keys.div_ceil(args.concurrency);
+    let prefill: Vec<_> = (0..args.concurrency)
+        .map(|w| {
+            let client = clients[w % clients.len()].clone();
+            let value = value.clone();
+            let keys = args.keys;
+            tokio::spawn(async move {
+                for k in
+                    (w * per_worker..((w + 1) * per_worker).min(keys)).map(|k| format!("bench/{k}"))
+                {
+                    client
+                        .put(&k, Upload::Bytes(value.clone()), None, None)
+                        .await?;
+                }
+                Ok::<_, crate::error::Error>(())
+            })
+        })
+        .collect();
+    for task in prefill {
+        task.await??;
+    }
+    eprintln!(
+        "running {} clients for {:?}…",
+        args.concurrency, args.duration
+    );
+    let started = Instant::now();
+    let deadline = started + args.duration;
+    let workers: Vec<_> = (0..args.concurrency)
+        .map(|w| {
+            let client = clients[w % clients.len()].clone();
+            let value = value.clone();
+            let (keys, get_ratio) = (args.keys, args.get_ratio);
+            tokio::spawn(async move {
+                let (mut puts, mut gets) = (Samples::default(), Samples::default());
+                let mut seed = (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                while Instant::now() < deadline {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let key = format!("bench/{}", seed % keys as u64);
+                    let is_get = ((seed >> 32) as f64 / u32::MAX as f64) < get_ratio;
+                    let begin = Instant::now();
+                    let ok = if is_get {
+                        client.get_bytes(&key).await.is_ok()
+                    } else {
+                        client
+                            .put(&key, Upload::Bytes(value.clone()), None, None)
+                            .await
+                            .is_ok()
+                    };
+                    let samples = if is_get { &mut gets } else { &mut puts };
+                    if ok {
+                        samples
+                            .micros
+                            .push(begin.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    } else {
+                        samples.errors += 1;
+                    }
+                }
+                (puts, gets)
+            })
+        })
+        .collect();
+    let (mut puts, mut gets) = (Samples::default(), Samples::default());
+    for worker in workers {
+        let (p, g) = worker.await?;
+        puts.merge(p);
+        gets.merge(g);
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    let mut rows = Vec::new();
+    for (name, samples) in [("put", &mut puts), ("get", &mut gets)] {
+        samples.micros.sort_unstable();
+        let s = &samples.micros;
+        rows.push(serde_json::json!({
+            "op": name,
+            "count": s.len(),
+            "ops_per_sec": s.len() as f64 / elapsed,
+            "p50_ms": Samples::percentile(s, 50.0),
+            "p99_ms": Samples::percentile(s, 99.0),
+            "p999_ms": Samples::percentile(s, 99.9),
+            "errors": samples.errors,
+        }));
+    }
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "ringkv bench: {} nodes, {} clients, {}-byte values, {} keys, {:.0}% gets, {:.1}s",
+            nodes.len(),
+            args.concurrency,
+            args.value_size,
+            args.keys,
+            args.get_ratio * 100.0,
+            elapsed
+        );
+        println!(
+            "{:<4} {:>9} {:>10} {:>9} {:>9} {:>9} {:>7}",
+            "op", "count", "ops/s", "p50 ms", "p99 ms", "p99.9 ms", "errors"
+        );
+        for r in &rows {
+            println!(
+                "{:<4} {:>9} {:>10.0} {:>9.2} {:>9.2} {:>9.2} {:>7}",
+                r["op"].as_str().unwrap_or(""),
+                r["count"],
+                r["ops_per_sec"].as_f64().unwrap_or(0.0),
+                r["p50_ms"].as_f64().unwrap_or(0.0),
+                r["p99_ms"].as_f64().unwrap_or(0.0),
+                r["p999_ms"].as_f64().unwrap_or(0.0),
+                r["errors"],
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Pseudo-random bytes, generated on the fly, 1 MiB at a time.
+fn generated(size: u64) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
+    const PIECE: u64 = 1 << 20;
+    futures::stream::unfold(
+        (0u64, 0x2545_F491_4F6C_DD1Du64),
+        move |(sent, mut state)| async move {
+            if sent >= size {
+                return None;
+            }
+            let len = PIECE.min(size - sent) as usize;
+            let mut piece = Vec::with_capacity(len + 8);
+            while piece.len() < len {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                piece.extend_from_slice(&state.to_le_bytes());
+            }
+            piece.truncate(len);
+            Some((Ok(Bytes::from(piece)), (sent + len as u64, state)))
+        },
+    )
+}
+
+async fn stream(size: u64, nodes: Vec<String>, out: Output) -> anyhow::Result<ExitCode> {
+    let writer = Client::new(vec![nodes[0].clone()])?;
+    let reader = Client::new(vec![nodes[nodes.len().min(2) - 1].clone()])?;
+    let hashed = {
+        let mut check = blake3::Hasher::new();
+        let mut pieces = Box::pin(generated(size));
+        while let Some(piece) = pieces.next().await {
+            check.update(&piece?);
+        }
+        check.finalize()
+    };
+    eprintln!("streaming {size} bytes into {}…", nodes[0]);
+    let began = Instant::now();
+    writer
+        .put(
+            "bench/stream",
+            Upload::Stream(reqwest::Body::wrap_stream(generated(size))),
+            Some("application/octet-stream"),
+            None,
+        )
+        .await?;
+    let put_secs = began.elapsed().as_secs_f64();
+    eprintln!("reading it back through {}…", reader.nodes()[0]);
+    let began = Instant::now();
+    let response = reader
+        .get("bench/stream", None)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("the value is not there"))?;
+    let mut body = response.bytes_stream();
+    let mut got = blake3::Hasher::new();
+    let mut read = 0u64;
+    while let Some(piece) = body.next().await {
+        let piece = piece?;
+        read += piece.len() as u64;
+        got.update(&piece);
+    }
+    let get_secs = began.elapsed().as_secs_f64();
+    let identical = read == size && got.finalize() == hashed;
+    let mut peaks = Vec::new();
+    for node in &nodes {
+        let health = Client::new(vec![node.clone()])?.health().await?;
+        peaks.push((
+            node.clone(),
+            health["memory"]["peak_rss_bytes"].as_u64().unwrap_or(0),
+        ));
+    }
+    let mb = size as f64 / 1e6;
+    if out.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "bytes": size, "put_mb_per_sec": mb / put_secs, "get_mb_per_sec": mb / get_secs,
+                "identical": identical,
+                "peak_rss_bytes": peaks.iter().map(|(n, p)| serde_json::json!({"node": n, "peak_rss_bytes": p})).collect::<Vec<_>>(),
+            }))?
+        );
+    } else {
+        println!(
+            "stream of {size} bytes: put {:.0} MB/s ({put_secs:.1}s), get {:.0} MB/s ({get_secs:.1}s), identical: {identical}",
+            mb / put_secs,
+            mb / get_secs
+        );
+        for (node, peak) in &peaks {
+            println!(
+                "  {node}: peak RSS {:.1} MiB",
+                *peak as f64 / (1 << 20) as f64
+            );
+        }
+    }
+    Ok(if identical {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,218 @@
+//! Client commands: put, get, del, haskey, whereis, ring, keys. Output
+//! matches MyDHT's where it had one (`PUT OK key`, `DEL OK key`, a timestamp
+//! for haskey, a comma-separated list for whereis); `--json` prints JSON.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::Parser;
+use futures::StreamExt;
+use tokio::io::AsyncWriteExt;
+
+use super::Command;
+use crate::client::{Client, Upload};
+
+/// How results are printed.
+#[derive(Debug, Clone, Copy)]
+pub struct Output {
+    /// JSON instead of text.
+    pub json: bool,
+}
+
+/// `put KEY [VALUE | -f FILE | -]`.
+#[derive(Debug, Parser)]
+pub struct PutArgs {
+    /// The key.
+    key: String,
+    /// The value, or `-` to read it from stdin.
+    value: Option<String>,
+    /// Read the value from this file (streamed).
+    #[arg(short, long, conflicts_with = "value")]
+    file: Option<PathBuf>,
+    /// Content type to store (default: guessed from the key on reads).
+    #[arg(long)]
+    content_type: Option<String>,
+    /// Write quorum: 1…N or `all`.
+    #[arg(short, long)]
+    w: Option<String>,
+}
+
+/// `get KEY [-o FILE]`.
+#[derive(Debug, Parser)]
+pub struct GetArgs {
+    /// The key.
+    key: String,
+    /// Write the value to this file instead of stdout.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Read quorum: 1…N or `all`.
+    #[arg(short, long)]
+    r: Option<String>,
+}
+
+/// A command taking just a key.
+#[derive(Debug, Parser)]
+pub struct KeyArgs {
+    /// The key.
+    key: String,
+}
+
+/// `keys [--prefix P] [--limit N]`.
+#[derive(Debug, Parser)]
+pub struct KeysArgs {
+    /// Only keys starting with this.
+    #[arg(long, default_value = "")]
+    prefix: String,
+    /// Only keys after this one.
+    #[arg(long)]
+    after: Option<String>,
+    /// At most this many keys (all when unset).
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// Runs a client command.
+pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Put(args) => {
+            let upload = match (&args.file, args.value.as_deref()) {
+                (Some(path), _) => Upload::File(path.clone()),
+                (None, Some("-")) => {
+                    let stdin =
+                        tokio_util::io::ReaderStream::with_capacity(tokio::io::stdin(), 256 * 1024);
+                    Upload::Stream(reqwest::Body::wrap_stream(stdin))
+                }
+                (None, Some(value)) => Upload::Bytes(Bytes::from(value.to_string())),
+                (None, None) => anyhow::bail!("give a VALUE, -f FILE, or - for stdin"),
+            };
+            let reply = client
+                .put(
+                    &args.key,
+                    upload,
+                    args.content_type.as_deref(),
+                    args.w.as_deref(),
+                )
+                .await?;
+            if out.json {
+                print_json(&serde_json::json!({
+                    "key": reply.key, "timestamp": reply.timestamp,
+                    "replicas": reply.replicas, "stored_on": reply.stored_on,
+                }))?;
+            } else {
+                println!("PUT OK {}", reply.key);
+            }
+        }
+        Command::Get(args) => {
+            let Some(response) = client.get(&args.key, args.r.as_deref()).await? else {
+                eprintln!("not found: {}", args.key);
+                return Ok(ExitCode::from(1));
+            };
+            let mut body = response.bytes_stream();
+            let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin> = match &args.output {
+                Some(path) => Box::new(
+                    tokio::fs::File::create(path)
+                        .await
+                        .with_context(|| format!("cannot create {}", path.display()))?,
+                ),
+                None => Box::new(tokio::io::stdout()),
+            };
+            while let Some(piece) = body.next().await {
+                sink.write_all(&piece.context("the value stream broke off")?)
+                    .await?;
+            }
+            sink.flush().await?;
+        }
+        Command::Del(args) => {
+            let reply = client.delete(&args.key, None).await?;
+            if out.json {
+                print_json(&serde_json::json!({
+                    "key": reply.key, "timestamp": reply.timestamp, "deleted": true,
+                    "replicas": reply.replicas, "stored_on": reply.stored_on,
+                }))?;
+            } else {
+                println!("DEL OK {}", reply.key);
+            }
+        }
+        Command::Haskey(args) => {
+            let has = client.haskey(&args.key).await?;
+            if out.json {
+                print_json(&serde_json::json!({
+                    "key": has.key, "timestamp": has.timestamp, "deleted": has.deleted,
+                }))?;
+            } else {
+                println!("{}", has.timestamp);
+            }
+        }
+        Command::Whereis(args) => {
+            let nodes = client.whereis(&args.key).await?;
+            if out.json {
+                print_json(&nodes)?;
+            } else {
+                println!("{}", nodes.join(","));
+            }
+        }
+        Command::Ring => {
+            let ring = client.ring().await?;
+            if out.json {
+                print_json(&ring)?;
+            } else {
+                println!(
+                    "ring digest {}  replicas {}",
+                    ring["digest"].as_str().unwrap_or("?"),
+                    ring["replicas"]
+                );
+                println!(
+                    "{:<24} {:<8} {:<10} {:>7} {:>6}",
+                    "NODE", "STATE", "ZONE", "LOAD", "TOKENS"
+                );
+                for m in ring["members"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<24} {:<8} {:<10} {:>6.1}% {:>6}",
+                        m["node"].as_str().unwrap_or("?"),
+                        m["state"].as_str().unwrap_or("?"),
+                        m["zone"].as_str().unwrap_or(""),
+                        m["load"].as_f64().unwrap_or(0.0) * 100.0,
+                        m["tokens"],
+                    );
+                }
+            }
+        }
+        Command::Keys(args) => {
+            let mut after = args.after.clone();
+            let mut left = args.limit.unwrap_or(usize::MAX);
+            let mut all = Vec::new();
+            while left > 0 {
+                let page = client
+                    .keys(&args.prefix, after.as_deref(), left.min(1000))
+                    .await?;
+                let keys = page["keys"].as_array().cloned().unwrap_or_default();
+                left = left.saturating_sub(keys.len());
+                for k in keys {
+                    if out.json {
+                        all.push(k);
+                    } else {
+                        println!("{}", k["key"].as_str().unwrap_or_default());
+                    }
+                }
+                match page["next"].as_str() {
+                    Some(next) => after = Some(next.to_string()),
+                    None => break,
+                }
+            }
+            if out.json {
+                print_json(&all)?;
+            }
+        }
+        Command::Serve(_) | Command::Cluster(_) | Command::Bench(_) => {
+            unreachable!("handled by cli::run")
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,140 @@
+//! A node's configuration, validated once, then split into each module's
+//! options.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// Default port of the HTTP/gRPC listener and of gossip (F1).
+pub const DEFAULT_PORT: u16 = 50140;
+/// Default largest value: 5 GiB.
+pub const DEFAULT_MAX_VALUE_SIZE: u64 = 5 * 1024 * 1024 * 1024;
+
+/// Everything `ringkv serve` needs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// The name peers use to reach this node.
+    pub host: String,
+    /// The address to listen on.
+    pub bind: IpAddr,
+    /// TCP and UDP port; 0 picks a free one (tests).
+    pub port: u16,
+    /// Seeds to join; empty founds a cluster.
+    pub join: Vec<String>,
+    /// Where data lives; `None` with `in_memory`, or the default directory.
+    pub data_dir: Option<PathBuf>,
+    /// Keep data in memory only (tests and demos).
+    pub in_memory: bool,
+    /// Acknowledge only once data is on disk (group commit).
+    pub fsync: bool,
+    /// Replication factor when founding a cluster.
+    pub replicas: usize,
+    /// This node's zone.
+    pub zone: String,
+    /// Virtual nodes of this node.
+    pub tokens: usize,
+    /// Largest value accepted, bytes.
+    pub max_value_size: u64,
+    /// Deadline of node-to-node unary calls.
+    pub rpc_timeout: Duration,
+    /// Gossip cluster name; nodes of different clusters ignore each other.
+    pub cluster_id: String,
+    /// Time between gossip rounds.
+    pub gossip_interval: Duration,
+}
+
+impl NodeConfig {
+    /// Checks values that flags alone cannot.
+    pub fn validate(&self) -> Result<()> {
+        if self.host.is_empty() || self.host.contains('/') {
+            return Err(Error::invalid(format!(
+                "--host {:?} is not a host name",
+                self.host
+            )));
+        }
+        if self.replicas == 0 {
+            return Err(Error::invalid("--replicas must be at least 1"));
+        }
+        if self.tokens == 0 || self.tokens > 4096 {
+            return Err(Error::invalid("--tokens must be 1..=4096"));
+        }
+        if self.max_value_size == 0 {
+            return Err(Error::invalid("--max-value-size must be positive"));
+        }
+        for seed in &self.join {
+            crate::ring::NodeId::parse(seed)
+                .map_err(|_| Error::invalid(format!("--join {seed:?} is not host:port")))?;
+        }
+        Ok(())
+    }
+
+    /// The data directory: explicit, or one named after the node in the
+    /// current directory (`ringkv-HOST-PORT`); `None` in memory.
+    pub fn data_dir_for(&self, port: u16) -> Option<PathBuf> {
+        if self.in_memory {
+            return None;
+        }
+        Some(
+            self.data_dir
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(format!("ringkv-{}-{}", self.host, port))),
+        )
+    }
+}
+
+/// Parses sizes like `5GiB`, `100MB`, `1024`, `64k`.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let s = s.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits_end);
+    let number: u64 = number.parse().map_err(|_| format!("{s:?} is not a size"))?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        other => return Err(format!("unknown size unit {other:?}")),
+    };
+    number
+        .checked_mul(factor)
+        .ok_or_else(|| format!("{s:?} is too large"))
+}
+
+/// Parses durations like `500ms`, `5s`, `2m`, `1h`, `10d`.
+pub fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits_end);
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} is not a duration"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(number),
+        "" | "s" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        "h" => Duration::from_secs(number * 3600),
+        "d" => Duration::from_secs(number * 86400),
+        other => return Err(format!("unknown duration unit {other:?}")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("5GiB").unwrap(), 5 << 30);
+        assert_eq!(parse_size("100").unwrap(), 100);
+        assert_eq!(parse_size("64k").unwrap(), 64 << 10);
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("5 parsecs").is_err());
+        assert!(parse_size("99999999999999999999T").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("10d").unwrap(), Duration::from_secs(864_000));
+        assert!(parse_duration("1y").is_err());
+    }
+}

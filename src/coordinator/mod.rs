@@ -1,0 +1,621 @@
+//! Quorum reads and writes (F12), deletes as tombstones (F13), read repair
+//! (F14) and streaming replication (F16). Any node coordinates any request.
+//!
+//! # Write
+//! The coordinator stamps the write with its clock (F11) and sends it to all
+//! N replicas of the key at once. A value that fits in one piece goes in one
+//! `Write` call per replica; a larger one is streamed: each piece read from
+//! the client is handed to every replica's stream as it arrives, through
+//! bounded channels, so memory stays bounded by
+//! `replicas x STREAM_QUEUE_PIECES x STREAM_PIECE_BYTES` whatever the size.
+//! A replica that stops accepting for [`STREAM_STEP_TIMEOUT`] is dropped
+//! from the write; when fewer than W remain, the write is abandoned and no
+//! replica commits it. The reply comes once W replicas confirmed; the other
+//! calls carry on in the background.
+//!
+//! # Read
+//! The coordinator asks all N replicas for the key's record (with the value
+//! when small), answers from the newest of the first R replies, and keeps
+//! listening to the rest in the background: every replica seen holding an
+//! older version (or nothing) is sent the newest one (read repair).
+//!
+//! # What is not guaranteed
+//! - A failed write (503) may still have been stored by some replicas and
+//!   may surface later through read repair; it never half-applies on one
+//!   replica.
+//! - With W + R <= N a read may miss the latest acknowledged write.
+//! - Hinted handoff for down replicas is the membership issue's work.
+
+mod quorum;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures::{Stream, StreamExt, stream::BoxStream};
+use tokio::sync::mpsc;
+
+pub use self::quorum::Quorum;
+use crate::error::{Error, Result};
+use crate::membership::Membership;
+use crate::proto::{ReadReply, RecordMeta};
+use crate::ring::{NodeId, Ring};
+use crate::rpc::{LocalReplica, Peers, ReplicaHandle, WriteMsg};
+use crate::storage::{CHUNK_SIZE_BYTES, INLINE_MAX_BYTES};
+use crate::version::{Clock, Version};
+
+/// Bytes gathered from the client before they go to the replicas as one
+/// stream message; 256 KiB keeps messages few without much buffering.
+pub const STREAM_PIECE_BYTES: usize = 256 * 1024;
+/// Pieces queued per replica stream: enough to keep every replica busy
+/// while bounding memory (4 x 256 KiB per replica).
+const STREAM_QUEUE_PIECES: usize = 4;
+/// A replica stream that accepts no piece for this long is dropped.
+pub const STREAM_STEP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long read repair waits for the replicas slower than the quorum.
+const READ_REPAIR_WAIT: Duration = Duration::from_secs(5);
+
+/// Settings of the coordinator.
+#[derive(Debug, Clone)]
+pub struct CoordinatorOptions {
+    /// Largest value accepted (`--max-value-size`), in bytes.
+    pub max_value_size: u64,
+}
+
+/// What a successful write (or delete) reports.
+#[derive(Debug, Clone)]
+pub struct WriteResult {
+    /// The version stamped on it.
+    pub version: Version,
+    /// The key's replicas, in preference order.
+    pub replicas: Vec<NodeId>,
+    /// Those that confirmed before the reply.
+    pub stored_on: Vec<NodeId>,
+}
+
+/// The newest record found by a quorum read.
+#[derive(Debug, Clone)]
+pub struct ReadResult {
+    /// The newest record (a value; tombstones come back as `NotFound`).
+    pub meta: RecordMeta,
+    /// The whole value when it was small enough to come with the reply.
+    pub value: Option<Bytes>,
+    /// Replicas known to hold exactly this version, preferred first.
+    pub sources: Vec<NodeId>,
+}
+
+/// The request router of one node.
+#[derive(Clone)]
+pub struct Coordinator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This node.
+    node: NodeId,
+    /// Where the ring comes from.
+    membership: Arc<Membership>,
+    /// This node's replica logic, called directly when it is a replica.
+    local: LocalReplica,
+    /// Connections to peers.
+    peers: Peers,
+    /// Stamps writes.
+    clock: Arc<Clock>,
+    /// Settings.
+    options: CoordinatorOptions,
+}
+
+impl Coordinator {
+    /// A coordinator for this node.
+    pub fn new(
+        node: NodeId,
+        membership: Arc<Membership>,
+        local: LocalReplica,
+        peers: Peers,
+        options: CoordinatorOptions,
+    ) -> Coordinator {
+        let clock = local.clock.clone();
+        Coordinator {
+            inner: Arc::new(Inner {
+                node,
+                membership,
+                local,
+                peers,
+                clock,
+                options,
+            }),
+        }
+    }
+
+    /// The largest value accepted.
+    pub fn max_value_size(&self) -> u64 {
+        self.inner.options.max_value_size
+    }
+
+    /// The current ring.
+    pub fn ring(&self) -> Arc<Ring> {
+        self.inner.membership.ring()
+    }
+
+    /// The handle to call `node` with.
+    pub fn replica(&self, node: &NodeId) -> ReplicaHandle {
+        if *node == self.inner.node {
+            ReplicaHandle::Local(self.inner.local.clone())
+        } else {
+            ReplicaHandle::Remote {
+                node: node.clone(),
+                peers: self.inner.peers.clone(),
+            }
+        }
+    }
+
+    fn placement(&self, key: &str) -> Result<(Vec<NodeId>, usize)> {
+        crate::key::validate(key)?;
+        let ring = self.ring();
+        let nodes = ring.nodes_of(key.as_bytes());
+        if nodes.is_empty() {
+            return Err(Error::NotReady {
+                reason: "the ring has no members yet (is the node still joining?)".into(),
+            });
+        }
+        Ok((nodes, ring.replicas()))
+    }
+
+    /// Stores a value streamed from `body`, on W of the key's N replicas.
+    pub async fn put(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
+        w: Quorum,
+    ) -> Result<WriteResult> {
+        let (replicas, n) = self.placement(key)?;
+        let needed = w.count(n)?;
+        let version = self.inner.clock.now();
+        let header = RecordMeta {
+            key: key.to_string(),
+            version: Some(version.into()),
+            deleted: false,
+            content_type: content_type.to_string(),
+            size: 0,
+            checksum: Bytes::new(),
+        };
+        let mut body = body;
+        let (first, ended) = self.read_piece(&mut body, CHUNK_SIZE_BYTES, 0).await?;
+        if ended {
+            let mut meta = header;
+            meta.size = first.len() as u64;
+            meta.checksum = Bytes::copy_from_slice(blake3::hash(&first).as_bytes());
+            return self.write_whole(meta, first, replicas, needed).await;
+        }
+        self.write_streamed(header, first, body, replicas, needed)
+            .await
+    }
+
+    /// Writes a tombstone for `key` on W of its replicas.
+    pub async fn delete(&self, key: &str, w: Quorum) -> Result<WriteResult> {
+        let (replicas, n) = self.placement(key)?;
+        let needed = w.count(n)?;
+        let version = self.inner.clock.now();
+        let meta = RecordMeta {
+            key: key.to_string(),
+            version: Some(version.into()),
+            deleted: true,
+            content_type: String::new(),
+            size: 0,
+            checksum: Bytes::new(),
+        };
+        self.write_whole(meta, Bytes::new(), replicas, needed).await
+    }
+
+    /// Reads up to `limit` bytes from the body (the first piece), enforcing
+    /// the size limit; `ended` tells whether the body is over.
+    async fn read_piece(
+        &self,
+        body: &mut (impl Stream<Item = Result<Bytes>> + Unpin),
+        limit: usize,
+        already: u64,
+    ) -> Result<(Bytes, bool)> {
+        let mut piece = BytesMut::new();
+        while piece.len() < limit {
+            match body.next().await {
+                Some(Ok(data)) => {
+                    let total = already + piece.len() as u64 + data.len() as u64;
+                    if total > self.max_value_size() {
+                        return Err(Error::TooLarge {
+                            size: total,
+                            limit: self.max_value_size(),
+                        });
+                    }
+                    if piece.is_empty() && data.len() >= limit {
+                        return Ok((data, false));
+                    }
+                    piece.extend_from_slice(&data);
+                }
+                Some(Err(err)) => return Err(err),
+                None => return Ok((piece.freeze(), true)),
+            }
+        }
+        Ok((piece.freeze(), false))
+    }
+
+    async fn write_whole(
+        &self,
+        meta: RecordMeta,
+        value: Bytes,
+        replicas: Vec<NodeId>,
+        needed: usize,
+    ) -> Result<WriteResult> {
+        let version = meta.version();
+        let (tx, rx) = mpsc::unbounded_channel();
+        for node in &replicas {
+            let handle = self.replica(node);
+            let (meta, value, tx, node) = (meta.clone(), value.clone(), tx.clone(), node.clone());
+            tokio::spawn(async move {
+                let result = handle.write(meta, value).await;
+                let _ = tx.send((node, result.map(|_| ())));
+            });
+        }
+        drop(tx);
+        let stored_on = await_quorum(rx, replicas.len(), needed).await?;
+        Ok(WriteResult {
+            version,
+            replicas,
+            stored_on,
+        })
+    }
+
+    async fn write_streamed(
+        &self,
+        header: RecordMeta,
+        first: Bytes,
+        mut body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
+        replicas: Vec<NodeId>,
+        needed: usize,
+    ) -> Result<WriteResult> {
+        let version = header.version();
+        let (result_tx, result_rx) = mpsc::unbounded_channel();
+        let mut streams: Vec<(NodeId, mpsc::Sender<WriteMsg>)> = Vec::new();
+        for node in &replicas {
+            let (tx, rx) = mpsc::channel(STREAM_QUEUE_PIECES);
+            let handle = self.replica(node);
+            let (header, result_tx, node2) = (header.clone(), result_tx.clone(), node.clone());
+            tokio::spawn(async move {
+                let result = handle.write_stream(header, rx).await;
+                let _ = result_tx.send((node2, result.map(|_| ())));
+            });
+            streams.push((node.clone(), tx));
+        }
+        drop(result_tx);
+        let mut failed: Vec<(NodeId, String)> = Vec::new();
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        let mut piece = first;
+        loop {
+            if !piece.is_empty() {
+                hasher.update(&piece);
+                size += piece.len() as u64;
+                fan_out(&mut streams, &mut failed, WriteMsg::Data(piece)).await;
+                if streams.len() < needed {
+                    // Dropping the senders aborts every replica's write.
+                    return Err(unavailable(needed, &streams, failed));
+                }
+            }
+            let (next, ended) = self.read_piece(&mut body, STREAM_PIECE_BYTES, size).await?;
+            piece = next;
+            if ended {
+                if !piece.is_empty() {
+                    hasher.update(&piece);
+                    size += piece.len() as u64;
+                    fan_out(&mut streams, &mut failed, WriteMsg::Data(piece)).await;
+                }
+                break;
+            }
+        }
+        let checksum = Bytes::copy_from_slice(hasher.finalize().as_bytes());
+        fan_out(
+            &mut streams,
+            &mut failed,
+            WriteMsg::Trailer { size, checksum },
+        )
+        .await;
+        drop(streams);
+        let stored_on = await_quorum(result_rx, replicas.len(), needed).await?;
+        Ok(WriteResult {
+            version,
+            replicas,
+            stored_on,
+        })
+    }
+
+    /// Reads the newest record of `key` from R of its replicas; repairs the
+    /// stale ones in the background.
+    pub async fn get(&self, key: &str, r: Quorum) -> Result<ReadResult> {
+        let (replicas, n) = self.placement(key)?;
+        let needed = r.count(n)?;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        for node in &replicas {
+            let handle = self.replica(node);
+            let (tx, node, key) = (tx.clone(), node.clone(), key.to_string());
+            tokio::spawn(async move {
+                let result = handle.read(&key, INLINE_MAX_BYTES as u64).await;
+                let _ = tx.send((node, result));
+            });
+        }
+        drop(tx);
+        let mut answers: Vec<(NodeId, ReadReply)> = Vec::new();
+        let mut failed: Vec<(NodeId, String)> = Vec::new();
+        while answers.len() < needed {
+            match rx.recv().await {
+                Some((node, Ok(reply))) => answers.push((node, reply)),
+                Some((node, Err(err))) => failed.push((node, err.to_string())),
+                None => break,
+            }
+        }
+        if answers.len() < needed {
+            return Err(Error::Unavailable {
+                needed,
+                got: answers.len(),
+                answered: answers.into_iter().map(|(n, _)| n).collect(),
+                failed,
+            });
+        }
+        let newest = answers
+            .iter()
+            .filter_map(|(_, reply)| reply.meta.as_ref())
+            .max_by_key(|m| m.version())
+            .cloned();
+        let value = newest.as_ref().and_then(|m| {
+            answers
+                .iter()
+                .find(|(_, r)| r.meta.as_ref().map(|x| x.version()) == Some(m.version()))
+                .and_then(|(_, r)| r.value.clone())
+        });
+        let mut sources: Vec<NodeId> = newest
+            .as_ref()
+            .map(|m| {
+                answers
+                    .iter()
+                    .filter(|(_, r)| r.meta.as_ref().map(|x| x.version()) == Some(m.version()))
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        // Prefer reading large values from this node.
+        sources.sort_by_key(|n| *n != self.inner.node);
+        if let Some(newest) = &newest {
+            self.spawn_read_repair(newest.clone(), value.clone(), sources.clone(), answers, rx);
+        }
+        match newest {
+            Some(meta) if !meta.deleted => Ok(ReadResult {
+                meta,
+                value,
+                sources,
+            }),
+            _ => Err(Error::not_found(format!("key {key:?}"))),
+        }
+    }
+
+    /// Sends the newest record to every replica seen holding an older one,
+    /// including those that answer after the quorum was met.
+    fn spawn_read_repair(
+        &self,
+        newest: RecordMeta,
+        value: Option<Bytes>,
+        sources: Vec<NodeId>,
+        answers: Vec<(NodeId, ReadReply)>,
+        mut rest: mpsc::UnboundedReceiver<(NodeId, Result<ReadReply>)>,
+    ) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let mut seen = answers;
+            let deadline = tokio::time::Instant::now() + READ_REPAIR_WAIT;
+            while let Ok(Some((node, result))) =
+                tokio::time::timeout_at(deadline, rest.recv()).await
+            {
+                if let Ok(reply) = result {
+                    seen.push((node, reply));
+                }
+            }
+            let version = newest.version();
+            for (node, reply) in seen {
+                let held = reply
+                    .meta
+                    .as_ref()
+                    .map(|m| m.version())
+                    .unwrap_or(Version::ZERO);
+                if held >= version {
+                    continue;
+                }
+                tracing::debug!(key = %newest.key, replica = %node, "read repair");
+                let outcome = this
+                    .push_record(&node, newest.clone(), value.clone(), &sources)
+                    .await;
+                if let Err(err) = outcome {
+                    tracing::warn!(key = %newest.key, replica = %node, %err, "read repair failed");
+                }
+            }
+        });
+    }
+
+    /// Makes `target` hold `meta`'s version: sent whole when small (or a
+    /// tombstone), else streamed from one of `sources`.
+    pub async fn push_record(
+        &self,
+        target: &NodeId,
+        meta: RecordMeta,
+        value: Option<Bytes>,
+        sources: &[NodeId],
+    ) -> Result<()> {
+        let handle = self.replica(target);
+        if meta.deleted {
+            return handle.write(meta, Bytes::new()).await.map(|_| ());
+        }
+        if let Some(value) = value {
+            return handle.write(meta, value).await.map(|_| ());
+        }
+        let mut stream = self.open_value(&meta, sources, 0, 0).await?;
+        let (tx, rx) = mpsc::channel(STREAM_QUEUE_PIECES);
+        let mut header = meta.clone();
+        header.size = 0;
+        header.checksum = Bytes::new();
+        let write = tokio::spawn(async move { handle.write_stream(header, rx).await });
+        while let Some(piece) = stream.next().await {
+            if tx.send(WriteMsg::Data(piece?)).await.is_err() {
+                break;
+            }
+        }
+        let _ = tx
+            .send(WriteMsg::Trailer {
+                size: meta.size,
+                checksum: meta.checksum.clone(),
+            })
+            .await;
+        drop(tx);
+        write
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?
+            .map(|_| ())
+    }
+
+    /// The bytes `offset..offset+length` (0 = to the end) of the value
+    /// `meta` describes, read from the first of `sources` that serves them
+    /// and resumed from the next one if a source fails midway.
+    pub async fn open_value(
+        &self,
+        meta: &RecordMeta,
+        sources: &[NodeId],
+        offset: u64,
+        length: u64,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let end = if length == 0 {
+            meta.size
+        } else {
+            offset + length
+        };
+        let handles: Vec<ReplicaHandle> = sources.iter().map(|n| self.replica(n)).collect();
+        let key = meta.key.clone();
+        let version = meta.version();
+        // Open the first stream now so that "no source at all" is an error
+        // before the response starts.
+        let mut last_error = None;
+        let mut opened = None;
+        for (i, handle) in handles.iter().enumerate() {
+            match handle
+                .read_stream(&key, version, offset, end - offset)
+                .await
+            {
+                Ok(stream) => {
+                    opened = Some((i, stream));
+                    break;
+                }
+                Err(err) => last_error = Some(err),
+            }
+        }
+        let Some((mut index, mut stream)) = opened else {
+            return Err(last_error.unwrap_or_else(|| Error::not_found(format!("{key:?}"))));
+        };
+        Ok(async_stream::try_stream! {
+            let mut position = offset;
+            while position < end {
+                let step = tokio::time::timeout(STREAM_STEP_TIMEOUT, stream.next()).await;
+                match step {
+                    Ok(Some(Ok(piece))) => {
+                        position += piece.len() as u64;
+                        yield piece;
+                    }
+                    failure => {
+                        let reason = match failure {
+                            Ok(Some(Err(err))) => err.to_string(),
+                            Ok(None) => "stream ended early".to_string(),
+                            _ => "timed out".to_string(),
+                        };
+                        tracing::warn!(key = %key, %reason, "value stream failed; trying another replica");
+                        index += 1;
+                        let handle = handles.get(index).ok_or_else(|| Error::Aborted {
+                            reason: format!("no replica could finish streaming {key:?}: {reason}"),
+                        })?;
+                        stream = handle.read_stream(&key, version, position, end - position).await?;
+                    }
+                }
+            }
+        }
+        .boxed())
+    }
+}
+
+/// Hands `msg` to every replica stream, dropping those that fail or stall.
+async fn fan_out(
+    streams: &mut Vec<(NodeId, mpsc::Sender<WriteMsg>)>,
+    failed: &mut Vec<(NodeId, String)>,
+    msg: WriteMsg,
+) {
+    let sends = streams.iter().map(|(_, tx)| {
+        let msg = msg.clone();
+        async move {
+            match tokio::time::timeout(STREAM_STEP_TIMEOUT, tx.send(msg)).await {
+                Ok(Ok(())) => None,
+                Ok(Err(_)) => Some("replica stream failed".to_string()),
+                Err(_) => Some(format!("replica stalled for {STREAM_STEP_TIMEOUT:?}")),
+            }
+        }
+    });
+    let outcomes = futures::future::join_all(sends).await;
+    let mut kept = Vec::with_capacity(streams.len());
+    for ((node, tx), outcome) in streams.drain(..).zip(outcomes) {
+        match outcome {
+            None => kept.push((node, tx)),
+            Some(reason) => failed.push((node, reason)),
+        }
+    }
+    *streams = kept;
+}
+
+fn unavailable(
+    needed: usize,
+    streams: &[(NodeId, mpsc::Sender<WriteMsg>)],
+    failed: Vec<(NodeId, String)>,
+) -> Error {
+    Error::Unavailable {
+        needed,
+        got: streams.len(),
+        answered: streams.iter().map(|(n, _)| n.clone()).collect(),
+        failed,
+    }
+}
+
+/// Waits for `needed` successes out of `total` replies.
+async fn await_quorum(
+    mut rx: mpsc::UnboundedReceiver<(NodeId, Result<()>)>,
+    total: usize,
+    needed: usize,
+) -> Result<Vec<NodeId>> {
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    while ok.len() < needed && ok.len() + failed.len() < total {
+        match rx.recv().await {
+            Some((node, Ok(()))) => ok.push(node),
+            Some((node, Err(err))) => {
+                tracing::debug!(replica = %node, %err, "replica write failed");
+                failed.push((node, err));
+            }
+            None => break,
+        }
+    }
+    if ok.len() < needed {
+        // Replicas that refused for lack of space make the answer 507.
+        if !failed.is_empty() && failed.iter().all(|(_, e)| matches!(e, Error::DiskFull)) {
+            return Err(Error::DiskFull);
+        }
+        return Err(Error::Unavailable {
+            needed,
+            got: ok.len(),
+            answered: ok,
+            failed: failed
+                .into_iter()
+                .map(|(n, e)| (n, e.to_string()))
+                .collect(),
+        });
+    }
+    Ok(ok)
+}

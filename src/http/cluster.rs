@@ -1,0 +1,131 @@
+//! Cluster routes: `/ring`, `/whereis`, `/haskey`, `/health`.
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{ApiResult, AppState};
+
+/// `GET /ring`: members, their state, zone, load and tokens, and the digest.
+pub async fn ring(State(state): State<AppState>) -> Response {
+    let ring = state.coordinator.ring();
+    let loads = ring.load_shares();
+    let members: Vec<serde_json::Value> = ring
+        .members()
+        .map(|m| {
+            json!({
+                "node": m.id,
+                "state": m.state.as_str(),
+                "zone": m.zone,
+                "tokens": m.tokens.len(),
+                "load": loads.get(&m.id).copied().unwrap_or(0.0),
+                "url": format!("http://{}/", m.id),
+            })
+        })
+        .collect();
+    let nodes: Vec<_> = ring
+        .members()
+        .filter(|m| m.state != crate::ring::MemberState::Removed)
+        .map(|m| m.id.clone())
+        .collect();
+    axum::Json(json!({
+        "node": state.node,
+        "nodes": nodes,
+        "replicas": ring.replicas(),
+        "digest": format!("{:016x}", ring.digest()),
+        "members": members,
+    }))
+    .into_response()
+}
+
+/// `?verbose=true` of `/whereis`.
+#[derive(Debug, Default, Deserialize)]
+pub struct WhereisParams {
+    /// Objects with state and zone instead of bare node names.
+    #[serde(default)]
+    verbose: bool,
+}
+
+/// `GET /whereis/{key}`: the key's replicas in preference order.
+pub async fn whereis(
+    State(state): State<AppState>,
+    uri: Uri,
+    query: Result<Query<WhereisParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let key = crate::key::from_url_path(uri.path().trim_start_matches("/whereis/"))?;
+    let verbose = query.map(|Query(q)| q.verbose).unwrap_or(false);
+    let ring = state.coordinator.ring();
+    let nodes = ring.nodes_of(key.as_bytes());
+    if !verbose {
+        return Ok(axum::Json(nodes).into_response());
+    }
+    let detail: Vec<serde_json::Value> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let member = ring.member(n);
+            json!({
+                "node": n,
+                "preference": i,
+                "state": member.map(|m| m.state.as_str()),
+                "zone": member.map(|m| m.zone.clone()),
+            })
+        })
+        .collect();
+    Ok(axum::Json(json!({ "key": key, "replicas": detail })).into_response())
+}
+
+/// `GET /haskey/{key}`: what this node itself stores (MyDHT's HASKEY).
+pub async fn haskey(State(state): State<AppState>, uri: Uri) -> ApiResult<Response> {
+    let key = crate::key::from_url_path(uri.path().trim_start_matches("/haskey/"))?;
+    let meta = state.store.record(&key)?.and_then(|r| r.meta);
+    let (timestamp, deleted) = meta
+        .map(|m| (m.version().timestamp, m.deleted))
+        .unwrap_or((0, false));
+    Ok(
+        axum::Json(json!({ "key": key, "timestamp": timestamp, "deleted": deleted }))
+            .into_response(),
+    )
+}
+
+/// Resident and peak resident memory of this process, from /proc.
+pub fn memory_bytes() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|kb| kb.parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// `GET /health`: liveness (it answers) and readiness (joined a ring).
+pub async fn health(State(state): State<AppState>) -> Response {
+    let ring = state.coordinator.ring();
+    let ready = state.membership.is_ready() && ring.nodes_of(b"").len() > 0;
+    let (rss, peak) = memory_bytes();
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        axum::Json(json!({
+            "node": state.node,
+            "live": true,
+            "ready": ready,
+            "members": ring.members().count(),
+            "ring_digest": format!("{:016x}", ring.digest()),
+            "memory": { "rss_bytes": rss, "peak_rss_bytes": peak },
+            "disk_bytes": state.store.disk_bytes(),
+        })),
+    )
+        .into_response()
+}

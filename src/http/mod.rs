@@ -1,0 +1,150 @@
+//! The public HTTP API (F20), compatible with MyDHT 2026's routes.
+//!
+//! Owns request parsing (keys from the raw path, quorum parameters, Range
+//! and conditional headers) and the mapping of [`Error`] to status codes and
+//! JSON bodies; everything else is the coordinator's. Every error, including
+//! unknown routes (404) and wrong methods (405), answers with JSON saying
+//! what was wrong.
+
+mod cluster;
+mod keys;
+mod page;
+pub mod range;
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use serde_json::json;
+
+use crate::coordinator::Coordinator;
+use crate::error::Error;
+use crate::membership::Membership;
+use crate::ring::NodeId;
+use crate::storage::Store;
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    /// This node.
+    pub node: NodeId,
+    /// Quorum reads and writes.
+    pub coordinator: Coordinator,
+    /// This node's own store (`/haskey`, `/keys` listing).
+    pub store: Store,
+    /// Gossip view (`/ring`, `/health`).
+    pub membership: Arc<Membership>,
+}
+
+/// The public router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page::status_page))
+        .route("/favicon.ico", get(keys::favicon))
+        .route("/keys", get(keys::list))
+        .route("/keys/", get(empty_key).put(empty_key).delete(empty_key))
+        .route(
+            "/keys/{*key}",
+            get(keys::get_value)
+                .put(keys::put_value)
+                .delete(keys::delete_value),
+        )
+        .route("/ring", get(cluster::ring))
+        .route("/whereis/{*key}", get(cluster::whereis))
+        .route("/haskey/{*key}", get(cluster::haskey))
+        .route("/health", get(cluster::health))
+        .route("/balance", post(not_yet))
+        .route("/purge", post(not_yet))
+        .route("/leave", post(not_yet))
+        .route("/metrics", get(not_yet))
+        .route("/ring/{*node}", delete(not_yet))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn empty_key() -> Response {
+    ApiError(Error::invalid("the key is empty")).into_response()
+}
+
+async fn not_yet(uri: axum::http::Uri) -> Response {
+    ApiError(Error::NotImplemented {
+        what: format!("{} is not implemented yet", uri.path()),
+    })
+    .into_response()
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    json_error(
+        StatusCode::NOT_FOUND,
+        "no_route",
+        &format!("no such route: {}", uri.path()),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    json_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        &format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+fn json_error(status: StatusCode, code: &str, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "error": message, "code": code, "status": status.as_u16() })),
+    )
+        .into_response()
+}
+
+/// An [`Error`] as an HTTP response: its status code and a JSON body.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(err: Error) -> Self {
+        ApiError(err)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status =
+            StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let mut body = json!({
+            "error": self.0.to_string(),
+            "code": self.0.code(),
+            "status": status.as_u16(),
+        });
+        if let Error::Unavailable {
+            needed,
+            got,
+            answered,
+            failed,
+        } = &self.0
+        {
+            body["needed"] = json!(needed);
+            body["got"] = json!(got);
+            body["answered"] = json!(answered);
+            body["failed"] = json!(
+                failed
+                    .iter()
+                    .map(|(node, reason)| json!({ "node": node, "error": reason }))
+                    .collect::<Vec<_>>()
+            );
+        }
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// Handler result type.
+pub type ApiResult<T> = std::result::Result<T, ApiError>;

@@ -1,0 +1,166 @@
+//! The replica side of every node-to-node call, run against the local store.
+//! The gRPC service (`service.rs`) and the coordinator's local shortcut both
+//! call these, so a local replica behaves exactly like a remote one.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use tokio::sync::mpsc;
+
+use crate::error::{Error, Result};
+use crate::proto::{ReadReply, RecordMeta, WriteReply};
+use crate::rpc::WriteMsg;
+use crate::storage::{Store, WriteOutcome};
+use crate::version::{Clock, Version};
+
+/// Chunks read ahead of the consumer by [`LocalReplica::read_stream`].
+const READ_AHEAD_CHUNKS: usize = 2;
+
+/// Replica operations on this node's store.
+#[derive(Clone)]
+pub struct LocalReplica {
+    /// The node's store.
+    pub store: Store,
+    /// The node's clock, moved forward by the versions it stores.
+    pub clock: Arc<Clock>,
+}
+
+fn reply(outcome: WriteOutcome) -> WriteReply {
+    WriteReply {
+        applied: outcome.applied,
+        current: Some(outcome.current.into()),
+    }
+}
+
+/// Runs blocking storage work without stalling the async runtime's other tasks.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(format!("storage task failed: {e}"))))?
+}
+
+impl LocalReplica {
+    /// Stores a whole value or tombstone if newer.
+    pub async fn write(&self, meta: RecordMeta, value: Bytes) -> Result<WriteReply> {
+        self.clock.observe(meta.version());
+        let outcome = if value.len() > crate::storage::INLINE_MAX_BYTES {
+            let store = self.store.clone();
+            blocking(move || store.write_whole(meta, value)).await?
+        } else {
+            self.store.write_whole(meta, value)?
+        };
+        self.store.sync().await?;
+        Ok(reply(outcome))
+    }
+
+    /// Stores a streamed value: `header`, then the messages of `rx`, which
+    /// must end with a trailer. A stream that ends early stores nothing.
+    pub async fn write_stream(
+        &self,
+        header: RecordMeta,
+        mut rx: impl Stream<Item = Result<WriteMsg>> + Unpin,
+    ) -> Result<WriteReply> {
+        use futures::StreamExt;
+        self.clock.observe(header.version());
+        let store = self.store.clone();
+        let mut writer = blocking(move || store.begin_stream(header)).await?;
+        while let Some(msg) = rx.next().await {
+            match msg? {
+                WriteMsg::Data(data) => {
+                    writer = blocking(move || {
+                        writer.write(&data)?;
+                        Ok(writer)
+                    })
+                    .await?;
+                }
+                WriteMsg::Trailer { size, checksum } => {
+                    let outcome = blocking(move || writer.finish(size, &checksum)).await?;
+                    self.store.sync().await?;
+                    return Ok(reply(outcome));
+                }
+            }
+        }
+        Err(Error::Aborted {
+            reason: "the stream ended before its trailer".into(),
+        })
+    }
+
+    /// What this replica holds for `key`, with the value when it is at most
+    /// `inline_max` bytes and stored inline.
+    pub async fn read(&self, key: &str, inline_max: u64) -> Result<ReadReply> {
+        crate::key::validate(key)?;
+        let Some(record) = self.store.record(key)? else {
+            return Ok(ReadReply::default());
+        };
+        let meta = record.meta.clone();
+        let size = meta.as_ref().map(|m| m.size).unwrap_or(0);
+        let value = if size <= inline_max {
+            self.store.inline_value(&record)?
+        } else {
+            None
+        };
+        Ok(ReadReply { meta, value })
+    }
+
+    /// The bytes `offset..offset+length` (length 0: to the end) of `key` at
+    /// exactly `version`, as a stream of chunks read just ahead of the
+    /// consumer.
+    pub fn read_stream(
+        &self,
+        key: String,
+        version: Version,
+        offset: u64,
+        length: u64,
+    ) -> Result<mpsc::Receiver<Result<Bytes>>> {
+        crate::key::validate(&key)?;
+        let record = self
+            .store
+            .record(&key)?
+            .ok_or_else(|| Error::not_found(format!("key {key:?}")))?;
+        let meta = record.meta.clone().unwrap_or_default();
+        if meta.version() != version || meta.deleted {
+            return Err(Error::not_found(format!("{key:?} at version {version:?}")));
+        }
+        if offset > meta.size {
+            return Err(Error::invalid("offset past the end of the value"));
+        }
+        let end = if length == 0 {
+            meta.size
+        } else {
+            offset.saturating_add(length).min(meta.size)
+        };
+        let (tx, rx) = mpsc::channel(READ_AHEAD_CHUNKS);
+        if let Some(value) = self.store.inline_value(&record)? {
+            let piece = value.slice(offset as usize..end as usize);
+            let _ = tx.try_send(Ok(piece));
+            return Ok(rx);
+        }
+        let store = self.store.clone();
+        let chunk = record.chunk_size.max(1) as u64;
+        tokio::task::spawn_blocking(move || {
+            let mut position = offset;
+            while position < end {
+                let index = (position / chunk) as u32;
+                let start_in_chunk = (position % chunk) as usize;
+                let piece = store.read_chunk(&key, version, index).and_then(|data| {
+                    let stop = ((end - index as u64 * chunk) as usize).min(data.len());
+                    if start_in_chunk >= stop {
+                        return Err(Error::corrupt(format!("chunk {index} of {key:?} is short")));
+                    }
+                    Ok(data.slice(start_in_chunk..stop))
+                });
+                let failed = piece.is_err();
+                if let Ok(p) = &piece {
+                    position += p.len() as u64;
+                }
+                if tx.blocking_send(piece).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(rx)
+    }
+}

@@ -1,0 +1,285 @@
+//! Node-to-node calls: the `Replica` gRPC service (`service.rs`), its
+//! replica-side logic (`local.rs`), and [`Peers`], the pool of persistent
+//! connections to other nodes.
+//!
+//! [`ReplicaHandle`] is what the coordinator talks to: the same operations
+//! whether the replica is this node (direct calls, no loopback RPC) or a
+//! peer (one multiplexed HTTP/2 connection per peer, reused by every call and
+//! re-established by tonic when it breaks).
+//!
+//! Guarantees: a unary call either returns the replica's reply or an error
+//! within its timeout; an error does not tell whether the replica applied
+//! the write (it may have). Streams carry no overall timeout: the caller
+//! bounds each step.
+
+pub mod local;
+pub mod service;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{StreamExt, stream::BoxStream};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::{Error, Result};
+use crate::proto::replica_client::ReplicaClient;
+use crate::proto::{
+    PingRequest, ReadReply, ReadRequest, ReadStreamRequest, RecordMeta, WriteChunk, WriteReply,
+    WriteRequest, WriteTrailer, write_chunk,
+};
+use crate::ring::NodeId;
+use crate::version::Version;
+
+pub use self::local::LocalReplica;
+pub use self::service::ReplicaService;
+
+/// One message of a streamed write after its header.
+#[derive(Debug, Clone)]
+pub enum WriteMsg {
+    /// Value bytes, in order.
+    Data(Bytes),
+    /// End of the value: what the replica must have received.
+    Trailer {
+        /// Total bytes.
+        size: u64,
+        /// blake3 of the value.
+        checksum: Bytes,
+    },
+}
+
+/// Largest gRPC message accepted: a 1 MiB chunk plus framing, with room.
+pub const MAX_RPC_MESSAGE_BYTES: usize = 8 * 1024 * 1024;
+
+/// HTTP/2 flow-control window per stream: 1 MiB in flight keeps loopback
+/// and LAN streams at full speed while bounding buffered bytes per stream.
+pub const STREAM_WINDOW_BYTES: u32 = 1024 * 1024;
+/// HTTP/2 window per connection (all streams to one peer together).
+pub const CONNECTION_WINDOW_BYTES: u32 = 4 * 1024 * 1024;
+
+/// How calls to peers behave.
+#[derive(Debug, Clone)]
+pub struct RpcOptions {
+    /// Deadline of unary calls (reads, small writes).
+    pub timeout: Duration,
+    /// How long establishing a connection may take.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RpcOptions {
+    fn default() -> Self {
+        RpcOptions {
+            timeout: Duration::from_secs(5),
+            connect_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Persistent connections to peers, one per peer, created on first use.
+#[derive(Clone)]
+pub struct Peers {
+    /// Channels by peer; a std mutex held only to look up or insert.
+    channels: Arc<Mutex<HashMap<NodeId, Channel>>>,
+    /// Timeouts.
+    options: RpcOptions,
+}
+
+impl Peers {
+    /// An empty pool.
+    pub fn new(options: RpcOptions) -> Peers {
+        Peers {
+            channels: Arc::default(),
+            options,
+        }
+    }
+
+    /// The call timeout.
+    pub fn timeout(&self) -> Duration {
+        self.options.timeout
+    }
+
+    /// A client for `node`, reusing its connection.
+    pub fn client(&self, node: &NodeId) -> Result<ReplicaClient<Channel>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let channel = match channels.get(node) {
+            Some(channel) => channel.clone(),
+            None => {
+                let endpoint = Endpoint::from_shared(format!("http://{node}"))
+                    .map_err(|e| Error::invalid(format!("bad peer address {node}: {e}")))?
+                    .connect_timeout(self.options.connect_timeout)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(5))
+                    .keep_alive_while_idle(true)
+                    .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
+                    .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES));
+                let channel = endpoint.connect_lazy();
+                channels.insert(node.clone(), channel.clone());
+                channel
+            }
+        };
+        Ok(ReplicaClient::new(channel)
+            .max_decoding_message_size(MAX_RPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_RPC_MESSAGE_BYTES))
+    }
+}
+
+/// A replica the coordinator can call: this node or a peer.
+#[derive(Clone)]
+pub enum ReplicaHandle {
+    /// This node's own store.
+    Local(LocalReplica),
+    /// Another node, through the pool.
+    Remote {
+        /// The peer.
+        node: NodeId,
+        /// The pool holding its connection.
+        peers: Peers,
+    },
+}
+
+fn rpc_error(node: &NodeId, status: tonic::Status) -> Error {
+    match status.code() {
+        tonic::Code::NotFound => Error::not_found(status.message().to_string()),
+        tonic::Code::InvalidArgument => Error::invalid(status.message().to_string()),
+        tonic::Code::ResourceExhausted => Error::DiskFull,
+        tonic::Code::DeadlineExceeded => Error::Timeout {
+            what: format!("rpc to {node}"),
+        },
+        tonic::Code::DataLoss => Error::corrupt(format!("{node}: {}", status.message())),
+        _ => Error::Rpc {
+            node: node.clone(),
+            reason: status.message().to_string(),
+        },
+    }
+}
+
+impl ReplicaHandle {
+    fn with_timeout<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let ReplicaHandle::Remote { peers, .. } = self {
+            request.set_timeout(peers.timeout());
+        }
+        request
+    }
+
+    /// Stores a whole value or a tombstone.
+    pub async fn write(&self, meta: RecordMeta, value: Bytes) -> Result<WriteReply> {
+        match self {
+            ReplicaHandle::Local(local) => local.write(meta, value).await,
+            ReplicaHandle::Remote { node, peers } => {
+                let request = self.with_timeout(WriteRequest {
+                    meta: Some(meta),
+                    value,
+                });
+                let reply = peers.client(node)?.write(request).await;
+                reply
+                    .map(|r| r.into_inner())
+                    .map_err(|s| rpc_error(node, s))
+            }
+        }
+    }
+
+    /// Streams a value: `header`, then the messages of `rx` (ending with a
+    /// trailer). Dropping the sender before the trailer aborts the write.
+    pub async fn write_stream(
+        &self,
+        header: RecordMeta,
+        rx: mpsc::Receiver<WriteMsg>,
+    ) -> Result<WriteReply> {
+        let messages = tokio_stream::wrappers::ReceiverStream::new(rx);
+        match self {
+            ReplicaHandle::Local(local) => local.write_stream(header, messages.map(Ok)).await,
+            ReplicaHandle::Remote { node, peers } => {
+                let first = WriteChunk {
+                    part: Some(write_chunk::Part::Header(header)),
+                };
+                let rest = messages.map(|msg| WriteChunk {
+                    part: Some(match msg {
+                        WriteMsg::Data(data) => write_chunk::Part::Data(data),
+                        WriteMsg::Trailer { size, checksum } => {
+                            write_chunk::Part::Trailer(WriteTrailer { size, checksum })
+                        }
+                    }),
+                });
+                let outbound = futures::stream::once(async { first }).chain(rest);
+                let reply = peers.client(node)?.write_stream(outbound).await;
+                reply
+                    .map(|r| r.into_inner())
+                    .map_err(|s| rpc_error(node, s))
+            }
+        }
+    }
+
+    /// What the replica holds for `key` (value included up to `inline_max` bytes).
+    pub async fn read(&self, key: &str, inline_max: u64) -> Result<ReadReply> {
+        match self {
+            ReplicaHandle::Local(local) => local.read(key, inline_max).await,
+            ReplicaHandle::Remote { node, peers } => {
+                let request = self.with_timeout(ReadRequest {
+                    key: key.to_string(),
+                    inline_max,
+                });
+                let reply = peers.client(node)?.read(request).await;
+                reply
+                    .map(|r| r.into_inner())
+                    .map_err(|s| rpc_error(node, s))
+            }
+        }
+    }
+
+    /// The bytes of `key` at exactly `version`, from `offset`, `length` bytes
+    /// (0 = to the end).
+    pub async fn read_stream(
+        &self,
+        key: &str,
+        version: Version,
+        offset: u64,
+        length: u64,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        match self {
+            ReplicaHandle::Local(local) => {
+                let rx = local.read_stream(key.to_string(), version, offset, length)?;
+                Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+            }
+            ReplicaHandle::Remote { node, peers } => {
+                let request = ReadStreamRequest {
+                    key: key.to_string(),
+                    version: Some(version.into()),
+                    offset,
+                    length,
+                };
+                let response = peers
+                    .client(node)?
+                    // No call deadline: a large value streams for long; the
+                    // caller bounds the wait for each chunk instead.
+                    .read_stream(tonic::Request::new(request))
+                    .await
+                    .map_err(|s| rpc_error(node, s))?;
+                let node = node.clone();
+                Ok(response
+                    .into_inner()
+                    .map(move |item| item.map(|c| c.data).map_err(|s| rpc_error(&node, s)))
+                    .boxed())
+            }
+        }
+    }
+
+    /// Checks that the replica answers.
+    pub async fn ping(&self) -> Result<String> {
+        match self {
+            ReplicaHandle::Local(_) => Ok("local".into()),
+            ReplicaHandle::Remote { node, peers } => {
+                let reply = peers
+                    .client(node)?
+                    .ping(self.with_timeout(PingRequest {}))
+                    .await;
+                reply
+                    .map(|r| r.into_inner().node)
+                    .map_err(|s| rpc_error(node, s))
+            }
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The gRPC `Replica` service: decodes requests, checks them, and calls
+//! [`LocalReplica`]. Every malformed message is an error reply on that call.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::proto::replica_server::Replica;
+use crate::proto::{
+    PingReply, PingRequest, ReadReply, ReadRequest, ReadStreamRequest, ValueChunk, WriteChunk,
+    WriteReply, WriteRequest, write_chunk,
+};
+use crate::ring::NodeId;
+use crate::rpc::WriteMsg;
+use crate::rpc::local::LocalReplica;
+
+/// Serves the `Replica` service of one node.
+pub struct ReplicaService {
+    /// Replica logic on the local store.
+    pub local: LocalReplica,
+    /// This node, for `Ping`.
+    pub node: NodeId,
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<ValueChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Replica for ReplicaService {
+    async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
+        let WriteRequest { meta, value } = request.into_inner();
+        let meta = meta.ok_or_else(|| Status::invalid_argument("write without meta"))?;
+        Ok(Response::new(self.local.write(meta, value).await?))
+    }
+
+    async fn write_stream(
+        &self,
+        request: Request<Streaming<WriteChunk>>,
+    ) -> Result<Response<WriteReply>, Status> {
+        let mut stream = request.into_inner();
+        let header = match stream.next().await {
+            Some(Ok(WriteChunk {
+                part: Some(write_chunk::Part::Header(header)),
+            })) => header,
+            Some(Err(status)) => return Err(status),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "a write stream must start with a header",
+                ));
+            }
+        };
+        let messages = stream.map(|item| match item {
+            Ok(WriteChunk {
+                part: Some(write_chunk::Part::Data(data)),
+            }) => Ok(WriteMsg::Data(data)),
+            Ok(WriteChunk {
+                part: Some(write_chunk::Part::Trailer(t)),
+            }) => Ok(WriteMsg::Trailer {
+                size: t.size,
+                checksum: t.checksum,
+            }),
+            Ok(_) => Err(crate::error::Error::invalid(
+                "unexpected message in a write stream",
+            )),
+            Err(status) => Err(crate::error::Error::Aborted {
+                reason: status.message().to_string(),
+            }),
+        });
+        Ok(Response::new(
+            self.local.write_stream(header, Box::pin(messages)).await?,
+        ))
+    }
+
+    async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
+        let ReadRequest { key, inline_max } = request.into_inner();
+        Ok(Response::new(self.local.read(&key, inline_max).await?))
+    }
+
+    type ReadStreamStream = ChunkStream;
+
+    async fn read_stream(
+        &self,
+        request: Request<ReadStreamRequest>,
+    ) -> Result<Response<ChunkStream>, Status> {
+        let ReadStreamRequest {
+            key,
+            version,
+            offset,
+            length,
+        } = request.into_inner();
+        let version = version
+            .ok_or_else(|| Status::invalid_argument("read stream without a version"))?
+            .into();
+        let rx = self.local.read_stream(key, version, offset, length)?;
+        let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
+            .map(|piece| piece.map(|data| ValueChunk { data }).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
+        Ok(Response::new(PingReply {
+            node: self.node.to_string(),
+        }))
+    }
+}

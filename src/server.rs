@@ -1,0 +1,285 @@
+//! Wiring only: builds a node from its [`NodeConfig`], serves HTTP and gRPC
+//! on one TCP port (routed by content type, F1), runs gossip on the same
+//! port number over UDP, and shuts down in order.
+//!
+//! Start order: store (cleans half-written values) -> TCP listener (so peers
+//! can reach us as soon as gossip announces us) -> gossip -> accept loop.
+//! Shutdown order: stop accepting -> drain connections (bounded) -> stop
+//! gossip -> flush the store.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower::Service;
+
+use crate::config::NodeConfig;
+use crate::coordinator::{Coordinator, CoordinatorOptions};
+use crate::error::{Error, Result};
+use crate::http::{self, AppState};
+use crate::membership::{Membership, MembershipOptions};
+use crate::proto::replica_server::ReplicaServer;
+use crate::ring::{NodeId, Token, decode_tokens, encode_tokens, random_tokens};
+use crate::rpc::{LocalReplica, MAX_RPC_MESSAGE_BYTES, Peers, ReplicaService, RpcOptions};
+use crate::storage::{StorageOptions, Store};
+use crate::version::Clock;
+
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 4096;
+/// How long shutdown waits for open requests to finish.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts at finding a port free for both TCP and UDP when `--port 0`.
+const PORT_PICK_ATTEMPTS: usize = 50;
+/// File in the data dir that pins the node's identity and tokens.
+const NODE_FILE: &str = "node.json";
+
+/// What is persisted about the node itself.
+#[derive(Debug, Serialize, Deserialize)]
+struct NodeFile {
+    /// The identity this data belongs to.
+    node: String,
+    /// The node's tokens, as gossiped.
+    tokens: String,
+}
+
+/// A node that is serving.
+pub struct RunningNode {
+    /// The node's identity.
+    pub id: NodeId,
+    /// The TCP address it listens on.
+    pub local_addr: SocketAddr,
+    /// Stops the node when sent to (or dropped).
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    /// The serving task; ends after shutdown completes.
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl RunningNode {
+    /// Asks the node to stop and waits until it has.
+    pub async fn stop(self) -> Result<()> {
+        let _ = self.shutdown.send(());
+        self.task
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?
+    }
+
+    /// Waits until the node stops on its own (it does not, unless it fails).
+    pub async fn wait(&mut self) -> Result<()> {
+        (&mut self.task)
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?
+    }
+}
+
+/// Binds TCP (and checks UDP) on `bind:port`; port 0 picks a port free for both.
+async fn bind(config: &NodeConfig) -> Result<TcpListener> {
+    if config.port != 0 {
+        let listener = TcpListener::bind((config.bind, config.port)).await?;
+        return Ok(listener);
+    }
+    for _ in 0..PORT_PICK_ATTEMPTS {
+        let listener = TcpListener::bind((config.bind, 0)).await?;
+        let port = listener.local_addr()?.port();
+        if std::net::UdpSocket::bind((config.bind, port)).is_ok() {
+            return Ok(listener);
+        }
+    }
+    Err(Error::Io(std::io::Error::other(
+        "found no port free for both TCP and UDP",
+    )))
+}
+
+/// Loads the node's tokens from its data dir, or makes and saves new ones.
+fn load_tokens(dir: Option<&Path>, id: &NodeId, count: usize) -> Result<Vec<Token>> {
+    let Some(dir) = dir else {
+        return Ok(random_tokens(count));
+    };
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(NODE_FILE);
+    match std::fs::read(&path) {
+        Ok(raw) => {
+            let file: NodeFile = serde_json::from_slice(&raw)
+                .map_err(|e| Error::corrupt(format!("{}: {e}", path.display())))?;
+            if file.node != id.as_str() {
+                return Err(Error::invalid(format!(
+                    "{} belongs to node {}, not {id}; use another --data-dir",
+                    dir.display(),
+                    file.node
+                )));
+            }
+            decode_tokens(&file.tokens)
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            let tokens = random_tokens(count);
+            let file = NodeFile {
+                node: id.to_string(),
+                tokens: encode_tokens(&tokens),
+            };
+            let tmp = path.with_extension("json.tmp");
+            let body = serde_json::to_vec_pretty(&file)
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
+            std::fs::write(&tmp, body)?;
+            std::fs::File::open(&tmp)?.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            Ok(tokens)
+        }
+        Err(err) => Err(err.into()),
+    }
+}
+
+/// Starts a node; it serves until [`RunningNode::stop`].
+pub async fn start(config: NodeConfig) -> Result<RunningNode> {
+    config.validate()?;
+    let listener = bind(&config).await?;
+    let local_addr = listener.local_addr()?;
+    let id = NodeId::parse(&format!("{}:{}", config.host, local_addr.port()))?;
+    let data_dir = config.data_dir_for(local_addr.port());
+    let tokens = load_tokens(data_dir.as_deref(), &id, config.tokens)?;
+    let store = Store::open(&StorageOptions {
+        data_dir: data_dir.clone(),
+        fsync: config.fsync,
+    })?;
+    let advertise_addr = tokio::net::lookup_host((config.host.as_str(), local_addr.port()))
+        .await?
+        .next()
+        .ok_or_else(|| Error::invalid(format!("--host {} does not resolve", config.host)))?;
+    let membership = Arc::new(
+        Membership::start(MembershipOptions {
+            node: id.clone(),
+            listen_addr: SocketAddr::new(config.bind, local_addr.port()),
+            advertise_addr,
+            seeds: config.join.clone(),
+            zone: config.zone.clone(),
+            tokens,
+            replicas: config.replicas,
+            cluster_id: config.cluster_id.clone(),
+            gossip_interval: config.gossip_interval,
+        })
+        .await?,
+    );
+    let clock = Arc::new(Clock::new(id.hash64()));
+    let local = LocalReplica {
+        store: store.clone(),
+        clock,
+    };
+    let peers = Peers::new(RpcOptions {
+        timeout: config.rpc_timeout,
+        ..RpcOptions::default()
+    });
+    let coordinator = Coordinator::new(
+        id.clone(),
+        membership.clone(),
+        local.clone(),
+        peers,
+        CoordinatorOptions {
+            max_value_size: config.max_value_size,
+        },
+    );
+    let grpc = tonic::service::Routes::new(
+        ReplicaServer::new(ReplicaService {
+            local,
+            node: id.clone(),
+        })
+        .max_decoding_message_size(MAX_RPC_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_RPC_MESSAGE_BYTES),
+    )
+    .into_axum_router();
+    let api = http::router(AppState {
+        node: id.clone(),
+        coordinator,
+        store: store.clone(),
+        membership: membership.clone(),
+    });
+    tracing::info!(node = %id, addr = %local_addr, data_dir = ?data_dir, "node started");
+    let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel();
+    let task = tokio::spawn(serve(listener, grpc, api, shutdown_rx, membership, store));
+    Ok(RunningNode {
+        id,
+        local_addr,
+        shutdown: shutdown_tx,
+        task,
+    })
+}
+
+/// Accept loop: one hyper connection (HTTP/1 or h2c) per TCP connection,
+/// each request routed to gRPC or the public API by its content type.
+async fn serve(
+    listener: TcpListener,
+    grpc: axum::Router,
+    api: axum::Router,
+    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+    membership: Arc<Membership>,
+    store: Store,
+) -> Result<()> {
+    let service = tower::service_fn(move |request: hyper::Request<Incoming>| {
+        let is_grpc = request
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let request = request.map(Body::new);
+        let mut router = if is_grpc { grpc.clone() } else { api.clone() };
+        async move { router.call(request).await }
+    });
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(1024)
+        .initial_stream_window_size(crate::rpc::STREAM_WINDOW_BYTES)
+        .initial_connection_window_size(crate::rpc::CONNECTION_WINDOW_BYTES);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(err) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = builder.serve_connection_with_upgrades(
+            TokioIo::new(stream),
+            TowerToHyperService::new(service.clone()),
+        );
+        let connection = graceful.watch(connection.into_owned());
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::debug!(%peer, %err, "connection ended with an error");
+            }
+            drop(permit);
+        });
+    }
+    tracing::info!("shutting down: draining connections");
+    drop(listener);
+    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("some connections did not finish in time");
+    }
+    membership.shutdown();
+    store.persist()?;
+    tracing::info!("stopped");
+    Ok(())
+}
