@@ -1,0 +1,338 @@
+//! Test harness: real `ringkv serve` processes on loopback, each with its own
+//! port (picked by the kernel, `--port 0`) and data dir, which a test can
+//! kill, freeze, restart and add to. Waiting is always polling a condition
+//! with a deadline.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// The binary under test.
+pub const RINGKV: &str = env!("CARGO_BIN_EXE_ringkv");
+
+/// Generous deadline for conditions on a loaded 2-core machine.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Polls `check` every 50 ms until it returns `Some`, or panics after `deadline`.
+pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let started = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            started.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One node process.
+pub struct Node {
+    /// `127.0.0.1:PORT`.
+    pub id: String,
+    /// Its port (TCP and UDP).
+    pub port: u16,
+    /// Its data dir.
+    pub data_dir: PathBuf,
+    /// Extra flags it was started with (kept for restarts).
+    pub flags: Vec<String>,
+    /// Its process, while running.
+    child: Option<Child>,
+    /// Where its stderr goes.
+    log: PathBuf,
+}
+
+impl Node {
+    /// Base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.id)
+    }
+
+    /// Its OS process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    fn signal(&self, signal: i32) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill(2) on our own child process.
+            unsafe {
+                libc::kill(pid as i32, signal);
+            }
+        }
+    }
+}
+
+/// A set of nodes under test.
+pub struct Cluster {
+    /// Holds every node's data dir and log.
+    pub dir: tempfile::TempDir,
+    /// The nodes, in start order.
+    pub nodes: Vec<Node>,
+    /// Client for the tests' own requests.
+    pub http: reqwest::Client,
+}
+
+/// Options for a test cluster.
+#[derive(Clone)]
+pub struct Options {
+    /// Nodes to start.
+    pub nodes: usize,
+    /// Replication factor.
+    pub replicas: usize,
+    /// Extra flags for every node.
+    pub flags: Vec<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            nodes: 3,
+            replicas: 3,
+            flags: Vec::new(),
+        }
+    }
+}
+
+impl Cluster {
+    /// Starts `options.nodes` nodes, the first founding, the others joining
+    /// it, and waits until every node sees all of them as normal.
+    pub async fn start(options: Options) -> Cluster {
+        let mut cluster = Cluster {
+            dir: tempfile::tempdir().expect("temp dir"),
+            nodes: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .expect("client"),
+        };
+        for i in 0..options.nodes {
+            let mut flags = vec!["--replicas".to_string(), options.replicas.to_string()];
+            flags.extend(options.flags.iter().cloned());
+            if i > 0 {
+                flags.push("--join".into());
+                flags.push(cluster.nodes[0].id.clone());
+            }
+            cluster.spawn(flags);
+        }
+        cluster.wait_converged().await;
+        cluster
+    }
+
+    /// Starts one more node with `flags` (plus the usual test flags) and
+    /// returns its index. Does not wait for it to join.
+    pub fn spawn(&mut self, flags: Vec<String>) -> usize {
+        let index = self.nodes.len();
+        let data_dir = self.dir.path().join(format!("node{index}"));
+        let log = self.dir.path().join(format!("node{index}.log"));
+        let (child, port) = launch(0, &data_dir, &flags, &log);
+        self.nodes.push(Node {
+            id: format!("127.0.0.1:{port}"),
+            port,
+            data_dir,
+            flags,
+            child: Some(child),
+            log,
+        });
+        index
+    }
+
+    /// URL of node `i`.
+    pub fn url(&self, i: usize) -> String {
+        self.nodes[i].url()
+    }
+
+    /// Kills node `i` with SIGKILL and reaps it.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends SIGSTOP to node `i`.
+    pub fn freeze(&self, i: usize) {
+        self.nodes[i].signal(libc::SIGSTOP);
+    }
+
+    /// Sends SIGCONT to node `i`.
+    pub fn thaw(&self, i: usize) {
+        self.nodes[i].signal(libc::SIGCONT);
+    }
+
+    /// Stops node `i` with SIGTERM and waits for it to exit; returns its exit code.
+    pub fn terminate(&mut self, i: usize) -> Option<i32> {
+        let mut child = self.nodes[i].child.take()?;
+        // SAFETY: kill(2) on our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        child.wait().ok().and_then(|s| s.code())
+    }
+
+    /// Restarts node `i` (killed or stopped) on its port and data dir.
+    pub fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "node {i} is still running");
+        let node = &self.nodes[i];
+        let (child, _) = launch(node.port, &node.data_dir, &node.flags, &node.log);
+        self.nodes[i].child = Some(child);
+    }
+
+    /// `GET /ring` of node `i`.
+    pub async fn ring(&self, i: usize) -> Option<Value> {
+        let response = self
+            .http
+            .get(format!("{}/ring", self.url(i)))
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    /// Waits until every running node sees every node as normal, with one digest.
+    pub async fn wait_converged(&self) {
+        let running: Vec<usize> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].child.is_some())
+            .collect();
+        let expected = self.nodes.len();
+        wait_for("the ring to converge", DEADLINE, || async {
+            let mut digests = Vec::new();
+            for &i in &running {
+                let ring = self.ring(i).await?;
+                let members = ring["members"].as_array()?;
+                let normal = members.iter().filter(|m| m["state"] == "normal").count();
+                if members.len() != expected || normal != expected {
+                    return None;
+                }
+                digests.push(ring["digest"].as_str()?.to_string());
+            }
+            digests.windows(2).all(|w| w[0] == w[1]).then_some(())
+        })
+        .await;
+    }
+
+    /// Waits until node `i` answers `/health` with ready.
+    pub async fn wait_ready(&self, i: usize) {
+        let url = format!("{}/health", self.url(i));
+        wait_for("the node to be ready", DEADLINE, || async {
+            let response = self.http.get(&url).send().await.ok()?;
+            (response.status() == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// `GET /haskey/{key}` on node `i`: (timestamp, deleted).
+    pub async fn haskey(&self, i: usize, key: &str) -> (u64, bool) {
+        let url = format!("{}/haskey/{}", self.url(i), ringkv::key::to_url_path(key));
+        let body: Value = self
+            .http
+            .get(url)
+            .send()
+            .await
+            .expect("haskey")
+            .json()
+            .await
+            .expect("json");
+        (
+            body["timestamp"].as_u64().expect("timestamp"),
+            body["deleted"].as_bool().expect("deleted"),
+        )
+    }
+
+    /// Index of the node whose id is `id`.
+    pub fn index_of(&self, id: &str) -> usize {
+        self.nodes
+            .iter()
+            .position(|n| n.id == id)
+            .unwrap_or_else(|| panic!("no node {id}"))
+    }
+
+    /// The last lines of node `i`'s log, for failure messages.
+    pub fn log_tail(&self, i: usize) -> String {
+        let text = std::fs::read_to_string(&self.nodes[i].log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in &mut self.nodes {
+            if let Some(mut child) = node.child.take() {
+                // SAFETY: kill(2) on our own child; SIGCONT first in case it is frozen.
+                unsafe {
+                    libc::kill(child.id() as i32, libc::SIGCONT);
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+/// Starts `ringkv serve` and returns it with the port it listens on (read
+/// from its `listening on` line).
+fn launch(
+    port: u16,
+    data_dir: &std::path::Path,
+    flags: &[String],
+    log: &std::path::Path,
+) -> (Child, u16) {
+    let stderr = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .expect("log file");
+    let mut child = Command::new(RINGKV)
+        .arg("serve")
+        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .args(["--gossip-interval", "100ms"])
+        .args(flags)
+        .env("RINGKV_LOG", "info,ringkv=debug")
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .expect("spawn ringkv");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = match lines.next() {
+        Some(Ok(line)) => line,
+        other => panic!(
+            "ringkv did not start ({other:?}); log:\n{}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        ),
+    };
+    std::thread::spawn(move || for _ in lines {});
+    let port: u16 = line
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
+    (child, port)
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect()
+}
