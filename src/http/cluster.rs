@@ -108,7 +108,7 @@ pub fn memory_bytes() -> (u64, u64) {
 /// `GET /health`: liveness (it answers) and readiness (joined a ring).
 pub async fn health(State(state): State<AppState>) -> Response {
     let ring = state.coordinator.ring();
-    let ready = state.membership.is_ready() && ring.nodes_of(b"").len() > 0;
+    let ready = state.membership.is_ready() && !ring.nodes_of(b"").is_empty();
     let (rss, peak) = memory_bytes();
     let status = if ready {
         StatusCode::OK

@@ -167,10 +167,10 @@ async fn serve_value(
             .is_some_and(|since| not_modified_since(since, version.unix_seconds())),
     };
     if unchanged {
-        return Ok(response
+        return response
             .status(StatusCode::NOT_MODIFIED)
             .body(Body::empty())
-            .map_err(internal)?);
+            .map_err(internal);
     }
     let (status, start, end) = match parse_range(header_str(header::RANGE), meta.size) {
         RangeRequest::Whole => (StatusCode::OK, 0, meta.size),
@@ -182,7 +182,7 @@ async fn serve_value(
             (StatusCode::PARTIAL_CONTENT, start, end + 1)
         }
         RangeRequest::Unsatisfiable => {
-            return Ok(response
+            return response
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .header(header::CONTENT_RANGE, format!("bytes */{}", meta.size))
                 .header(header::CONTENT_TYPE, "application/json")
@@ -190,7 +190,7 @@ async fn serve_value(
                     json!({"error": "range not satisfiable", "code": "range", "status": 416, "size": meta.size})
                         .to_string(),
                 ))
-                .map_err(internal)?);
+                .map_err(internal);
         }
     };
     response = response
@@ -208,7 +208,7 @@ async fn serve_value(
             .await?;
         Body::from_stream(stream)
     };
-    Ok(response.body(body).map_err(internal)?)
+    response.body(body).map_err(internal)
 }
 
 fn internal(err: axum::http::Error) -> ApiError {
