@@ -32,7 +32,13 @@ fn piece(index: u64) -> Bytes {
 }
 
 async fn health(http: &reqwest::Client, url: &str) -> Value {
-    http.get(format!("{url}/health")).send().await.unwrap().json().await.unwrap()
+    http.get(format!("{url}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,18 +63,27 @@ async fn a_gigabyte_streams_through_with_bounded_memory() {
     let (replica_urls, before) = (urls[1..].to_vec(), disk_before[1..].to_vec());
     let (http2, seen) = (http.clone(), seen_midway.clone());
     let body = futures::stream::iter(0..SIZE / PIECE as u64).then(move |i| {
-        let (http, urls, before, seen) = (http2.clone(), replica_urls.clone(), before.clone(), seen.clone());
+        let (http, urls, before, seen) = (
+            http2.clone(),
+            replica_urls.clone(),
+            before.clone(),
+            seen.clone(),
+        );
         async move {
             if i * PIECE as u64 == PAUSE_AT {
-                wait_for("replicas to store the first part of the stream", DEADLINE, || async {
-                    for (url, before) in urls.iter().zip(&before) {
-                        let now = health(&http, url).await["disk_bytes"].as_u64()?;
-                        if now < before + PAUSE_AT / 2 {
-                            return None;
+                wait_for(
+                    "replicas to store the first part of the stream",
+                    DEADLINE,
+                    || async {
+                        for (url, before) in urls.iter().zip(&before) {
+                            let now = health(&http, url).await["disk_bytes"].as_u64()?;
+                            if now < before + PAUSE_AT / 2 {
+                                return None;
+                            }
                         }
-                    }
-                    Some(())
-                })
+                        Some(())
+                    },
+                )
                 .await;
                 seen.store(true, Ordering::SeqCst);
             }
@@ -85,7 +100,11 @@ async fn a_gigabyte_streams_through_with_bounded_memory() {
     assert!(seen_midway.load(Ordering::SeqCst));
 
     // Read back through another node.
-    let got = http.get(format!("{}/keys/gigabyte", urls[1])).send().await.unwrap();
+    let got = http
+        .get(format!("{}/keys/gigabyte", urls[1]))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(got.status(), StatusCode::OK);
     assert_eq!(got.headers()["content-length"], SIZE.to_string().as_str());
     let mut hasher = blake3::Hasher::new();
@@ -100,8 +119,13 @@ async fn a_gigabyte_streams_through_with_bounded_memory() {
     assert_eq!(hasher.finalize(), expected, "the value read back differs");
 
     for url in &urls {
-        let peak = health(&http, url).await["memory"]["peak_rss_bytes"].as_u64().unwrap();
-        eprintln!("{url}: peak RSS {:.1} MiB", peak as f64 / f64::from(1 << 20));
+        let peak = health(&http, url).await["memory"]["peak_rss_bytes"]
+            .as_u64()
+            .unwrap();
+        eprintln!(
+            "{url}: peak RSS {:.1} MiB",
+            peak as f64 / f64::from(1 << 20)
+        );
         assert!(peak > 0, "peak RSS not reported by {url}");
         assert!(peak < PEAK_RSS_LIMIT, "{url} peaked at {} MiB", peak >> 20);
     }
