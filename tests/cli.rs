@@ -1,0 +1,238 @@
+//! The `ringkv` command line against real nodes: MyDHT-compatible output,
+//! `--json`, fail-over between nodes, `ringkv cluster`, and a joiner whose
+//! seeds are down.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Cluster, DEADLINE, Options, RINGKV, wait_for};
+use serde_json::Value;
+
+fn ringkv(node: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(RINGKV)
+        .args(["--node", node])
+        .args(args)
+        .output()
+        .expect("run ringkv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_commands_print_what_mydht_printed() {
+    let cluster = Cluster::start(Options::default()).await;
+    let node = cluster.nodes[0].id.clone();
+    let (ok, out, err) = ringkv(&node, &["put", "my key", "my value"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "PUT OK my key\n");
+    let (ok, out, _) = ringkv(&cluster.nodes[1].id, &["get", "my key"]);
+    assert!(ok);
+    assert_eq!(out, "my value");
+
+    // A file, stdin, and -o.
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("in.bin");
+    let data = common::bytes(5, 2_500_000);
+    std::fs::write(&file, &data).unwrap();
+    let (ok, out, err) = ringkv(
+        &node,
+        &["put", "files/in.bin", "-f", file.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "PUT OK files/in.bin\n");
+    let copy = dir.path().join("out.bin");
+    let (ok, _, err) = ringkv(
+        &cluster.nodes[2].id,
+        &["get", "files/in.bin", "-o", copy.to_str().unwrap()],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read(&copy).unwrap(), data);
+    let mut child = Command::new(RINGKV)
+        .args(["--node", &node, "put", "from-stdin", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"piped bytes")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(ringkv(&node, &["get", "from-stdin"]).1, "piped bytes");
+
+    // haskey prints the timestamp, whereis a comma-separated list.
+    let (_, json, _) = ringkv(&node, &["--json", "put", "k", "v", "-w", "all"]);
+    let put: Value = serde_json::from_str(&json).unwrap();
+    let replicas: Vec<String> = serde_json::from_value(put["replicas"].clone()).unwrap();
+    let (ok, out, _) = ringkv(&replicas[0], &["haskey", "k"]);
+    assert!(ok);
+    assert_eq!(out.trim(), put["timestamp"].to_string());
+    assert_eq!(ringkv(&node, &["haskey", "absent"]).1.trim(), "0");
+    assert_eq!(
+        ringkv(&node, &["whereis", "k"]).1.trim(),
+        replicas.join(",")
+    );
+    let (ok, out, _) = ringkv(&node, &["ring"]);
+    assert!(ok && out.contains("normal") && out.contains(&node), "{out}");
+    let (ok, out, _) = ringkv(&replicas[0], &["keys", "--prefix", "files/"]);
+    assert!(ok);
+    assert_eq!(out, "files/in.bin\n");
+
+    // del, then get fails with a clear message and exit code 1.
+    assert_eq!(ringkv(&node, &["del", "k"]).1, "DEL OK k\n");
+    let (ok, _, err) = ringkv(&node, &["get", "k"]);
+    assert!(!ok);
+    assert!(err.contains("not found"), "{err}");
+
+    // Fail-over: the first node listed is down, the second answers.
+    let dead = "127.0.0.1:1";
+    let (ok, out, err) = ringkv(&format!("{dead},{node}"), &["get", "my key"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "my value");
+    // Only dead nodes: a clear error, non-zero exit.
+    let (ok, _, err) = ringkv(dead, &["get", "my key"]);
+    assert!(!ok);
+    assert!(err.contains("error"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_seeds_are_down_keeps_trying_and_founds_nothing() {
+    let mut cluster = Cluster::start(Options {
+        nodes: 1,
+        ..Options::default()
+    })
+    .await;
+    let seed = cluster.nodes[0].id.clone();
+    cluster.kill(0);
+    let joiner = cluster.spawn(vec!["--join".into(), seed.clone()]);
+    let url = cluster.url(joiner);
+    // While the seed is down the joiner is not ready and refuses requests.
+    for _ in 0..10 {
+        let health = cluster
+            .http
+            .get(format!("{url}/health"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(health.status(), 503);
+        let put = cluster
+            .http
+            .put(format!("{url}/keys/x"))
+            .body("v")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 503);
+        let ring = cluster.ring(joiner).await.unwrap();
+        assert!(ring["members"].as_array().unwrap().is_empty(), "{ring}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The seed comes back: the joiner joins its cluster.
+    cluster.restart(0);
+    cluster.wait_converged().await;
+    let put = cluster
+        .http
+        .put(format!("{url}/keys/x"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+}
+
+/// Three consecutive ports below 32768 that are free for TCP and UDP now.
+fn free_ports(count: u16) -> u16 {
+    let start = 20_000 + (std::process::id() % 10_000) as u16;
+    (start..32_000)
+        .step_by(7)
+        .find(|&base| {
+            (base..base + count).all(|p| {
+                std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
+                    && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
+            })
+        })
+        .expect("free ports")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ringkv_cluster_runs_a_working_cluster_until_stopped() {
+    let base = free_ports(3);
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = Command::new(RINGKV)
+        .args(["cluster", "--nodes", "3", "--base-port", &base.to_string()])
+        .arg("--data-root")
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut urls = Vec::new();
+    for _ in 0..3 {
+        let line = lines.next().unwrap().unwrap();
+        let url = line
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .trim_end_matches('/')
+            .to_string();
+        urls.push(url);
+    }
+    assert_eq!(urls[0], format!("http://127.0.0.1:{base}"));
+    let http = reqwest::Client::new();
+    wait_for("the local cluster to converge", DEADLINE, || async {
+        let ring: Value = http
+            .get(format!("{}/ring", urls[2]))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        (ring["nodes"].as_array()?.len() == 3).then_some(())
+    })
+    .await;
+    let put = http
+        .put(format!("{}/keys/hello", urls[0]))
+        .body("world")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 201);
+    let got = http
+        .get(format!("{}/keys/hello", urls[2]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.text().await.unwrap(), "world");
+    // SIGTERM stops every node, and the data dirs hold the data.
+    // SAFETY: kill(2) on our own child.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "{status}");
+    for i in 0..3 {
+        assert!(
+            dir.path()
+                .join(format!("node-{}", base + i))
+                .join("node.json")
+                .exists()
+        );
+    }
+    for i in 0..3 {
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok(),
+            "node {i} still listening"
+        );
+    }
+}
