@@ -89,7 +89,6 @@ impl ServeArgs {
 /// serves (tests and `ringkv cluster` read that line).
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
-    limit_malloc_retention();
     let mut node = crate::server::start(args.config()).await?;
     println!("listening on http://{}", node.id);
     let mut term = signal(SignalKind::terminate())?;
@@ -109,18 +108,4 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         _ = int.recv() => return Ok(ExitCode::from(130)),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Value chunks are 256 KiB to 1 MiB buffers that live briefly. glibc's
-/// malloc raises its mmap threshold after the first such buffer is freed and
-/// then serves them from per-thread arenas that keep the memory, so a long
-/// stream grows the process. A fixed threshold keeps big buffers mmapped and
-/// returned to the OS when freed.
-fn limit_malloc_retention() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only changes allocator tuning; called before the
-    // node allocates its buffers.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 128 * 1024);
-    }
 }

@@ -216,7 +216,7 @@ impl Coordinator {
         limit: usize,
         already: u64,
     ) -> Result<(Bytes, bool)> {
-        let mut piece = BytesMut::new();
+        let mut piece = BytesMut::with_capacity(limit);
         while piece.len() < limit {
             match body.next().await {
                 Some(Ok(data)) => {

@@ -33,25 +33,15 @@ fn reply(outcome: WriteOutcome) -> WriteReply {
     }
 }
 
-/// Runs blocking storage work without stalling the async runtime's other tasks.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<T> {
-    tokio::task::spawn_blocking(work)
-        .await
-        .map_err(|e| Error::Io(std::io::Error::other(format!("storage task failed: {e}"))))?
-}
-
 impl LocalReplica {
     /// Stores a whole value or tombstone if newer.
     pub async fn write(&self, meta: RecordMeta, value: Bytes) -> Result<WriteReply> {
         self.clock.observe(meta.version());
-        let outcome = if value.len() > crate::storage::INLINE_MAX_BYTES {
-            let store = self.store.clone();
-            blocking(move || store.write_whole(meta, value)).await?
-        } else {
-            self.store.write_whole(meta, value)?
-        };
+        // At most one 1 MiB chunk: written inline, like every engine write
+        // here (an append to the journal in the page cache). Hopping to
+        // blocking-pool threads instead scattered chunk-sized buffers over
+        // many threads' allocator caches and grew streaming nodes past 128 MiB.
+        let outcome = self.store.write_whole(meta, value)?;
         self.store.sync().await?;
         Ok(reply(outcome))
     }
@@ -65,19 +55,15 @@ impl LocalReplica {
     ) -> Result<WriteReply> {
         use futures::StreamExt;
         self.clock.observe(header.version());
-        let store = self.store.clone();
-        let mut writer = blocking(move || store.begin_stream(header)).await?;
+        let mut writer = self.store.begin_stream(header)?;
         while let Some(msg) = rx.next().await {
             match msg? {
                 WriteMsg::Data(data) => {
-                    writer = blocking(move || {
-                        writer.write(&data)?;
-                        Ok(writer)
-                    })
-                    .await?;
+                    self.store.wait_for_flush_room().await;
+                    writer.write(&data)?;
                 }
                 WriteMsg::Trailer { size, checksum } => {
-                    let outcome = blocking(move || writer.finish(size, &checksum)).await?;
+                    let outcome = writer.finish(size, &checksum)?;
                     self.store.sync().await?;
                     return Ok(reply(outcome));
                 }

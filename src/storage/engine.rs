@@ -11,7 +11,9 @@ use std::path::Path;
 use std::sync::RwLock;
 
 use bytes::Bytes;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode};
+use fjall::{
+    CompressionType, Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode,
+};
 
 use crate::error::{Error, Result};
 
@@ -20,14 +22,12 @@ const META_MEMTABLE_BYTES: u64 = 16 << 20;
 /// Memtable of the chunks: 8 MiB (eight chunks), so streaming a large value
 /// holds little of it in memory; the bytes go to blob files on flush
 /// (fjall's 64 MiB default let a 1 GiB upload grow a node past 128 MiB).
-const CHUNK_MEMTABLE_BYTES: u64 = 8 << 20;
-/// Sealed chunk memtables allowed to wait for their flush before chunk
-/// writes wait too.
-const MAX_SEALED_CHUNK_MEMTABLES: usize = 1;
-/// Longest a chunk write waits for flushes before going ahead anyway.
-const THROTTLE_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+const CHUNK_MEMTABLE_BYTES: u64 = 4 << 20;
+/// Sealed chunk memtables allowed to wait for their flush before streamed
+/// writes wait too (see [`Engine::chunk_backlog`]).
+const MAX_SEALED_CHUNK_MEMTABLES: usize = 0;
 /// Block cache for reads.
-const BLOCK_CACHE_BYTES: u64 = 32 << 20;
+const BLOCK_CACHE_BYTES: u64 = 8 << 20;
 
 /// The three maps a store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -68,6 +68,12 @@ pub trait Engine: Send + Sync + 'static {
     fn persist(&self) -> Result<()>;
     /// Bytes the engine uses on disk (0 in memory).
     fn disk_bytes(&self) -> u64;
+    /// Whether chunk writes are ahead of the engine's flushes. fjall keeps
+    /// accepting writes while memtables wait to be flushed, so a fast stream
+    /// would pile them up in memory; streamed writes wait while this holds.
+    fn chunk_backlog(&self) -> bool {
+        false
+    }
 }
 
 /// fjall: a pure-Rust LSM tree, one database with a keyspace per [`Space`].
@@ -89,6 +95,9 @@ impl FjallEngine {
         std::fs::create_dir_all(path)?;
         let db = Database::builder(path)
             .cache_size(BLOCK_CACHE_BYTES)
+            // Values are often compressed files already; LZ4 on every chunk
+            // in the journal and blob files cost CPU and buffers for nothing.
+            .journal_compression(CompressionType::None)
             .open()
             .map_err(Error::from_storage)?;
         let meta = db
@@ -100,7 +109,9 @@ impl FjallEngine {
             .keyspace("chunks", || {
                 KeyspaceCreateOptions::default()
                     .max_memtable_size(CHUNK_MEMTABLE_BYTES)
-                    .with_kv_separation(Some(KvSeparationOptions::default()))
+                    .with_kv_separation(Some(
+                        KvSeparationOptions::default().compression(CompressionType::None),
+                    ))
             })
             .map_err(Error::from_storage)?;
         let pending = db
@@ -112,19 +123,6 @@ impl FjallEngine {
             chunks,
             pending,
         })
-    }
-
-    /// Backpressure for large values: fjall keeps accepting writes while
-    /// memtables wait to be flushed, so a fast stream would pile them up in
-    /// memory. Wait (on the blocking thread doing the write) until flushes
-    /// catch up, for at most [`THROTTLE_MAX_WAIT`].
-    fn throttle_chunk_writes(&self) {
-        let started = std::time::Instant::now();
-        while self.chunks.sealed_memtable_count() > MAX_SEALED_CHUNK_MEMTABLES
-            && started.elapsed() < THROTTLE_MAX_WAIT
-        {
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
     }
 
     fn keyspace(&self, space: Space) -> &Keyspace {
@@ -142,7 +140,7 @@ impl Engine for FjallEngine {
             .keyspace(space)
             .get(key)
             .map_err(Error::from_storage)?
-            .map(|v| Bytes::copy_from_slice(&v)))
+            .map(Bytes::from))
     }
 
     fn scan(
@@ -165,22 +163,17 @@ impl Engine for FjallEngine {
             if !key.starts_with(prefix) || out.len() >= limit {
                 break;
             }
-            out.push((key.to_vec(), Bytes::copy_from_slice(&value)));
+            out.push((key.to_vec(), Bytes::from(value)));
         }
         Ok(out)
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<()> {
-        if ops
-            .iter()
-            .any(|op| matches!(op, Op::Put(Space::Chunks, ..)))
-        {
-            self.throttle_chunk_writes();
-        }
         let mut batch = self.db.batch();
         for op in ops {
             match op {
-                Op::Put(space, key, value) => batch.insert(self.keyspace(space), key, &value[..]),
+                // Zero-copy: fjall's `bytes_1` feature keeps our buffer.
+                Op::Put(space, key, value) => batch.insert(self.keyspace(space), key, value),
                 Op::Delete(space, key) => batch.remove(self.keyspace(space), key),
             }
         }
@@ -195,6 +188,10 @@ impl Engine for FjallEngine {
 
     fn disk_bytes(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
+    }
+
+    fn chunk_backlog(&self) -> bool {
+        self.chunks.sealed_memtable_count() > MAX_SEALED_CHUNK_MEMTABLES
     }
 }
 

@@ -46,6 +46,10 @@ pub const INLINE_MAX_BYTES: usize = 64 * 1024;
 /// Bytes per stored chunk of a large value: 1 MiB keeps each engine write
 /// and each RPC message well under the 4 MiB gRPC default.
 pub const CHUNK_SIZE_BYTES: usize = 1024 * 1024;
+/// Longest a streamed write waits for flushes before going ahead anyway.
+const BACKLOG_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+/// How often a waiting streamed write checks the flush backlog.
+const BACKLOG_POLL: std::time::Duration = std::time::Duration::from_millis(1);
 /// Key locks striped over this many mutexes.
 const LOCK_STRIPES: usize = 256;
 /// Format byte in front of every encoded record.
@@ -360,6 +364,15 @@ impl Store {
         self.inner.engine.persist()
     }
 
+    /// Waits (at most [`BACKLOG_MAX_WAIT`]) while the engine's flushes are
+    /// behind streamed writes: backpressure that bounds memory per node.
+    pub async fn wait_for_flush_room(&self) {
+        let started = tokio::time::Instant::now();
+        while self.inner.engine.chunk_backlog() && started.elapsed() < BACKLOG_MAX_WAIT {
+            tokio::time::sleep(BACKLOG_POLL).await;
+        }
+    }
+
     /// Bytes used on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.inner.engine.disk_bytes()
@@ -413,6 +426,9 @@ impl Engine for SharedEngine {
     fn disk_bytes(&self) -> u64 {
         self.0.disk_bytes()
     }
+    fn chunk_backlog(&self) -> bool {
+        self.0.chunk_backlog()
+    }
 }
 
 /// Group commit: whoever waits when an fsync starts is answered by it.
@@ -463,23 +479,31 @@ pub struct StreamWriter {
 
 impl StreamWriter {
     /// Appends bytes; full chunks go to disk now.
-    pub fn write(&mut self, data: &[u8]) -> Result<()> {
+    pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
         self.hasher.update(data);
         self.size += data.len() as u64;
-        self.buffer.extend_from_slice(data);
-        while self.buffer.len() >= CHUNK_SIZE_BYTES {
-            let chunk = self.buffer.split_to(CHUNK_SIZE_BYTES);
-            self.put_chunk(&chunk)?;
+        while !data.is_empty() {
+            if self.buffer.capacity() == 0 {
+                // One allocation per chunk, with room for its checksum.
+                self.buffer = BytesMut::with_capacity(CHUNK_SIZE_BYTES + CHUNK_CHECKSUM_BYTES);
+            }
+            let take = (CHUNK_SIZE_BYTES - self.buffer.len()).min(data.len());
+            self.buffer.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buffer.len() == CHUNK_SIZE_BYTES {
+                let chunk = std::mem::take(&mut self.buffer);
+                self.put_chunk(chunk)?;
+            }
         }
         Ok(())
     }
 
-    fn put_chunk(&mut self, data: &[u8]) -> Result<()> {
+    fn put_chunk(&mut self, chunk: BytesMut) -> Result<()> {
         let key = chunk_key(&self.header.key, self.header.version(), self.chunks_written);
         self.store
             .inner
             .engine
-            .apply(vec![Op::Put(Space::Chunks, key, seal_chunk(data))])?;
+            .apply(vec![Op::Put(Space::Chunks, key, seal(chunk))])?;
         self.chunks_written += 1;
         Ok(())
     }
@@ -515,8 +539,8 @@ impl StreamWriter {
             }
         } else {
             if !self.buffer.is_empty() {
-                let rest = self.buffer.split();
-                self.put_chunk(&rest)?;
+                let rest = std::mem::take(&mut self.buffer);
+                self.put_chunk(rest)?;
             }
             StoredRecord {
                 meta: Some(meta),
@@ -582,11 +606,17 @@ fn chunk_key(key: &str, version: Version, index: u32) -> Vec<u8> {
     out
 }
 
+/// Appends the chunk's checksum, in place.
+fn seal(mut chunk: BytesMut) -> Bytes {
+    let sum = xxh3_64(&chunk);
+    chunk.extend_from_slice(&sum.to_le_bytes());
+    chunk.freeze()
+}
+
 fn seal_chunk(data: &[u8]) -> Bytes {
     let mut out = BytesMut::with_capacity(data.len() + CHUNK_CHECKSUM_BYTES);
     out.extend_from_slice(data);
-    out.extend_from_slice(&xxh3_64(data).to_le_bytes());
-    out.freeze()
+    seal(out)
 }
 
 fn open_chunk(mut raw: Bytes) -> Result<Bytes> {
