@@ -32,7 +32,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use futures::{Stream, StreamExt, stream::BoxStream};
+use futures::future::BoxFuture;
+use futures::stream::{BoxStream, FuturesUnordered};
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 pub use self::quorum::Quorum;
@@ -247,21 +249,34 @@ impl Coordinator {
         needed: usize,
     ) -> Result<WriteResult> {
         let version = meta.version();
-        let (tx, rx) = mpsc::unbounded_channel();
-        for node in &replicas {
-            let handle = self.replica(node);
-            let (meta, value, tx, node) = (meta.clone(), value.clone(), tx.clone(), node.clone());
-            tokio::spawn(async move {
-                let result = handle.write(meta, value).await;
-                let _ = tx.send((node, result.map(|_| ())));
-            });
+        let mut calls: Calls<()> = replicas
+            .iter()
+            .map(|node| {
+                let (handle, meta, value, node) = (
+                    self.replica(node),
+                    meta.clone(),
+                    value.clone(),
+                    node.clone(),
+                );
+                async move { (node, handle.write(meta, value).await.map(|_| ())) }.boxed()
+            })
+            .collect();
+        let (ok, failed) = gather(&mut calls, needed).await;
+        if !calls.is_empty() {
+            // The replicas slower than the quorum still get the write.
+            tokio::spawn(async move { while calls.next().await.is_some() {} });
         }
-        drop(tx);
-        let stored_on = await_quorum(rx, replicas.len(), needed).await?;
+        if ok.len() < needed {
+            return Err(quorum_error(
+                needed,
+                ok.into_iter().map(|(n, _)| n).collect(),
+                failed,
+            ));
+        }
         Ok(WriteResult {
             version,
             replicas,
-            stored_on,
+            stored_on: ok.into_iter().map(|(n, _)| n).collect(),
         })
     }
 
@@ -333,32 +348,20 @@ impl Coordinator {
     pub async fn get(&self, key: &str, r: Quorum) -> Result<ReadResult> {
         let (replicas, n) = self.placement(key)?;
         let needed = r.count(n)?;
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        for node in &replicas {
-            let handle = self.replica(node);
-            let (tx, node, key) = (tx.clone(), node.clone(), key.to_string());
-            tokio::spawn(async move {
-                let result = handle.read(&key, INLINE_MAX_BYTES as u64).await;
-                let _ = tx.send((node, result));
-            });
-        }
-        drop(tx);
-        let mut answers: Vec<(NodeId, ReadReply)> = Vec::new();
-        let mut failed: Vec<(NodeId, String)> = Vec::new();
-        while answers.len() < needed {
-            match rx.recv().await {
-                Some((node, Ok(reply))) => answers.push((node, reply)),
-                Some((node, Err(err))) => failed.push((node, err.to_string())),
-                None => break,
-            }
-        }
+        let mut calls: Calls<ReadReply> = replicas
+            .iter()
+            .map(|node| {
+                let (handle, node, key) = (self.replica(node), node.clone(), key.to_string());
+                async move { (node, handle.read(&key, INLINE_MAX_BYTES as u64).await) }.boxed()
+            })
+            .collect();
+        let (answers, failed) = gather(&mut calls, needed).await;
         if answers.len() < needed {
-            return Err(Error::Unavailable {
+            return Err(quorum_error(
                 needed,
-                got: answers.len(),
-                answered: answers.into_iter().map(|(n, _)| n).collect(),
+                answers.into_iter().map(|(n, _)| n).collect(),
                 failed,
-            });
+            ));
         }
         let newest = answers
             .iter()
@@ -384,7 +387,13 @@ impl Coordinator {
         // Prefer reading large values from this node.
         sources.sort_by_key(|n| *n != self.inner.node);
         if let Some(newest) = &newest {
-            self.spawn_read_repair(newest.clone(), value.clone(), sources.clone(), answers, rx);
+            self.spawn_read_repair(
+                newest.clone(),
+                value.clone(),
+                sources.clone(),
+                answers,
+                calls,
+            );
         }
         match newest {
             Some(meta) if !meta.deleted => Ok(ReadResult {
@@ -404,14 +413,14 @@ impl Coordinator {
         value: Option<Bytes>,
         sources: Vec<NodeId>,
         answers: Vec<(NodeId, ReadReply)>,
-        mut rest: mpsc::UnboundedReceiver<(NodeId, Result<ReadReply>)>,
+        mut rest: Calls<ReadReply>,
     ) {
         let this = self.clone();
         tokio::spawn(async move {
             let mut seen = answers;
             let deadline = tokio::time::Instant::now() + READ_REPAIR_WAIT;
             while let Ok(Some((node, result))) =
-                tokio::time::timeout_at(deadline, rest.recv()).await
+                tokio::time::timeout_at(deadline, rest.next()).await
             {
                 if let Ok(reply) = result {
                     seen.push((node, reply));
@@ -584,7 +593,48 @@ fn unavailable(
     }
 }
 
-/// Waits for `needed` successes out of `total` replies.
+/// Calls to replicas in flight, each resolving to the replica and its answer.
+type Calls<T> = FuturesUnordered<BoxFuture<'static, (NodeId, Result<T>)>>;
+
+/// Polls `calls` until `needed` succeeded or none is left; the calls still
+/// running stay in `calls`.
+async fn gather<T>(
+    calls: &mut Calls<T>,
+    needed: usize,
+) -> (Vec<(NodeId, T)>, Vec<(NodeId, Error)>) {
+    let mut ok = Vec::new();
+    let mut failed = Vec::new();
+    while ok.len() < needed {
+        match calls.next().await {
+            Some((node, Ok(answer))) => ok.push((node, answer)),
+            Some((node, Err(err))) => {
+                tracing::debug!(replica = %node, %err, "replica call failed");
+                failed.push((node, err));
+            }
+            None => break,
+        }
+    }
+    (ok, failed)
+}
+
+/// The error of a quorum that was not reached: 507 when every failure was
+/// a full disk, else 503 naming who answered and who failed.
+fn quorum_error(needed: usize, answered: Vec<NodeId>, failed: Vec<(NodeId, Error)>) -> Error {
+    if !failed.is_empty() && failed.iter().all(|(_, e)| matches!(e, Error::DiskFull)) {
+        return Error::DiskFull;
+    }
+    Error::Unavailable {
+        needed,
+        got: answered.len(),
+        answered,
+        failed: failed
+            .into_iter()
+            .map(|(n, e)| (n, e.to_string()))
+            .collect(),
+    }
+}
+
+/// Waits for `needed` successes among the results of `total` spawned calls.
 async fn await_quorum(
     mut rx: mpsc::UnboundedReceiver<(NodeId, Result<()>)>,
     total: usize,
@@ -603,19 +653,7 @@ async fn await_quorum(
         }
     }
     if ok.len() < needed {
-        // Replicas that refused for lack of space make the answer 507.
-        if !failed.is_empty() && failed.iter().all(|(_, e)| matches!(e, Error::DiskFull)) {
-            return Err(Error::DiskFull);
-        }
-        return Err(Error::Unavailable {
-            needed,
-            got: ok.len(),
-            answered: ok,
-            failed: failed
-                .into_iter()
-                .map(|(n, e)| (n, e.to_string()))
-                .collect(),
-        });
+        return Err(quorum_error(needed, ok, failed));
     }
     Ok(ok)
 }
