@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# All of ringkv's benchmarks in one command. Builds the release binary,
+# starts local 3-node clusters (N = 3, W = R = 2) in a temporary directory on
+# ports 21000-21002, and prints the figures:
+#   1. 100-byte PUTs, then GETs, then a 50/50 mix (64 keep-alive clients)
+#   2. a 1 GiB value streamed in and read back (MB/s, peak RSS per node)
+#   3. 100-byte PUTs again with --fsync (group-committed fsync)
+# Usage: bench/run.sh [DURATION]   (default 10s per mix run)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+duration=${1:-10s}
+cargo build --release --quiet
+ringkv=$PWD/target/release/ringkv
+work=$(mktemp -d)
+nodes=127.0.0.1:21000,127.0.0.1:21001,127.0.0.1:21002
+cluster_pid=
+
+stop_cluster() {
+  if [ -n "$cluster_pid" ]; then
+    kill -TERM "$cluster_pid" 2>/dev/null || true
+    wait "$cluster_pid" 2>/dev/null || true
+    cluster_pid=
+  fi
+}
+trap 'stop_cluster; rm -rf "$work"' EXIT
+
+start_cluster() {
+  local dir=$work/$1; shift
+  "$ringkv" cluster --nodes 3 --base-port 21000 --data-root "$dir" "$@" >"$work/cluster.out" 2>"$work/cluster.log" &
+  cluster_pid=$!
+  for _ in $(seq 1 200); do
+    if [ "$(grep -c '^node ' "$work/cluster.out" 2>/dev/null)" = 3 ] &&
+       "$ringkv" --node 127.0.0.1:21002 ring 2>/dev/null | grep -c normal | grep -q 3; then
+      return
+    fi
+    sleep 0.1
+  done
+  echo "the cluster did not start; log:" >&2; cat "$work/cluster.log" >&2; exit 1
+}
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -sr)"
+echo
+echo "== 1. small values (default: acknowledged once the OS has the write)"
+start_cluster plain
+"$ringkv" bench --node "$nodes" --get-ratio 0 --duration "$duration"
+"$ringkv" bench --node "$nodes" --get-ratio 1 --duration "$duration"
+"$ringkv" bench --node "$nodes" --get-ratio 0.5 --duration "$duration"
+echo
+echo "== 2. a 1 GiB value, in through one node, out through another"
+"$ringkv" bench --node "$nodes" --stream 1GiB 2>/dev/null
+stop_cluster
+echo
+echo "== 3. small values with --fsync (acknowledged once on disk, group commit)"
+start_cluster fsync --fsync
+"$ringkv" bench --node "$nodes" --get-ratio 0 --duration "$duration"
+stop_cluster
