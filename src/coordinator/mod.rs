@@ -218,27 +218,43 @@ impl Coordinator {
         limit: usize,
         already: u64,
     ) -> Result<(Bytes, bool)> {
-        let mut piece = BytesMut::with_capacity(limit);
-        while piece.len() < limit {
+        // Frames are kept as they come and joined once at the end: a small
+        // body arriving in one frame is never copied, and no buffer is sized
+        // for the limit before we know the body needs it.
+        let mut frames: Vec<Bytes> = Vec::new();
+        let mut len = 0usize;
+        let ended = loop {
+            if len >= limit {
+                break false;
+            }
             match body.next().await {
                 Some(Ok(data)) => {
-                    let total = already + piece.len() as u64 + data.len() as u64;
+                    let total = already + len as u64 + data.len() as u64;
                     if total > self.max_value_size() {
                         return Err(Error::TooLarge {
                             size: total,
                             limit: self.max_value_size(),
                         });
                     }
-                    if piece.is_empty() && data.len() >= limit {
-                        return Ok((data, false));
+                    if !data.is_empty() {
+                        len += data.len();
+                        frames.push(data);
                     }
-                    piece.extend_from_slice(&data);
                 }
                 Some(Err(err)) => return Err(err),
-                None => return Ok((piece.freeze(), true)),
+                None => break true,
             }
-        }
-        Ok((piece.freeze(), false))
+        };
+        let piece = if frames.len() == 1 {
+            frames.pop().unwrap_or_default()
+        } else {
+            let mut joined = BytesMut::with_capacity(len);
+            for frame in &frames {
+                joined.extend_from_slice(frame);
+            }
+            joined.freeze()
+        };
+        Ok((piece, ended))
     }
 
     async fn write_whole(
