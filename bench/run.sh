@@ -3,7 +3,8 @@
 # starts local 3-node clusters (N = 3, W = R = 2) in a temporary directory on
 # ports 21000-21002, and prints the figures:
 #   1. 100-byte PUTs, then GETs, then a 50/50 mix (64 keep-alive clients)
-#   2. a 1 GiB value streamed in and read back (MB/s, peak RSS per node)
+#   2. a 1 GiB value streamed in and read back (MB/s, peak RSS per node),
+#      on fresh nodes
 #   3. 100-byte PUTs again with --fsync (group-committed fsync)
 # Usage: bench/run.sh [DURATION]   (default 10s per mix run)
 set -euo pipefail
@@ -45,8 +46,11 @@ start_cluster plain
 "$ringkv" bench --node "$nodes" --get-ratio 0 --duration "$duration"
 "$ringkv" bench --node "$nodes" --get-ratio 1 --duration "$duration"
 "$ringkv" bench --node "$nodes" --get-ratio 0.5 --duration "$duration"
+stop_cluster
 echo
-echo "== 2. a 1 GiB value, in through one node, out through another"
+echo "== 2. a 1 GiB value, in through one node, out through another (fresh nodes, so"
+echo "      peak RSS is the stream's)"
+start_cluster stream
 "$ringkv" bench --node "$nodes" --stream 1GiB 2>/dev/null
 stop_cluster
 echo
