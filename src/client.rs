@@ -237,15 +237,6 @@ impl Client {
             .await
     }
 
-    /// What one given node stores for `key`.
-    pub async fn haskey_on(&self, node: &str, key: &str) -> Result<HasKey> {
-        let one = Client {
-            http: self.http.clone(),
-            nodes: vec![node.to_string()],
-        };
-        one.haskey(key).await
-    }
-
     /// The key's replicas, preference order.
     pub async fn whereis(&self, key: &str) -> Result<Vec<String>> {
         let url_path = format!("/whereis/{}", crate::key::to_url_path(key));

@@ -269,19 +269,6 @@ impl Ring {
             .collect()
     }
 
-    /// The ranges of the ring as `(start_exclusive, end_inclusive, replicas)`.
-    /// The first range wraps around from the last token.
-    pub fn ranges(&self) -> Vec<(Token, Token, Vec<NodeId>)> {
-        let n = self.points.len();
-        (0..n)
-            .map(|i| {
-                let start = self.points[(i + n - 1) % n].0;
-                let end = self.points[i].0;
-                (start, end, self.nodes_of_token(end))
-            })
-            .collect()
-    }
-
     /// Each owner's share of replica copies: the fraction of the hash space it
     /// holds a replica of, divided by N, so the shares of all nodes sum to 1.
     pub fn load_shares(&self) -> BTreeMap<NodeId, f64> {

@@ -125,11 +125,6 @@ impl Clock {
         *last = (*last).max(seen.timestamp);
         true
     }
-
-    /// The writer id of this clock.
-    pub fn writer(&self) -> u64 {
-        self.writer
-    }
 }
 
 #[cfg(test)]

@@ -4,17 +4,9 @@
 
 mod common;
 
-use common::{Cluster, Options, bytes};
+use common::{Cluster, Options, bytes, key_url};
 use reqwest::StatusCode;
 use serde_json::Value;
-
-fn key_url(cluster: &Cluster, node: usize, key: &str) -> String {
-    format!(
-        "{}/keys/{}",
-        cluster.url(node),
-        ringkv::key::to_url_path(key)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn values_written_anywhere_are_read_everywhere_and_deleted_everywhere() {
@@ -300,85 +292,73 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     .await;
     let http = &cluster.http;
     let base = cluster.url(0);
-    // Keys: empty, over-long, not UTF-8.
-    assert_json_error(
-        http.put(format!("{base}/keys/"))
-            .body("x")
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
+    // Keys: empty, over-long, not UTF-8; bad quorums; unknown route, wrong
+    // method, not yet implemented.
     let long = "k".repeat(1025);
-    assert_json_error(
-        http.put(format!("{base}/keys/{long}"))
+    let cases: Vec<(reqwest::Method, String, StatusCode)> = vec![
+        (
+            reqwest::Method::PUT,
+            "/keys/".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::PUT,
+            format!("/keys/{long}"),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::GET,
+            "/keys/%ff%fe".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::GET,
+            "/haskey/%c3".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::PUT,
+            "/keys/q?w=7".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::GET,
+            "/keys/q?r=zero".into(),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            reqwest::Method::GET,
+            "/nothing/here".into(),
+            StatusCode::NOT_FOUND,
+        ),
+        (
+            reqwest::Method::POST,
+            "/keys/x".into(),
+            StatusCode::METHOD_NOT_ALLOWED,
+        ),
+        (
+            reqwest::Method::POST,
+            "/balance".into(),
+            StatusCode::NOT_IMPLEMENTED,
+        ),
+    ];
+    for (method, path, status) in cases {
+        let response = http
+            .request(method.clone(), format!("{base}{path}"))
             .body("x")
             .send()
             .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    assert_json_error(
-        http.get(format!("{base}/keys/%ff%fe"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    assert_json_error(
-        http.get(format!("{base}/haskey/%c3")).send().await.unwrap(),
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    assert_eq!(
-        http.put(format!("{base}/keys/{}", "k".repeat(1024)))
-            .body("x")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        StatusCode::CREATED
-    );
-    // Bad quorum parameters.
-    assert_json_error(
-        http.put(format!("{base}/keys/q?w=7"))
-            .body("x")
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    assert_json_error(
-        http.get(format!("{base}/keys/q?r=zero"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::BAD_REQUEST,
-    )
-    .await;
-    // Unknown route, wrong method, not yet implemented.
-    assert_json_error(
-        http.get(format!("{base}/nothing/here"))
-            .send()
-            .await
-            .unwrap(),
-        StatusCode::NOT_FOUND,
-    )
-    .await;
-    assert_json_error(
-        http.post(format!("{base}/keys/x")).send().await.unwrap(),
-        StatusCode::METHOD_NOT_ALLOWED,
-    )
-    .await;
-    assert_json_error(
-        http.post(format!("{base}/balance")).send().await.unwrap(),
-        StatusCode::NOT_IMPLEMENTED,
-    )
-    .await;
+            .unwrap();
+        assert_eq!(response.status(), status, "{method} {path}");
+        assert_json_error(response, status).await;
+    }
+    let longest = http
+        .put(format!("{base}/keys/{}", "k".repeat(1024)))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(longest.status(), StatusCode::CREATED);
 
     // Over the limit with a declared length: 413 before the body is read.
     // The body never ends, so only an early answer can pass this.

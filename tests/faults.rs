@@ -5,17 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, DEADLINE, Options, wait_for};
+use common::{Cluster, Options, key_url};
 use reqwest::StatusCode;
 use serde_json::Value;
-
-fn key_url(cluster: &Cluster, node: usize, key: &str) -> String {
-    format!(
-        "{}/keys/{}",
-        cluster.url(node),
-        ringkv::key::to_url_path(key)
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quorums_with_nodes_down() {
@@ -194,30 +186,21 @@ async fn read_repair_brings_a_stale_replica_up_to_date_and_never_resurrects() {
         .await
         .unwrap();
     assert_eq!(got.text().await.unwrap(), "new");
-    wait_for("read repair of an update", DEADLINE, || async {
-        (cluster.haskey(2, "updated").await == (new_ts, false)).then_some(())
-    })
-    .await;
+    cluster.wait_haskey(2, "updated", (new_ts, false)).await;
     let got = http
         .get(key_url(&cluster, 1, "deleted"))
         .send()
         .await
         .unwrap();
     assert_eq!(got.status(), StatusCode::NOT_FOUND);
-    wait_for("read repair of a delete", DEADLINE, || async {
-        (cluster.haskey(2, "deleted").await == (del_ts, true)).then_some(())
-    })
-    .await;
+    cluster.wait_haskey(2, "deleted", (del_ts, true)).await;
     let got = http
         .get(key_url(&cluster, 1, "large"))
         .send()
         .await
         .unwrap();
     assert_eq!(got.bytes().await.unwrap().as_ref(), large.as_slice());
-    wait_for("read repair of a large value", DEADLINE, || async {
-        (cluster.haskey(2, "large").await == (big_ts, false)).then_some(())
-    })
-    .await;
+    cluster.wait_haskey(2, "large", (big_ts, false)).await;
     // The repaired node serves the new value itself, and the deleted key
     // stays deleted through every node and every quorum.
     let got = http

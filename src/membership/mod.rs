@@ -149,8 +149,6 @@ pub struct Membership {
     ring: watch::Receiver<Arc<Ring>>,
     /// True once this node has published its tokens.
     ready: Arc<AtomicBool>,
-    /// This node.
-    node: NodeId,
 }
 
 impl Membership {
@@ -203,7 +201,6 @@ impl Membership {
             handle,
             ring: rx,
             ready,
-            node: options.node,
         })
     }
 
@@ -212,19 +209,9 @@ impl Membership {
         self.ring.borrow().clone()
     }
 
-    /// A receiver that sees every new ring.
-    pub fn subscribe(&self) -> watch::Receiver<Arc<Ring>> {
-        self.ring.clone()
-    }
-
     /// Whether this node has joined (published its tokens).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
-    }
-
-    /// This node's id.
-    pub fn node(&self) -> &NodeId {
-        &self.node
     }
 
     /// Stops gossiping.

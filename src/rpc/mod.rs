@@ -27,8 +27,8 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::{Error, Result};
 use crate::proto::replica_client::ReplicaClient;
 use crate::proto::{
-    PingRequest, ReadReply, ReadRequest, ReadStreamRequest, RecordMeta, WriteChunk, WriteReply,
-    WriteRequest, WriteTrailer, write_chunk,
+    ReadReply, ReadRequest, ReadStreamRequest, RecordMeta, WriteChunk, WriteReply, WriteRequest,
+    WriteTrailer, write_chunk,
 };
 use crate::ring::NodeId;
 use crate::version::Version;
@@ -263,22 +263,6 @@ impl ReplicaHandle {
                     .into_inner()
                     .map(move |item| item.map(|c| c.data).map_err(|s| rpc_error(&node, s)))
                     .boxed())
-            }
-        }
-    }
-
-    /// Checks that the replica answers.
-    pub async fn ping(&self) -> Result<String> {
-        match self {
-            ReplicaHandle::Local(_) => Ok("local".into()),
-            ReplicaHandle::Remote { node, peers } => {
-                let reply = peers
-                    .client(node)?
-                    .ping(self.with_timeout(PingRequest {}))
-                    .await;
-                reply
-                    .map(|r| r.into_inner().node)
-                    .map_err(|s| rpc_error(node, s))
             }
         }
     }

@@ -151,15 +151,6 @@ impl Store {
         }
     }
 
-    /// The version held for `key` (`Version::ZERO` when absent).
-    pub fn version_of(&self, key: &str) -> Result<Version> {
-        Ok(self
-            .record(key)?
-            .and_then(|r| r.meta)
-            .map(|m| m.version())
-            .unwrap_or(Version::ZERO))
-    }
-
     /// Stores a whole value (or a tombstone) if newer than what is held.
     pub fn write_whole(&self, meta: RecordMeta, value: Bytes) -> Result<WriteOutcome> {
         check_meta(&meta)?;
@@ -506,11 +497,6 @@ impl StreamWriter {
             .apply(vec![Op::Put(Space::Chunks, key, seal(chunk))])?;
         self.chunks_written += 1;
         Ok(())
-    }
-
-    /// Bytes received so far.
-    pub fn size(&self) -> u64 {
-        self.size
     }
 
     /// Checks the trailer's size and checksum against what arrived and

@@ -250,6 +250,16 @@ impl Cluster {
         )
     }
 
+    /// Waits until node `i` stores `key` at `expected` (timestamp, deleted).
+    pub async fn wait_haskey(&self, i: usize, key: &str, expected: (u64, bool)) {
+        wait_for(
+            &format!("node {i} to hold {key} at {expected:?}"),
+            DEADLINE,
+            || async { (self.haskey(i, key).await == expected).then_some(()) },
+        )
+        .await;
+    }
+
     /// Index of the node whose id is `id`.
     pub fn index_of(&self, id: &str) -> usize {
         self.nodes
@@ -322,6 +332,15 @@ fn launch(
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     (child, port)
+}
+
+/// URL of `key` on node `node`.
+pub fn key_url(cluster: &Cluster, node: usize, key: &str) -> String {
+    format!(
+        "{}/keys/{}",
+        cluster.url(node),
+        ringkv::key::to_url_path(key)
+    )
 }
 
 /// Deterministic pseudo-random bytes.
