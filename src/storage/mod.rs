@@ -672,6 +672,15 @@ mod tests {
         }
     }
 
+    fn space_is_empty(store: &Store, space: Space) -> bool {
+        store
+            .inner
+            .engine
+            .scan(space, b"", Bound::Unbounded, 1)
+            .unwrap()
+            .is_empty()
+    }
+
     fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
         let dir = tempfile::tempdir().unwrap();
         vec![
@@ -798,22 +807,8 @@ mod tests {
             writer.write(&big(CHUNK_SIZE_BYTES + 10)).unwrap();
             drop(writer);
             assert!(store.record("half").unwrap().is_none());
-            assert!(
-                store
-                    .inner
-                    .engine
-                    .scan(Space::Chunks, b"", Bound::Unbounded, 10)
-                    .unwrap()
-                    .is_empty()
-            );
-            assert!(
-                store
-                    .inner
-                    .engine
-                    .scan(Space::Pending, b"", Bound::Unbounded, 10)
-                    .unwrap()
-                    .is_empty()
-            );
+            assert!(space_is_empty(&store, Space::Chunks));
+            assert!(space_is_empty(&store, Space::Pending));
         }
     }
 
@@ -841,14 +836,7 @@ mod tests {
             writer.finished = true; // simulate a crash: Drop does not clean up
         }
         let store = Store::open(&options).unwrap();
-        assert!(
-            store
-                .inner
-                .engine
-                .scan(Space::Chunks, b"", Bound::Unbounded, 10)
-                .unwrap()
-                .is_empty()
-        );
+        assert!(space_is_empty(&store, Space::Chunks));
         assert!(store.record("crash").unwrap().is_none());
     }
 
@@ -862,14 +850,7 @@ mod tests {
             store
                 .write_whole(meta("k", 2, b"small"), Bytes::from_static(b"small"))
                 .unwrap();
-            assert!(
-                store
-                    .inner
-                    .engine
-                    .scan(Space::Chunks, b"", Bound::Unbounded, 10)
-                    .unwrap()
-                    .is_empty()
-            );
+            assert!(space_is_empty(&store, Space::Chunks));
         }
     }
 
