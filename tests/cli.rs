@@ -8,7 +8,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, DEADLINE, Options, RINGKV, wait_for};
+use common::{Cluster, Options, RINGKV, wait_converged};
 use serde_json::Value;
 
 fn ringkv(node: &str, args: &[&str]) -> (bool, String, String) {
@@ -189,18 +189,7 @@ async fn ringkv_cluster_runs_a_working_cluster_until_stopped() {
     }
     assert_eq!(urls[0], format!("http://127.0.0.1:{base}"));
     let http = reqwest::Client::new();
-    wait_for("the local cluster to converge", DEADLINE, || async {
-        let ring: Value = http
-            .get(format!("{}/ring", urls[2]))
-            .send()
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()?;
-        (ring["nodes"].as_array()?.len() == 3).then_some(())
-    })
-    .await;
+    wait_converged(&http, &urls, 3).await;
     let put = http
         .put(format!("{}/keys/hello", urls[0]))
         .body("world")

@@ -202,24 +202,11 @@ impl Cluster {
 
     /// Waits until every running node sees every node as normal, with one digest.
     pub async fn wait_converged(&self) {
-        let running: Vec<usize> = (0..self.nodes.len())
+        let urls: Vec<String> = (0..self.nodes.len())
             .filter(|&i| self.nodes[i].child.is_some())
+            .map(|i| self.url(i))
             .collect();
-        let expected = self.nodes.len();
-        wait_for("the ring to converge", DEADLINE, || async {
-            let mut digests = Vec::new();
-            for &i in &running {
-                let ring = self.ring(i).await?;
-                let members = ring["members"].as_array()?;
-                let normal = members.iter().filter(|m| m["state"] == "normal").count();
-                if members.len() != expected || normal != expected {
-                    return None;
-                }
-                digests.push(ring["digest"].as_str()?.to_string());
-            }
-            digests.windows(2).all(|w| w[0] == w[1]).then_some(())
-        })
-        .await;
+        wait_converged(&self.http, &urls, self.nodes.len()).await;
     }
 
     /// Waits until node `i` answers `/health` with ready.
@@ -332,6 +319,32 @@ fn launch(
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
     (child, port)
+}
+
+/// Waits until every node at `urls` sees `expected` members, all normal,
+/// with one ring digest.
+pub async fn wait_converged(http: &reqwest::Client, urls: &[String], expected: usize) {
+    wait_for("the ring to converge", DEADLINE, || async {
+        let mut digests = Vec::new();
+        for url in urls {
+            let ring: Value = http
+                .get(format!("{url}/ring"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let members = ring["members"].as_array()?;
+            let normal = members.iter().filter(|m| m["state"] == "normal").count();
+            if members.len() != expected || normal != expected {
+                return None;
+            }
+            digests.push(ring["digest"].as_str()?.to_string());
+        }
+        digests.windows(2).all(|w| w[0] == w[1]).then_some(())
+    })
+    .await;
 }
 
 /// URL of `key` on node `node`.
