@@ -269,6 +269,59 @@ async fn haskey_whereis_ring_and_key_listing() {
     assert_eq!(rest["keys"].as_array().unwrap().len(), 1);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn favicon_and_status_page() {
+    let cluster = Cluster::start(Options::default()).await;
+    let http = &cluster.http;
+    let missing = http
+        .get(format!("{}/favicon.ico", cluster.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    let icon = bytes(9, 1500);
+    http.put(key_url(&cluster, 1, "favicon.ico"))
+        .body(icon.clone())
+        .send()
+        .await
+        .unwrap();
+    let got = http
+        .get(format!("{}/favicon.ico", cluster.url(2)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), StatusCode::OK);
+    assert_eq!(got.headers()["content-type"], "image/x-icon");
+    assert_eq!(got.bytes().await.unwrap().as_ref(), icon.as_slice());
+
+    // The page lists the members with links, and escapes key names.
+    http.put(format!(
+        "{}?w=all",
+        key_url(&cluster, 0, "<script>alert('x')</script>")
+    ))
+    .body("v")
+    .send()
+    .await
+    .unwrap();
+    let page = http.get(cluster.url(0)).send().await.unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    assert!(
+        page.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
+    let html = page.text().await.unwrap();
+    for node in &cluster.nodes {
+        assert!(
+            html.contains(&format!("href=\"http://{}/\"", node.id)),
+            "{html}"
+        );
+    }
+    assert!(html.contains("&lt;script&gt;"));
+    assert!(!html.contains("<script>alert"));
+}
+
 async fn assert_json_error(response: reqwest::Response, status: StatusCode) -> Value {
     assert_eq!(response.status(), status);
     assert!(
