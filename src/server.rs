@@ -28,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::http::{self, AppState};
 use crate::membership::{Membership, MembershipOptions};
 use crate::proto::replica_server::ReplicaServer;
-use crate::ring::{NodeId, Token, decode_tokens, encode_tokens, random_tokens};
+use crate::ring::{NodeId, Token, decode_tokens, encode_tokens};
 use crate::rpc::{LocalReplica, MAX_RPC_MESSAGE_BYTES, Peers, ReplicaService, RpcOptions};
 use crate::storage::{StorageOptions, Store};
 use crate::version::Clock;
@@ -98,10 +98,10 @@ async fn bind(config: &NodeConfig) -> Result<TcpListener> {
     )))
 }
 
-/// Loads the node's tokens from its data dir, or makes and saves new ones.
-fn load_tokens(dir: Option<&Path>, id: &NodeId, count: usize) -> Result<Vec<Token>> {
+/// The node's tokens kept in its data dir, if it has joined before.
+fn load_tokens(dir: Option<&Path>, id: &NodeId) -> Result<Option<Vec<Token>>> {
     let Some(dir) = dir else {
-        return Ok(random_tokens(count));
+        return Ok(None);
     };
     std::fs::create_dir_all(dir)?;
     let path = dir.join(NODE_FILE);
@@ -116,24 +116,30 @@ fn load_tokens(dir: Option<&Path>, id: &NodeId, count: usize) -> Result<Vec<Toke
                     file.node
                 )));
             }
-            decode_tokens(&file.tokens)
+            decode_tokens(&file.tokens).map(Some)
         }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            let tokens = random_tokens(count);
-            let file = NodeFile {
-                node: id.to_string(),
-                tokens: encode_tokens(&tokens),
-            };
-            let tmp = path.with_extension("json.tmp");
-            let body = serde_json::to_vec_pretty(&file)
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-            std::fs::write(&tmp, body)?;
-            std::fs::File::open(&tmp)?.sync_all()?;
-            std::fs::rename(&tmp, &path)?;
-            Ok(tokens)
-        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(err) => Err(err.into()),
     }
+}
+
+/// Keeps the node's identity and tokens in its data dir (atomically:
+/// written aside, synced, renamed).
+fn save_tokens(dir: Option<&Path>, id: &NodeId, tokens: &[Token]) -> Result<()> {
+    let Some(dir) = dir else {
+        return Ok(());
+    };
+    let path = dir.join(NODE_FILE);
+    let file = NodeFile {
+        node: id.to_string(),
+        tokens: encode_tokens(tokens),
+    };
+    let tmp = path.with_extension("json.tmp");
+    let body = serde_json::to_vec_pretty(&file).map_err(|e| Error::Io(std::io::Error::other(e)))?;
+    std::fs::write(&tmp, body)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
 }
 
 /// Starts a node; it serves until [`RunningNode::stop`].
@@ -143,7 +149,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let local_addr = listener.local_addr()?;
     let id = NodeId::parse(&format!("{}:{}", config.host, local_addr.port()))?;
     let data_dir = config.data_dir_for(local_addr.port());
-    let tokens = load_tokens(data_dir.as_deref(), &id, config.tokens)?;
+    let tokens = load_tokens(data_dir.as_deref(), &id)?;
+    let keep_tokens: crate::membership::TokenSink = {
+        let (dir, id) = (data_dir.clone(), id.clone());
+        Arc::new(move |tokens: &[Token]| save_tokens(dir.as_deref(), &id, tokens))
+    };
     let store = Store::open(&StorageOptions {
         data_dir: data_dir.clone(),
         fsync: config.fsync,
@@ -160,6 +170,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             seeds: config.join.clone(),
             zone: config.zone.clone(),
             tokens,
+            token_count: config.tokens,
+            keep_tokens,
             replicas: config.replicas,
             cluster_id: config.cluster_id.clone(),
             gossip_interval: config.gossip_interval,

@@ -9,7 +9,9 @@
 //!
 //! Joining (F2): a node started with `--join` publishes no tokens until it has
 //! heard from another member, so a node whose seeds are all down keeps
-//! gossiping to them and never founds a cluster of its own.
+//! gossiping to them and never founds a cluster of its own. A node joining
+//! for the first time chooses its tokens then, on the ring it finds
+//! ([`allocate_tokens`], F6), and has them kept before announcing them.
 //!
 //! The replication factor N is a cluster-wide setting carried as
 //! `N:epoch`; every node adopts the highest epoch it sees, so a later change
@@ -29,7 +31,9 @@ use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig
 use tokio::sync::watch;
 
 use crate::error::{Error, Result};
-use crate::ring::{Member, MemberState, NodeId, Ring, Token, decode_tokens, encode_tokens};
+use crate::ring::{
+    Member, MemberState, NodeId, Ring, Token, allocate_tokens, decode_tokens, encode_tokens,
+};
 
 /// Gossip key: the node's tokens (hex, comma separated).
 pub const KEY_TOKENS: &str = "tokens";
@@ -40,8 +44,11 @@ pub const KEY_STATE: &str = "state";
 /// Gossip key: the cluster replication factor as `N:epoch`.
 pub const KEY_REPLICAS: &str = "replicas";
 
+/// Persists a node's tokens once chosen, before they are announced.
+pub type TokenSink = Arc<dyn Fn(&[Token]) -> Result<()> + Send + Sync>;
+
 /// How membership runs on one node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct MembershipOptions {
     /// This node's identity.
     pub node: NodeId,
@@ -53,8 +60,13 @@ pub struct MembershipOptions {
     pub seeds: Vec<String>,
     /// This node's zone.
     pub zone: String,
-    /// This node's tokens.
-    pub tokens: Vec<Token>,
+    /// This node's tokens when it has them already (a restart); `None` has
+    /// them chosen when it joins, by [`allocate_tokens`] on the ring it finds.
+    pub tokens: Option<Vec<Token>>,
+    /// How many tokens to choose.
+    pub token_count: usize,
+    /// Where chosen tokens are kept (the node's data dir).
+    pub keep_tokens: TokenSink,
     /// Replication factor this node starts with (`--replicas`); a founder's
     /// value has epoch 1, a joiner's epoch 0 so that the cluster's wins.
     pub replicas: usize,
@@ -181,7 +193,17 @@ impl Membership {
             (KEY_REPLICAS.to_string(), replicas_key),
         ];
         if founding {
-            initial.push((KEY_TOKENS.to_string(), encode_tokens(&options.tokens)));
+            let tokens = match &options.tokens {
+                Some(tokens) => tokens.clone(),
+                None => {
+                    let empty = Ring::new(Vec::new(), options.replicas);
+                    let tokens =
+                        allocate_tokens(&empty, &self_member(&options), options.token_count);
+                    (options.keep_tokens)(&tokens)?;
+                    tokens
+                }
+            };
+            initial.push((KEY_TOKENS.to_string(), encode_tokens(&tokens)));
             initial.push((KEY_STATE.to_string(), MemberState::Normal.as_str().into()));
         } else {
             initial.push((KEY_STATE.to_string(), MemberState::Joining.as_str().into()));
@@ -220,6 +242,41 @@ impl Membership {
             tracing::debug!(%err, "gossip shutdown");
         }
     }
+}
+
+/// This node as a ring member, without tokens.
+fn self_member(options: &MembershipOptions) -> Member {
+    Member {
+        id: options.node.clone(),
+        zone: options.zone.clone(),
+        state: MemberState::Joining,
+        tokens: Vec::new(),
+    }
+}
+
+/// The tokens to join with: the kept ones, or new ones chosen on the ring the
+/// other members form (once their tokens have arrived) and kept first.
+async fn join_tokens(
+    options: &MembershipOptions,
+    others: &[PeerState],
+) -> Result<Option<Vec<Token>>> {
+    if let Some(tokens) = &options.tokens {
+        return Ok(Some(tokens.clone()));
+    }
+    let ring = ring_from_peers(others, options.replicas);
+    if ring.nodes_of(b"").is_empty() {
+        return Ok(None); // the members' tokens have not arrived yet
+    }
+    let (me, count) = (self_member(options), options.token_count);
+    let tokens = tokio::task::spawn_blocking(move || allocate_tokens(&ring, &me, count))
+        .await
+        .map_err(|e| {
+            Error::Io(std::io::Error::other(format!(
+                "token allocation failed: {e}"
+            )))
+        })?;
+    (options.keep_tokens)(&tokens)?;
+    Ok(Some(tokens))
 }
 
 async fn refresh_loop(
@@ -262,22 +319,35 @@ async fn refresh_loop(
                 guard.self_node_state().set(KEY_REPLICAS, wanted);
             }
         }
+        let mut join = None;
         if !ready.load(Ordering::Acquire) {
-            let heard_from_peer = peers
+            let others: Vec<PeerState> = peers
                 .iter()
-                .any(|p| p.live && p.node != options.node.as_str());
-            if heard_from_peer {
-                let me = guard.self_node_state();
-                me.set(KEY_TOKENS, encode_tokens(&options.tokens));
-                me.set(KEY_STATE, MemberState::Normal.as_str());
-                ready.store(true, Ordering::Release);
-                tracing::info!(node = %options.node, "joined the cluster");
+                .filter(|p| p.node != options.node.as_str())
+                .cloned()
+                .collect();
+            if others.iter().any(|p| p.live) {
+                join = Some(others);
             } else if last_wait_log.elapsed() > Duration::from_secs(5) {
                 last_wait_log = std::time::Instant::now();
                 tracing::warn!(seeds = ?options.seeds, "no seed answers yet; still trying");
             }
         }
         drop(guard);
+        if let Some(others) = join {
+            match join_tokens(&options, &others).await {
+                Ok(Some(tokens)) => {
+                    let mut guard = chitchat.lock().await;
+                    let me = guard.self_node_state();
+                    me.set(KEY_TOKENS, encode_tokens(&tokens));
+                    me.set(KEY_STATE, MemberState::Normal.as_str());
+                    ready.store(true, Ordering::Release);
+                    tracing::info!(node = %options.node, tokens = tokens.len(), "joined the cluster");
+                }
+                Ok(None) => {}
+                Err(err) => tracing::error!(%err, "cannot keep the chosen tokens; not joining yet"),
+            }
+        }
         let ring = ring_from_peers(&peers, options.replicas);
         if ring.digest() != tx.borrow().digest() {
             tracing::info!(
