@@ -6,6 +6,7 @@
 #   2. a 1 GiB value streamed in and read back (MB/s, peak RSS per node),
 #      on fresh nodes
 #   3. 100-byte PUTs again with --fsync (group-committed fsync)
+#   4. token placement balance on 10 nodes (computed, no cluster)
 # Usage: bench/run.sh [DURATION]   (default 10s per mix run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,3 +59,6 @@ echo "== 3. small values with --fsync (acknowledged once on disk, group commit)"
 start_cluster fsync --fsync
 "$ringkv" bench --node "$nodes" --get-ratio 0 --duration "$duration"
 stop_cluster
+echo
+echo "== 4. token placement: 10 nodes join, then an 11th"
+"$ringkv" bench --placement 10

@@ -39,6 +39,16 @@ pub struct BenchArgs {
     /// Instead of the mix, stream one value of this size (e.g. 1GiB).
     #[arg(long, value_parser = parse_size)]
     stream: Option<u64>,
+    /// Instead of driving a cluster, measure token placement: this many
+    /// nodes join one by one, then one more (no network involved).
+    #[arg(long)]
+    placement: Option<usize>,
+    /// Tokens per node for `--placement`.
+    #[arg(long, default_value_t = crate::ring::DEFAULT_TOKENS_PER_NODE)]
+    tokens: usize,
+    /// Replication factor for `--placement`.
+    #[arg(long, default_value_t = 3)]
+    replicas: usize,
 }
 
 /// Latencies of one operation kind, in microseconds.
@@ -67,6 +77,9 @@ impl Samples {
 
 /// Runs the bench.
 pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Result<ExitCode> {
+    if let Some(count) = args.placement {
+        return placement(count, args.tokens, args.replicas, out);
+    }
     anyhow::ensure!(!nodes.is_empty(), "no node given");
     if let Some(size) = args.stream {
         return stream(size, nodes, out).await;
@@ -302,4 +315,106 @@ async fn stream(size: u64, nodes: Vec<String>, out: Output) -> anyhow::Result<Ex
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Grows a ring node by node with [`allocate_tokens`], then adds one more,
+/// and prints the balance and the share the last node takes; random tokens
+/// of the same count for comparison.
+fn placement(
+    count: usize,
+    tokens: usize,
+    replicas: usize,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
+    use crate::ring::{Member, MemberState, NodeId, Ring, Token, allocate_tokens};
+    anyhow::ensure!(
+        count >= 1 && tokens >= 1 && replicas >= 1,
+        "need nodes, tokens and replicas"
+    );
+    let member = |i: usize| -> anyhow::Result<Member> {
+        Ok(Member {
+            id: NodeId::parse(&format!("10.0.{}.{}:50140", i / 250, i % 250 + 1))?,
+            zone: String::new(),
+            state: MemberState::Normal,
+            tokens: Vec::new(),
+        })
+    };
+    let spread = |ring: &Ring| {
+        let loads = ring.load_shares();
+        let mean = 1.0 / loads.len() as f64;
+        let max = loads.values().fold(0.0f64, |m, l| m.max(*l));
+        let min = loads.values().fold(f64::MAX, |m, l| m.min(*l));
+        (max / mean, min / mean)
+    };
+    let grow = |allocate: bool| -> anyhow::Result<(Ring, f64)> {
+        let started = Instant::now();
+        let mut ring = Ring::new(Vec::new(), replicas);
+        for i in 0..count {
+            let joining = member(i)?;
+            let chosen = if allocate {
+                allocate_tokens(&ring, &joining, tokens)
+            } else {
+                (0..tokens).map(|_| Token(rand::random())).collect()
+            };
+            let mut members: Vec<Member> = ring.members().cloned().collect();
+            members.push(Member {
+                tokens: chosen,
+                ..joining
+            });
+            ring = Ring::new(members, replicas);
+        }
+        Ok((
+            ring,
+            started.elapsed().as_secs_f64() * 1000.0 / count as f64,
+        ))
+    };
+    let mut rows = Vec::new();
+    for (name, allocate) in [("allocated", true), ("random", false)] {
+        let (ring, ms_per_join) = grow(allocate)?;
+        let (max, min) = spread(&ring);
+        let joining = member(count)?;
+        let chosen = if allocate {
+            allocate_tokens(&ring, &joining, tokens)
+        } else {
+            (0..tokens).map(|_| Token(rand::random())).collect()
+        };
+        let mut members: Vec<Member> = ring.members().cloned().collect();
+        members.push(Member {
+            tokens: chosen,
+            ..joining.clone()
+        });
+        let bigger = Ring::new(members, replicas);
+        let moved = bigger
+            .load_shares()
+            .get(&joining.id)
+            .copied()
+            .unwrap_or(0.0);
+        let minimum = 1.0 / (count + 1) as f64;
+        rows.push(serde_json::json!({
+            "tokens": name, "nodes": count, "tokens_per_node": tokens, "replicas": replicas,
+            "max_over_mean": max, "min_over_mean": min,
+            "next_node_share": moved, "next_node_over_minimum": moved / minimum,
+            "ms_per_join": ms_per_join,
+        }));
+    }
+    if out.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("placement: {count} nodes joining one by one, {tokens} tokens each, N = {replicas}");
+    println!(
+        "{:<10} {:>13} {:>13} {:>22} {:>12}",
+        "tokens", "max/mean", "min/mean", "node added: x minimum", "ms per join"
+    );
+    for r in &rows {
+        println!(
+            "{:<10} {:>13.4} {:>13.4} {:>22.4} {:>12.1}",
+            r["tokens"].as_str().unwrap_or(""),
+            r["max_over_mean"].as_f64().unwrap_or(0.0),
+            r["min_over_mean"].as_f64().unwrap_or(0.0),
+            r["next_node_over_minimum"].as_f64().unwrap_or(0.0),
+            r["ms_per_join"].as_f64().unwrap_or(0.0),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
