@@ -101,10 +101,8 @@ impl Client {
                     return Ok((node.clone(), response));
                 }
                 Err(err) => {
-                    let err = Error::Rpc {
-                        node: crate::ring::NodeId::parse(node).unwrap_or_else(|_| {
-                            crate::ring::NodeId::parse("unknown:1").expect("valid")
-                        }),
+                    let err = Error::Unreachable {
+                        node: node.clone(),
                         reason: describe(&err),
                     };
                     if !replayable {

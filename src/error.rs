@@ -83,6 +83,14 @@ pub enum Error {
     /// The storage engine failed.
     #[error("storage engine error: {0}")]
     Storage(#[from] fjall::Error),
+    /// A node could not be reached at all (client side).
+    #[error("cannot reach {node}: {reason}")]
+    Unreachable {
+        /// The node tried.
+        node: String,
+        /// What the connection attempt said.
+        reason: String,
+    },
     /// A node answered an HTTP request with an error (client side).
     #[error("{node} answered {status}: {message}")]
     Remote {
@@ -141,6 +149,7 @@ impl Error {
             Error::Io(_) | Error::Storage(_) => 500,
             Error::NotReady { .. } => 503,
             Error::Remote { status, .. } => *status,
+            Error::Unreachable { .. } => 503,
         }
     }
 
@@ -161,6 +170,7 @@ impl Error {
             Error::Storage(_) => "storage",
             Error::NotReady { .. } => "not_ready",
             Error::Remote { .. } => "remote",
+            Error::Unreachable { .. } => "unreachable",
         }
     }
 
@@ -172,6 +182,7 @@ impl Error {
                 | Error::Timeout { .. }
                 | Error::Rpc { .. }
                 | Error::NotReady { .. }
+                | Error::Unreachable { .. }
         ) || matches!(self, Error::Remote { status, .. } if *status == 503 || *status == 502 || *status == 504)
     }
 
