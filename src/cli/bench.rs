@@ -346,22 +346,25 @@ fn placement(
         let min = loads.values().fold(f64::MAX, |m, l| m.min(*l));
         (max / mean, min / mean)
     };
+    // `joining` enters `ring` with allocated or random tokens.
+    let join = |ring: &Ring, joining: &Member, allocate: bool| -> Ring {
+        let chosen = if allocate {
+            allocate_tokens(ring, joining, tokens)
+        } else {
+            (0..tokens).map(|_| Token(rand::random())).collect()
+        };
+        let mut members: Vec<Member> = ring.members().cloned().collect();
+        members.push(Member {
+            tokens: chosen,
+            ..joining.clone()
+        });
+        Ring::new(members, replicas)
+    };
     let grow = |allocate: bool| -> anyhow::Result<(Ring, f64)> {
         let started = Instant::now();
         let mut ring = Ring::new(Vec::new(), replicas);
         for i in 0..count {
-            let joining = member(i)?;
-            let chosen = if allocate {
-                allocate_tokens(&ring, &joining, tokens)
-            } else {
-                (0..tokens).map(|_| Token(rand::random())).collect()
-            };
-            let mut members: Vec<Member> = ring.members().cloned().collect();
-            members.push(Member {
-                tokens: chosen,
-                ..joining
-            });
-            ring = Ring::new(members, replicas);
+            ring = join(&ring, &member(i)?, allocate);
         }
         Ok((
             ring,
@@ -373,17 +376,7 @@ fn placement(
         let (ring, ms_per_join) = grow(allocate)?;
         let (max, min) = spread(&ring);
         let joining = member(count)?;
-        let chosen = if allocate {
-            allocate_tokens(&ring, &joining, tokens)
-        } else {
-            (0..tokens).map(|_| Token(rand::random())).collect()
-        };
-        let mut members: Vec<Member> = ring.members().cloned().collect();
-        members.push(Member {
-            tokens: chosen,
-            ..joining.clone()
-        });
-        let bigger = Ring::new(members, replicas);
+        let bigger = join(&ring, &joining, allocate);
         let moved = bigger
             .load_shares()
             .get(&joining.id)
