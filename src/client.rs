@@ -262,6 +262,41 @@ impl Client {
         .await
     }
 
+    /// Makes the first node leave the cluster (`POST /leave`); answers once
+    /// it has handed its ranges over. Never fails over: it is that node
+    /// that must leave.
+    pub async fn leave(&self) -> Result<Value> {
+        let (node, response) = self
+            .send(false, |http, base| Ok(http.post(format!("{base}/leave"))))
+            .await?;
+        read_json(node, response).await
+    }
+
+    /// Removes a dead member for good (`DELETE /ring/{node}`).
+    pub async fn remove(&self, member: &str) -> Result<Value> {
+        let path =
+            percent_encoding::utf8_percent_encode(member, percent_encoding::NON_ALPHANUMERIC)
+                .to_string();
+        let (node, response) = self
+            .send(true, |http, base| {
+                Ok(http.delete(format!("{base}/ring/{path}")))
+            })
+            .await?;
+        read_json(node, response).await
+    }
+
+    /// Changes the cluster's replication factor (`POST /replicas?n=`).
+    pub async fn set_replicas(&self, n: usize) -> Result<Value> {
+        let (node, response) = self
+            .send(true, |http, base| {
+                Ok(http
+                    .post(format!("{base}/replicas"))
+                    .query(&[("n", n.to_string())]))
+            })
+            .await?;
+        read_json(node, response).await
+    }
+
     /// `GET /health` of the first node that answers.
     pub async fn health(&self) -> Result<Value> {
         let (_, response) = self
@@ -271,6 +306,18 @@ impl Client {
             reason: describe(&e),
         })
     }
+}
+
+/// The JSON body of a successful response, or the error it carries.
+async fn read_json(node: String, response: reqwest::Response) -> Result<Value> {
+    if !response.status().is_success() {
+        return Err(error_from(&node, response).await);
+    }
+    response.json::<Value>().await.map_err(|e| Error::Remote {
+        node,
+        status: 200,
+        message: format!("unreadable JSON reply: {e}"),
+    })
 }
 
 /// The message of a reqwest error, with its causes.

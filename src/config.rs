@@ -43,6 +43,12 @@ pub struct NodeConfig {
     pub cluster_id: String,
     /// Time between gossip rounds.
     pub gossip_interval: Duration,
+    /// Bytes per second a transfer into this node may use; `None`: no limit.
+    pub stream_rate: Option<u64>,
+    /// Remove members down this long, automatically.
+    pub auto_remove_after: Option<Duration>,
+    /// Keep hints for replicas that miss writes (F15).
+    pub hints: bool,
 }
 
 impl NodeConfig {

@@ -16,6 +16,7 @@ pub mod coordinator;
 pub mod error;
 pub mod http;
 pub mod key;
+pub mod lifecycle;
 pub mod membership;
 pub mod proto;
 pub mod ring;

@@ -82,19 +82,22 @@ impl Token {
     }
 }
 
-/// A member's place in its lifecycle (F7).
+/// A member's place in its lifecycle (F7), as it announces it; whether it is
+/// up is separate ([`Member::live`]), and [`Member::shown_state`] combines
+/// the two into what `/ring` shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum MemberState {
-    /// Announced, streaming its ranges; owns nothing yet.
+    /// Announced, streaming its ranges; writes reach it, reads do not yet.
     Joining,
     /// Serving its ranges.
     Normal,
-    /// Handing its ranges over before it exits.
+    /// Handing its ranges over before it exits (or being removed while
+    /// down); still serves them until the handover is done.
     Leaving,
-    /// Suspected by the failure detector; still owns its ranges.
+    /// Suspected by the failure detector; only ever shown, never announced.
     Down,
-    /// Removed for good; owns nothing.
+    /// Gone for good; owns nothing.
     Removed,
 }
 
@@ -122,11 +125,20 @@ impl MemberState {
         })
     }
 
-    /// Whether members in this state own token ranges.
+    /// Whether members in this state serve reads of their ranges now.
     pub fn owns_ranges(&self) -> bool {
         matches!(
             self,
             MemberState::Normal | MemberState::Leaving | MemberState::Down
+        )
+    }
+
+    /// Whether members in this state own ranges once the transitions under
+    /// way are over.
+    fn will_own_ranges(&self) -> bool {
+        matches!(
+            self,
+            MemberState::Normal | MemberState::Joining | MemberState::Down
         )
     }
 }
@@ -138,19 +150,69 @@ pub struct Member {
     pub id: NodeId,
     /// Its zone (`--zone`); empty when unset.
     pub zone: String,
-    /// Its lifecycle state.
+    /// Its lifecycle state, as announced (never `Down`).
     pub state: MemberState,
+    /// Whether the failure detector believes it is up.
+    #[serde(default = "live_by_default")]
+    pub live: bool,
     /// Its virtual-node positions, sorted.
     pub tokens: Vec<Token>,
 }
 
-/// An immutable view of the ring: members, tokens and the replication factor.
+fn live_by_default() -> bool {
+    true
+}
+
+impl Member {
+    /// The state to show: `Down` for a member that is not up (unless removed).
+    pub fn shown_state(&self) -> MemberState {
+        match (self.live, self.state) {
+            (_, MemberState::Removed) => MemberState::Removed,
+            (false, _) => MemberState::Down,
+            (true, state) => state,
+        }
+    }
+}
+
+/// A half-open arc of the ring, `(start, end]`, wrapping past `u64::MAX`;
+/// `start == end` is the whole ring.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TokenRange {
+    /// Exclusive start.
+    pub start: Token,
+    /// Inclusive end.
+    pub end: Token,
+}
+
+impl TokenRange {
+    /// Whether `token` lies in the range.
+    pub fn contains(&self, token: Token) -> bool {
+        let (s, e, t) = (self.start.0, self.end.0, token.0);
+        match s.cmp(&e) {
+            std::cmp::Ordering::Less => s < t && t <= e,
+            std::cmp::Ordering::Greater => t > s || t <= e,
+            std::cmp::Ordering::Equal => true,
+        }
+    }
+}
+
+/// One node's part of a transition: the ranges it gains and the nodes that
+/// hold them now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Movement {
+    /// The range, `(start, end]`.
+    pub range: TokenRange,
+    /// The node that will own it and must receive it.
+    pub gainer: NodeId,
+    /// Its current replicas, in preference order.
+    pub sources: Vec<NodeId>,
+}
+
+/// Where keys go for one set of owners and one replication factor.
 #[derive(Debug, Clone)]
-pub struct Ring {
+struct Placement {
     /// Replication factor N.
     replicas: usize,
-    /// All known members by id, including those that own nothing.
-    members: BTreeMap<NodeId, Member>,
     /// Every owned token with the index of its member in `owners`, sorted by token.
     points: Vec<(Token, u32)>,
     /// Members that own ranges, indexed by `points`.
@@ -159,20 +221,15 @@ pub struct Ring {
     owner_zones: Vec<u32>,
     /// Number of distinct zones among owners.
     zone_count: usize,
-    /// Hash of everything above; equal rings have equal digests.
-    digest: u64,
 }
 
-impl Ring {
-    /// Builds the ring from members and the replication factor.
-    pub fn new(members: impl IntoIterator<Item = Member>, replicas: usize) -> Ring {
-        let members: BTreeMap<NodeId, Member> =
-            members.into_iter().map(|m| (m.id.clone(), m)).collect();
+impl Placement {
+    fn new<'a>(owning: impl Iterator<Item = &'a Member>, replicas: usize) -> Placement {
         let mut owners = Vec::new();
         let mut owner_zones = Vec::new();
         let mut zones: BTreeMap<&str, u32> = BTreeMap::new();
         let mut points = Vec::new();
-        for member in members.values().filter(|m| m.state.owns_ranges()) {
+        for member in owning {
             let index = owners.len() as u32;
             owners.push(member.id.clone());
             let next_zone = zones.len() as u32;
@@ -182,46 +239,16 @@ impl Ring {
         // Two members claiming one token: the smaller id wins, on every node alike.
         points.sort();
         points.dedup_by_key(|(t, _)| *t);
-        let zone_count = zones.len();
-        let digest = digest_of(&members, replicas);
-        Ring {
+        Placement {
             replicas,
-            members,
+            zone_count: zones.len(),
             points,
             owners,
             owner_zones,
-            zone_count,
-            digest,
         }
     }
 
-    /// The replication factor N.
-    pub fn replicas(&self) -> usize {
-        self.replicas
-    }
-
-    /// All members, including those that own nothing.
-    pub fn members(&self) -> impl Iterator<Item = &Member> {
-        self.members.values()
-    }
-
-    /// One member.
-    pub fn member(&self, id: &NodeId) -> Option<&Member> {
-        self.members.get(id)
-    }
-
-    /// A hash of the whole view; nodes agree on the ring iff digests agree.
-    pub fn digest(&self) -> u64 {
-        self.digest
-    }
-
-    /// The replicas of `key`, in preference order (F6, F9).
-    pub fn nodes_of(&self, key: &[u8]) -> Vec<NodeId> {
-        self.nodes_of_token(Token::of_key(key))
-    }
-
-    /// The replicas of the range that holds `token`, in preference order.
-    pub fn nodes_of_token(&self, token: Token) -> Vec<NodeId> {
+    fn nodes_of_token(&self, token: Token) -> Vec<NodeId> {
         self.owner_indexes_of_token(token)
             .into_iter()
             .map(|i| self.owners[i].clone())
@@ -268,26 +295,193 @@ impl Ring {
             })
             .collect()
     }
+}
+
+/// An immutable view of the ring: members, tokens and the replication
+/// factor, now and once the transitions under way are over.
+///
+/// Two placements: the *natural* one (members that serve reads now: normal,
+/// leaving, down) and, while a member joins or leaves or N changes, the
+/// *target* one (normal, joining, down; the new N). Reads go to the natural
+/// replicas; writes go to those and to the *pending* ones, the target
+/// replicas not yet natural (F18), so that nothing written during a
+/// transition is missing once it ends.
+#[derive(Debug, Clone)]
+pub struct Ring {
+    /// All known members by id, including those that own nothing.
+    members: BTreeMap<NodeId, Member>,
+    /// Who serves each range now.
+    natural: Placement,
+    /// Who will, when that differs.
+    target: Option<Placement>,
+    /// Hash of members, states, tokens and both replication factors (not
+    /// liveness); equal rings have equal digests.
+    digest: u64,
+}
+
+impl Ring {
+    /// Builds the ring from members and the replication factor.
+    pub fn new(members: impl IntoIterator<Item = Member>, replicas: usize) -> Ring {
+        Ring::changing(members, replicas, replicas)
+    }
+
+    /// Builds the ring of a cluster moving from `replicas` to
+    /// `target_replicas` copies of each key.
+    pub fn changing(
+        members: impl IntoIterator<Item = Member>,
+        replicas: usize,
+        target_replicas: usize,
+    ) -> Ring {
+        let members: BTreeMap<NodeId, Member> =
+            members.into_iter().map(|m| (m.id.clone(), m)).collect();
+        let natural = Placement::new(members.values().filter(|m| m.state.owns_ranges()), replicas);
+        let moving = target_replicas != replicas
+            || members
+                .values()
+                .any(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving));
+        let target = moving.then(|| {
+            Placement::new(
+                members.values().filter(|m| m.state.will_own_ranges()),
+                target_replicas,
+            )
+        });
+        let digest = digest_of(&members, replicas, target_replicas);
+        Ring {
+            members,
+            natural,
+            target,
+            digest,
+        }
+    }
+
+    /// The replication factor N serving reads now.
+    pub fn replicas(&self) -> usize {
+        self.natural.replicas
+    }
+
+    /// The replication factor once the transition under way is over.
+    pub fn target_replicas(&self) -> usize {
+        self.target.as_ref().unwrap_or(&self.natural).replicas
+    }
+
+    /// Whether a join, leave, removal or change of N is under way.
+    pub fn in_transition(&self) -> bool {
+        self.target.is_some()
+    }
+
+    /// All members, including those that own nothing.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.members.values()
+    }
+
+    /// One member.
+    pub fn member(&self, id: &NodeId) -> Option<&Member> {
+        self.members.get(id)
+    }
+
+    /// Whether `id` is a member believed up.
+    pub fn is_live(&self, id: &NodeId) -> bool {
+        self.members.get(id).is_some_and(|m| m.live)
+    }
+
+    /// A hash of the whole view; nodes agree on the ring iff digests agree.
+    pub fn digest(&self) -> u64 {
+        self.digest
+    }
+
+    /// The replicas of `key`, in preference order (F6, F9).
+    pub fn nodes_of(&self, key: &[u8]) -> Vec<NodeId> {
+        self.nodes_of_token(Token::of_key(key))
+    }
+
+    /// The replicas of the range that holds `token`, in preference order.
+    pub fn nodes_of_token(&self, token: Token) -> Vec<NodeId> {
+        self.natural.nodes_of_token(token)
+    }
+
+    /// The nodes a write of `key` goes to besides its replicas: those that
+    /// will be replicas when the transition under way is over.
+    pub fn pending_of(&self, key: &[u8]) -> Vec<NodeId> {
+        let Some(target) = &self.target else {
+            return Vec::new();
+        };
+        let token = Token::of_key(key);
+        let natural = self.natural.nodes_of_token(token);
+        target
+            .nodes_of_token(token)
+            .into_iter()
+            .filter(|n| !natural.contains(n))
+            .collect()
+    }
+
+    /// The replicas of `key` once the transition under way is over.
+    pub fn target_nodes_of(&self, key: &[u8]) -> Vec<NodeId> {
+        let token = Token::of_key(key);
+        self.target
+            .as_ref()
+            .unwrap_or(&self.natural)
+            .nodes_of_token(token)
+    }
+
+    /// What the transition under way moves: every range some node gains,
+    /// with its current replicas. Empty when no transition is under way.
+    pub fn movements(&self) -> Vec<Movement> {
+        let Some(target) = &self.target else {
+            return Vec::new();
+        };
+        // Every boundary of either placement starts a range whose replicas
+        // are the same throughout in both.
+        let mut bounds: Vec<Token> = self
+            .natural
+            .points
+            .iter()
+            .chain(&target.points)
+            .map(|(t, _)| *t)
+            .collect();
+        bounds.sort();
+        bounds.dedup();
+        let mut out: Vec<Movement> = Vec::new();
+        let n = bounds.len();
+        for i in 0..n {
+            let range = TokenRange {
+                start: bounds[(i + n - 1) % n],
+                end: bounds[i],
+            };
+            let sources = self.natural.nodes_of_token(range.end);
+            for gainer in target.nodes_of_token(range.end) {
+                if sources.contains(&gainer) {
+                    continue;
+                }
+                out.push(Movement {
+                    range,
+                    gainer,
+                    sources: sources.clone(),
+                });
+            }
+        }
+        out
+    }
 
     /// Each owner's share of replica copies: the fraction of the hash space it
     /// holds a replica of, divided by N, so the shares of all nodes sum to 1.
     pub fn load_shares(&self) -> BTreeMap<NodeId, f64> {
+        let placement = &self.natural;
         let mut load: BTreeMap<NodeId, f64> = BTreeMap::new();
-        let n = self.points.len();
+        let n = placement.points.len();
         if n == 0 {
             return load;
         }
-        let copies = self.replicas.min(self.owners.len()) as f64;
+        let copies = placement.replicas.min(placement.owners.len()) as f64;
         for i in 0..n {
-            let start = self.points[(i + n - 1) % n].0.0;
-            let end = self.points[i].0.0;
+            let start = placement.points[(i + n - 1) % n].0.0;
+            let end = placement.points[i].0.0;
             let width = if n == 1 {
                 u64::MAX as f64
             } else {
                 end.wrapping_sub(start) as f64
             };
-            for owner in self.owner_indexes_of_token(self.points[i].0) {
-                *load.entry(self.owners[owner].clone()).or_default() +=
+            for owner in placement.owner_indexes_of_token(placement.points[i].0) {
+                *load.entry(placement.owners[owner].clone()).or_default() +=
                     width / (u64::MAX as f64 * copies);
             }
         }
@@ -295,9 +489,10 @@ impl Ring {
     }
 }
 
-fn digest_of(members: &BTreeMap<NodeId, Member>, replicas: usize) -> u64 {
+fn digest_of(members: &BTreeMap<NodeId, Member>, replicas: usize, target: usize) -> u64 {
     let mut bytes = Vec::new();
     bytes.extend_from_slice(&(replicas as u64).to_be_bytes());
+    bytes.extend_from_slice(&(target as u64).to_be_bytes());
     for m in members.values() {
         bytes.extend_from_slice(m.id.as_str().as_bytes());
         bytes.push(0);
@@ -448,11 +643,12 @@ impl Ring {
     /// `salt` so that nodes joining at the same moment, seeing the same ring,
     /// do not choose the same tokens.
     fn split_points(&self, salt: u64) -> Vec<Token> {
-        let n = self.points.len();
+        let points = &self.natural.points;
+        let n = points.len();
         let mut out = Vec::with_capacity(n * SPLITS.len());
         for i in 0..n {
-            let start = self.points[(i + n - 1) % n].0.0;
-            let end = self.points[i].0.0;
+            let start = points[(i + n - 1) % n].0.0;
+            let end = points[i].0.0;
             let width = if n == 1 {
                 u64::MAX
             } else {
@@ -515,6 +711,7 @@ mod tests {
             id: NodeId::parse(&format!("127.0.0.1:{}", 1000 + i)).unwrap(),
             zone: zone.to_string(),
             state: MemberState::Normal,
+            live: true,
             tokens: random_tokens(tokens),
         }
     }
@@ -613,6 +810,115 @@ mod tests {
             Ring::new(members.clone(), 3).digest(),
             Ring::new(members, 2).digest()
         );
+    }
+
+    #[test]
+    fn liveness_is_not_part_of_the_digest() {
+        let members: Vec<Member> = (0..4).map(|i| member(i, "", 8)).collect();
+        let mut one_down = members.clone();
+        one_down[1].live = false;
+        assert_eq!(
+            Ring::new(members, 3).digest(),
+            Ring::new(one_down.clone(), 3).digest()
+        );
+        let ring = Ring::new(one_down, 3);
+        let shown: Vec<_> = ring.members().map(|m| m.shown_state()).collect();
+        assert_eq!(shown[1], MemberState::Down);
+        assert_eq!(shown[0], MemberState::Normal);
+    }
+
+    #[test]
+    fn token_ranges_wrap() {
+        let r = TokenRange {
+            start: Token(10),
+            end: Token(20),
+        };
+        assert!(!r.contains(Token(10)) && r.contains(Token(11)) && r.contains(Token(20)));
+        let wrap = TokenRange {
+            start: Token(20),
+            end: Token(10),
+        };
+        assert!(wrap.contains(Token(u64::MAX)) && wrap.contains(Token(0)));
+        assert!(wrap.contains(Token(10)) && !wrap.contains(Token(15)));
+        let whole = TokenRange {
+            start: Token(5),
+            end: Token(5),
+        };
+        assert!(whole.contains(Token(5)) && whole.contains(Token(6)));
+    }
+
+    /// Every key's pending nodes are exactly its target replicas that are
+    /// not replicas now, and `movements` lists the same gains by range.
+    fn check_transition(ring: &Ring) {
+        let movements = ring.movements();
+        assert!(ring.in_transition());
+        for k in 0..2000u32 {
+            let key = k.to_be_bytes();
+            let natural = ring.nodes_of(&key);
+            let target = ring.target_nodes_of(&key);
+            let pending = ring.pending_of(&key);
+            let expected: Vec<_> = target
+                .iter()
+                .filter(|n| !natural.contains(n))
+                .cloned()
+                .collect();
+            assert_eq!(pending, expected);
+            let token = Token::of_key(&key);
+            let mut gained: Vec<_> = movements
+                .iter()
+                .filter(|m| m.range.contains(token))
+                .map(|m| {
+                    assert_eq!(m.sources, natural);
+                    m.gainer.clone()
+                })
+                .collect();
+            gained.sort();
+            let mut expected = expected;
+            expected.sort();
+            assert_eq!(gained, expected);
+        }
+    }
+
+    #[test]
+    fn a_joining_member_gains_only_what_it_will_own() {
+        let mut members: Vec<Member> = (0..4).map(|i| member(i, "", 8)).collect();
+        members.push(Member {
+            state: MemberState::Joining,
+            ..member(4, "", 8)
+        });
+        let ring = Ring::new(members.clone(), 3);
+        check_transition(&ring);
+        let joiner = members[4].id.clone();
+        assert!(ring.movements().iter().all(|m| m.gainer == joiner));
+        assert!(!ring.movements().is_empty());
+        for k in 0..500u32 {
+            assert!(!ring.nodes_of(&k.to_be_bytes()).contains(&joiner));
+        }
+    }
+
+    #[test]
+    fn a_leaving_member_hands_its_ranges_to_the_others() {
+        let mut members: Vec<Member> = (0..5).map(|i| member(i, "", 8)).collect();
+        members[2].state = MemberState::Leaving;
+        let ring = Ring::new(members.clone(), 3);
+        check_transition(&ring);
+        let leaver = members[2].id.clone();
+        assert!(ring.movements().iter().all(|m| m.gainer != leaver));
+        for k in 0..500u32 {
+            assert!(!ring.target_nodes_of(&k.to_be_bytes()).contains(&leaver));
+        }
+    }
+
+    #[test]
+    fn raising_n_gains_copies_and_lowering_it_gains_none() {
+        let members: Vec<Member> = (0..6).map(|i| member(i, "", 8)).collect();
+        let up = Ring::changing(members.clone(), 3, 5);
+        check_transition(&up);
+        assert_eq!(up.target_nodes_of(b"k").len(), 5);
+        assert_eq!(up.pending_of(b"k").len(), 2);
+        let down = Ring::changing(members.clone(), 3, 2);
+        assert!(down.movements().is_empty());
+        assert_ne!(up.digest(), Ring::new(members, 3).digest());
     }
 
     #[test]
@@ -717,6 +1023,7 @@ mod tests {
                 id: NodeId::parse(&format!("n:{}", 1 + i)).unwrap(),
                 zone: format!("z{}", i % 2),
                 state: MemberState::Normal,
+                live: true,
                 tokens: (0..8u64).map(|j| Token(xxh3_64(&(seed ^ (i * 100 + j)).to_be_bytes()))).collect(),
             }).collect();
             let mut shuffled = members.clone();

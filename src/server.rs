@@ -26,6 +26,7 @@ use crate::config::NodeConfig;
 use crate::coordinator::{Coordinator, CoordinatorOptions};
 use crate::error::{Error, Result};
 use crate::http::{self, AppState};
+use crate::lifecycle::{Lifecycle, LifecycleOptions, TransitionSummary};
 use crate::membership::{Membership, MembershipOptions};
 use crate::proto::replica_server::ReplicaServer;
 use crate::ring::{NodeId, Token, decode_tokens, encode_tokens};
@@ -49,6 +50,23 @@ struct NodeFile {
     node: String,
     /// The node's tokens, as gossiped.
     tokens: String,
+    /// Whether it finished streaming its ranges when it joined (files
+    /// written before this existed belong to nodes that had).
+    #[serde(default = "finished_by_default")]
+    bootstrapped: bool,
+}
+
+fn finished_by_default() -> bool {
+    true
+}
+
+/// What the data dir says about the node's place in the ring.
+#[derive(Debug, Default)]
+struct Identity {
+    /// Its tokens, once chosen.
+    tokens: Option<Vec<Token>>,
+    /// Whether it finished bootstrapping them.
+    bootstrapped: bool,
 }
 
 /// A node that is serving.
@@ -59,6 +77,8 @@ pub struct RunningNode {
     pub local_addr: SocketAddr,
     /// Stops the node when sent to (or dropped).
     shutdown: tokio::sync::oneshot::Sender<()>,
+    /// Joins, leaves, removals, hints.
+    lifecycle: Lifecycle,
     /// The serving task; ends after shutdown completes.
     task: tokio::task::JoinHandle<Result<()>>,
 }
@@ -72,7 +92,13 @@ impl RunningNode {
             .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?
     }
 
-    /// Waits until the node stops on its own (it does not, unless it fails).
+    /// Leaves the cluster gracefully (F4); stop the node afterwards.
+    pub async fn leave(&self) -> Result<TransitionSummary> {
+        self.lifecycle.leave().await
+    }
+
+    /// Waits until the node stops on its own: it failed, or it left the
+    /// cluster on request (`POST /leave`).
     pub async fn wait(&mut self) -> Result<()> {
         (&mut self.task)
             .await
@@ -99,9 +125,9 @@ async fn bind(config: &NodeConfig) -> Result<TcpListener> {
 }
 
 /// The node's tokens kept in its data dir, if it has joined before.
-fn load_tokens(dir: Option<&Path>, id: &NodeId) -> Result<Option<Vec<Token>>> {
+fn load_identity(dir: Option<&Path>, id: &NodeId) -> Result<Identity> {
     let Some(dir) = dir else {
-        return Ok(None);
+        return Ok(Identity::default());
     };
     std::fs::create_dir_all(dir)?;
     let path = dir.join(NODE_FILE);
@@ -116,23 +142,38 @@ fn load_tokens(dir: Option<&Path>, id: &NodeId) -> Result<Option<Vec<Token>>> {
                     file.node
                 )));
             }
-            decode_tokens(&file.tokens).map(Some)
+            Ok(Identity {
+                tokens: Some(decode_tokens(&file.tokens)?),
+                bootstrapped: file.bootstrapped,
+            })
         }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Identity::default()),
         Err(err) => Err(err.into()),
     }
 }
 
 /// Keeps the node's identity and tokens in its data dir (atomically:
-/// written aside, synced, renamed).
-fn save_tokens(dir: Option<&Path>, id: &NodeId, tokens: &[Token]) -> Result<()> {
+/// written aside, synced, renamed); no tokens removes the file.
+fn save_identity(
+    dir: Option<&Path>,
+    id: &NodeId,
+    tokens: Option<&[Token]>,
+    bootstrapped: bool,
+) -> Result<()> {
     let Some(dir) = dir else {
         return Ok(());
     };
     let path = dir.join(NODE_FILE);
+    let Some(tokens) = tokens else {
+        return match std::fs::remove_file(&path) {
+            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
+            _ => Ok(()),
+        };
+    };
     let file = NodeFile {
         node: id.to_string(),
         tokens: encode_tokens(tokens),
+        bootstrapped,
     };
     let tmp = path.with_extension("json.tmp");
     let body = serde_json::to_vec_pretty(&file).map_err(|e| Error::Io(std::io::Error::other(e)))?;
@@ -149,10 +190,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let local_addr = listener.local_addr()?;
     let id = NodeId::parse(&format!("{}:{}", config.host, local_addr.port()))?;
     let data_dir = config.data_dir_for(local_addr.port());
-    let tokens = load_tokens(data_dir.as_deref(), &id)?;
-    let keep_tokens: crate::membership::TokenSink = {
+    let identity = load_identity(data_dir.as_deref(), &id)?;
+    let keep: crate::membership::IdentitySink = {
         let (dir, id) = (data_dir.clone(), id.clone());
-        Arc::new(move |tokens: &[Token]| save_tokens(dir.as_deref(), &id, tokens))
+        Arc::new(move |tokens: Option<&[Token]>, bootstrapped| {
+            save_identity(dir.as_deref(), &id, tokens, bootstrapped)
+        })
     };
     let store = Store::open(&StorageOptions {
         data_dir: data_dir.clone(),
@@ -169,15 +212,17 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             advertise_addr,
             seeds: config.join.clone(),
             zone: config.zone.clone(),
-            tokens,
+            tokens: identity.tokens,
+            bootstrapped: identity.bootstrapped,
             token_count: config.tokens,
-            keep_tokens,
+            keep,
             replicas: config.replicas,
             cluster_id: config.cluster_id.clone(),
             gossip_interval: config.gossip_interval,
         })
         .await?,
     );
+    let membership_for_serve = membership.clone();
     let clock = Arc::new(Clock::new(id.hash64()));
     let local = LocalReplica {
         store: store.clone(),
@@ -194,30 +239,64 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         peers,
         CoordinatorOptions {
             max_value_size: config.max_value_size,
+            hints: config.hints,
+        },
+    );
+    let lifecycle = Lifecycle::new(
+        membership.clone(),
+        coordinator.clone(),
+        store.clone(),
+        LifecycleOptions {
+            stream_rate: config.stream_rate,
+            auto_remove_after: config.auto_remove_after,
         },
     );
     let grpc = tonic::service::Routes::new(
         ReplicaServer::new(ReplicaService {
             local,
             node: id.clone(),
+            sync: Arc::new(lifecycle.clone()),
         })
         .max_decoding_message_size(MAX_RPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RPC_MESSAGE_BYTES),
     )
     .into_axum_router();
+    let left = Arc::new(tokio::sync::Notify::new());
     let api = http::router(AppState {
         node: id.clone(),
         coordinator,
         store: store.clone(),
         membership: membership.clone(),
+        lifecycle: lifecycle.clone(),
+        left: left.clone(),
     });
+    lifecycle.spawn_tasks();
     tracing::info!(node = %id, addr = %local_addr, data_dir = ?data_dir, "node started");
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel();
-    let task = tokio::spawn(serve(listener, grpc, api, shutdown_rx, membership, store));
+    let stop = async move {
+        let fatal = membership.fatal();
+        tokio::select! {
+            _ = shutdown_rx => Ok(()),
+            _ = left.notified() => {
+                tracing::info!("left the cluster on request; stopping");
+                Ok(())
+            }
+            reason = fatal => Err(Error::invalid(reason)),
+        }
+    };
+    let task = tokio::spawn(serve(
+        listener,
+        grpc,
+        api,
+        stop,
+        membership_for_serve,
+        store,
+    ));
     Ok(RunningNode {
         id,
         local_addr,
         shutdown: shutdown_tx,
+        lifecycle,
         task,
     })
 }
@@ -228,10 +307,12 @@ async fn serve(
     listener: TcpListener,
     grpc: axum::Router,
     api: axum::Router,
-    mut shutdown: tokio::sync::oneshot::Receiver<()>,
+    shutdown: impl std::future::Future<Output = Result<()>> + Send,
     membership: Arc<Membership>,
     store: Store,
 ) -> Result<()> {
+    let mut shutdown = std::pin::pin!(shutdown);
+    let mut outcome = Ok(());
     let service = tower::service_fn(move |request: hyper::Request<Incoming>| {
         let is_grpc = request
             .headers()
@@ -251,14 +332,14 @@ async fn serve(
         .initial_connection_window_size(crate::rpc::CONNECTION_WINDOW_BYTES);
     loop {
         let permit = tokio::select! {
-            _ = &mut shutdown => break,
+            result = &mut shutdown => { outcome = result; break }
             permit = permits.clone().acquire_owned() => match permit {
                 Ok(p) => p,
                 Err(_) => break,
             },
         };
         let (stream, peer) = tokio::select! {
-            _ = &mut shutdown => break,
+            result = &mut shutdown => { outcome = result; break }
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(err) => {
@@ -293,5 +374,5 @@ async fn serve(
     membership.shutdown();
     store.persist()?;
     tracing::info!("stopped");
-    Ok(())
+    outcome
 }

@@ -122,7 +122,12 @@ async fn acknowledged_writes_survive_sigkill_and_a_whole_cluster_restart() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn read_repair_brings_a_stale_replica_up_to_date_and_never_resurrects() {
-    let mut cluster = Cluster::start(Options::default()).await;
+    // Without hints, so that only read repair can bring node 2 up to date.
+    let mut cluster = Cluster::start(Options {
+        flags: vec!["--no-hints".into()],
+        ..Options::default()
+    })
+    .await;
     let http = cluster.http.clone();
     for key in ["updated", "deleted", "large"] {
         let status = http

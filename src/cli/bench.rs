@@ -336,6 +336,7 @@ fn placement(
             id: NodeId::parse(&format!("10.0.{}.{}:50140", i / 250, i % 250 + 1))?,
             zone: String::new(),
             state: MemberState::Normal,
+            live: true,
             tokens: Vec::new(),
         })
     };

@@ -59,6 +59,7 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             .arg("serve")
             .args(["--host", &args.host, "--port", &port.to_string()])
             .args(["--replicas", &args.replicas.to_string()])
+            .args(["--on-signal", "stop"])
             .stdout(Stdio::piped())
             .kill_on_drop(true);
         if args.in_memory {

@@ -68,6 +68,12 @@ enum Command {
     Ring,
     /// The keys the node stores.
     Keys(ops::KeysArgs),
+    /// Make the node (--node) leave the cluster: it hands its ranges over, then exits.
+    Leave,
+    /// Remove a dead member for good; its ranges are re-replicated.
+    Remove(ops::RemoveArgs),
+    /// Change the cluster's replication factor; data is copied or trimmed to match.
+    Replicas(ops::ReplicasArgs),
     /// Drive a cluster with a put/get mix, or stream one large value.
     Bench(bench::BenchArgs),
 }

@@ -52,6 +52,20 @@ pub struct GetArgs {
     r: Option<String>,
 }
 
+/// `remove HOST:PORT`.
+#[derive(Debug, Parser)]
+pub struct RemoveArgs {
+    /// The member to remove, as host:port.
+    member: String,
+}
+
+/// `replicas N`.
+#[derive(Debug, Parser)]
+pub struct ReplicasArgs {
+    /// Copies of each key.
+    n: usize,
+}
+
 /// A command taking just a key.
 #[derive(Debug, Parser)]
 pub struct KeyArgs {
@@ -169,17 +183,28 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
                     ring["replicas"]
                 );
                 println!(
-                    "{:<24} {:<8} {:<10} {:>7} {:>6}",
+                    "{:<24} {:<8} {:<10} {:>7} {:>6}  TRANSFER",
                     "NODE", "STATE", "ZONE", "LOAD", "TOKENS"
                 );
                 for m in ring["members"].as_array().into_iter().flatten() {
+                    let transfer = &m["transfer"];
+                    let moving = if transfer["active"].as_bool() == Some(true) {
+                        format!(
+                            "receiving: {} keys, {:.1} MB",
+                            transfer["keys"],
+                            transfer["bytes"].as_f64().unwrap_or(0.0) / 1e6
+                        )
+                    } else {
+                        String::new()
+                    };
                     println!(
-                        "{:<24} {:<8} {:<10} {:>6.1}% {:>6}",
+                        "{:<24} {:<8} {:<10} {:>6.1}% {:>6}  {}",
                         m["node"].as_str().unwrap_or("?"),
                         m["state"].as_str().unwrap_or("?"),
                         m["zone"].as_str().unwrap_or(""),
                         m["load"].as_f64().unwrap_or(0.0) * 100.0,
                         m["tokens"],
+                        moving,
                     );
                 }
             }
@@ -208,6 +233,33 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
             }
             if out.json {
                 print_json(&all)?;
+            }
+        }
+        Command::Leave => {
+            let summary = client.leave().await?;
+            if out.json {
+                print_json(&summary)?;
+            } else {
+                println!(
+                    "LEAVE OK {}",
+                    client.nodes().first().map(String::as_str).unwrap_or("?")
+                );
+            }
+        }
+        Command::Remove(args) => {
+            let summary = client.remove(&args.member).await?;
+            if out.json {
+                print_json(&summary)?;
+            } else {
+                println!("REMOVE OK {}", args.member);
+            }
+        }
+        Command::Replicas(args) => {
+            let summary = client.set_replicas(args.n).await?;
+            if out.json {
+                print_json(&summary)?;
+            } else {
+                println!("REPLICAS OK {}", args.n);
             }
         }
         Command::Serve(_) | Command::Cluster(_) | Command::Bench(_) => {

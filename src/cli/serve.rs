@@ -1,4 +1,5 @@
-//! `ringkv serve`: run one node until SIGINT/SIGTERM.
+//! `ringkv serve`: run one node until SIGINT/SIGTERM (which make it leave
+//! the cluster, unless `--on-signal stop`) or until it leaves by request.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -56,6 +57,32 @@ pub struct ServeArgs {
     /// in well under a second at a few KB/s of traffic.
     #[arg(long, value_parser = parse_duration, default_value = "250ms")]
     pub gossip_interval: Duration,
+    /// Most bytes per second streamed into this node when it gains ranges
+    /// (e.g. 50MB); unlimited when unset.
+    #[arg(long, value_parser = parse_size)]
+    pub stream_rate: Option<u64>,
+    /// Remove a member that has been down this long (e.g. 10m), re-replicating
+    /// its ranges; never when unset.
+    #[arg(long, value_parser = parse_duration)]
+    pub auto_remove_after: Option<Duration>,
+    /// What SIGTERM/SIGINT do: `leave` hands this node's ranges over and
+    /// exits (F4); `stop` just stops, keeping its place (a whole-cluster
+    /// shutdown, as `ringkv cluster` does on Ctrl-C).
+    #[arg(long, value_enum, default_value_t = OnSignal::Leave)]
+    pub on_signal: OnSignal,
+    /// Keep no hints for replicas that miss a write: they catch up only by
+    /// read repair and anti-entropy (tests of those use it).
+    #[arg(long)]
+    pub no_hints: bool,
+}
+
+/// What the first SIGTERM/SIGINT does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OnSignal {
+    /// Leave the cluster gracefully, then exit.
+    Leave,
+    /// Stop serving and exit; the node stays a member (shown down).
+    Stop,
 }
 
 impl ServeArgs {
@@ -81,6 +108,9 @@ impl ServeArgs {
             rpc_timeout: self.rpc_timeout,
             cluster_id: self.cluster_id.clone(),
             gossip_interval: self.gossip_interval,
+            stream_rate: self.stream_rate,
+            auto_remove_after: self.auto_remove_after,
+            hints: !self.no_hints,
         }
     }
 }
@@ -101,11 +131,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
     }
-    tracing::info!("signal received: stopping (a second signal exits at once)");
+    let mut code = ExitCode::SUCCESS;
+    if args.on_signal == OnSignal::Leave {
+        tracing::info!("signal received: leaving the cluster (a second signal exits at once)");
+        tokio::select! {
+            result = node.leave() => match result {
+                Ok(summary) => tracing::info!(
+                    keys = summary.keys,
+                    bytes = summary.bytes,
+                    receivers = ?summary.receivers,
+                    "left the cluster"
+                ),
+                Err(err) => {
+                    tracing::error!(%err, "could not leave; stopping with this node's data kept");
+                    eprintln!("could not leave the cluster: {err}");
+                    code = ExitCode::FAILURE;
+                }
+            },
+            _ = term.recv() => return Ok(ExitCode::from(130)),
+            _ = int.recv() => return Ok(ExitCode::from(130)),
+        }
+    } else {
+        tracing::info!("signal received: stopping (a second signal exits at once)");
+    }
     tokio::select! {
         result = node.stop() => result?,
         _ = term.recv() => return Ok(ExitCode::from(130)),
         _ = int.recv() => return Ok(ExitCode::from(130)),
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(code)
 }

@@ -24,7 +24,18 @@
 //!   may surface later through read repair; it never half-applies on one
 //!   replica.
 //! - With W + R <= N a read may miss the latest acknowledged write.
-//! - Hinted handoff for down replicas is the membership issue's work.
+//!
+//! # Transitions and hints
+//! While a node joins or leaves or N changes, a write also goes to the
+//! key's *pending* replicas (those it will have once the transition is
+//! over, [`Ring::pending_of`]) and needs W + (number of pending) answers, as
+//! in Cassandra, so that at least W of the key's replicas have it whichever
+//! way the transition ends. Reads stay with the current replicas.
+//!
+//! A replica that fails a write (down, timed out) gets a *hint*: the
+//! record kept in this node's store, with its value when small, delivered
+//! by the lifecycle's hint task when the replica is back (F15). Hints do
+//! not count towards W.
 
 mod quorum;
 
@@ -40,7 +51,7 @@ use tokio::sync::mpsc;
 pub use self::quorum::Quorum;
 use crate::error::{Error, Result};
 use crate::membership::Membership;
-use crate::proto::{ReadReply, RecordMeta};
+use crate::proto::{ReadReply, RecordMeta, StoredRecord};
 use crate::ring::{NodeId, Ring};
 use crate::rpc::{LocalReplica, Peers, ReplicaHandle, WriteMsg};
 use crate::storage::{CHUNK_SIZE_BYTES, INLINE_MAX_BYTES};
@@ -62,6 +73,8 @@ const READ_REPAIR_WAIT: Duration = Duration::from_secs(5);
 pub struct CoordinatorOptions {
     /// Largest value accepted (`--max-value-size`), in bytes.
     pub max_value_size: u64,
+    /// Keep hints for replicas that miss a write (off with `--no-hints`).
+    pub hints: bool,
 }
 
 /// What a successful write (or delete) reports.
@@ -84,6 +97,16 @@ pub struct ReadResult {
     pub value: Option<Bytes>,
     /// Replicas known to hold exactly this version, preferred first.
     pub sources: Vec<NodeId>,
+}
+
+/// The nodes a write goes to.
+struct WritePlacement {
+    /// The key's replicas, in preference order.
+    replicas: Vec<NodeId>,
+    /// The replication factor.
+    n: usize,
+    /// Nodes that will be replicas once the transition under way ends.
+    pending: Vec<NodeId>,
 }
 
 /// The request router of one node.
@@ -152,6 +175,12 @@ impl Coordinator {
     }
 
     fn placement(&self, key: &str) -> Result<(Vec<NodeId>, usize)> {
+        let placement = self.write_placement(key)?;
+        Ok((placement.replicas, placement.n))
+    }
+
+    /// Where a write of `key` goes.
+    fn write_placement(&self, key: &str) -> Result<WritePlacement> {
         crate::key::validate(key)?;
         let ring = self.ring();
         let nodes = ring.nodes_of(key.as_bytes());
@@ -160,7 +189,36 @@ impl Coordinator {
                 reason: "the ring has no members yet (is the node still joining?)".into(),
             });
         }
-        Ok((nodes, ring.replicas()))
+        let pending = ring.pending_of(key.as_bytes());
+        Ok(WritePlacement {
+            replicas: nodes,
+            n: ring.replicas(),
+            pending,
+        })
+    }
+
+    /// Keeps a write `target` missed, to deliver when it is back.
+    fn hint(&self, target: &NodeId, meta: &RecordMeta, value: Option<&Bytes>, err: &Error) {
+        if !self.inner.options.hints
+            || *target == self.inner.node
+            || matches!(err, Error::InvalidInput { .. } | Error::TooLarge { .. })
+        {
+            return;
+        }
+        let record = StoredRecord {
+            meta: Some(meta.clone()),
+            inline_value: value
+                .filter(|v| v.len() <= INLINE_MAX_BYTES && !meta.deleted)
+                .cloned(),
+            chunk_count: 0,
+            chunk_size: 0,
+        };
+        match self.inner.local.store.add_hint(target.as_str(), &record) {
+            Ok(()) => tracing::debug!(key = %meta.key, replica = %target, %err, "kept a hint"),
+            Err(hint_err) => {
+                tracing::warn!(key = %meta.key, replica = %target, %hint_err, "could not keep a hint")
+            }
+        }
     }
 
     /// Stores a value streamed from `body`, on W of the key's N replicas.
@@ -171,8 +229,12 @@ impl Coordinator {
         body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
         w: Quorum,
     ) -> Result<WriteResult> {
-        let (replicas, n) = self.placement(key)?;
-        let needed = w.count(n)?;
+        let WritePlacement {
+            replicas,
+            n,
+            pending,
+        } = self.write_placement(key)?;
+        let needed = w.count(n)? + pending.len();
         let version = self.inner.clock.now();
         let header = RecordMeta {
             key: key.to_string(),
@@ -188,16 +250,22 @@ impl Coordinator {
             let mut meta = header;
             meta.size = first.len() as u64;
             meta.checksum = Bytes::copy_from_slice(blake3::hash(&first).as_bytes());
-            return self.write_whole(meta, first, replicas, needed).await;
+            return self
+                .write_whole(meta, first, replicas, pending, needed)
+                .await;
         }
-        self.write_streamed(header, first, body, replicas, needed)
+        self.write_streamed(header, first, body, replicas, pending, needed)
             .await
     }
 
     /// Writes a tombstone for `key` on W of its replicas.
     pub async fn delete(&self, key: &str, w: Quorum) -> Result<WriteResult> {
-        let (replicas, n) = self.placement(key)?;
-        let needed = w.count(n)?;
+        let WritePlacement {
+            replicas,
+            n,
+            pending,
+        } = self.write_placement(key)?;
+        let needed = w.count(n)? + pending.len();
         let version = self.inner.clock.now();
         let meta = RecordMeta {
             key: key.to_string(),
@@ -207,7 +275,8 @@ impl Coordinator {
             size: 0,
             checksum: Bytes::new(),
         };
-        self.write_whole(meta, Bytes::new(), replicas, needed).await
+        self.write_whole(meta, Bytes::new(), replicas, pending, needed)
+            .await
     }
 
     /// Reads up to `limit` bytes from the body (the first piece), enforcing
@@ -262,19 +331,24 @@ impl Coordinator {
         meta: RecordMeta,
         value: Bytes,
         replicas: Vec<NodeId>,
+        pending: Vec<NodeId>,
         needed: usize,
     ) -> Result<WriteResult> {
         let version = meta.version();
         let mut calls: Calls<()> = replicas
             .iter()
+            .chain(&pending)
             .map(|node| {
-                let (handle, meta, value, node) = (
-                    self.replica(node),
-                    meta.clone(),
-                    value.clone(),
-                    node.clone(),
-                );
-                async move { (node, handle.write(meta, value).await.map(|_| ())) }.boxed()
+                let (this, meta, value, node) =
+                    (self.clone(), meta.clone(), value.clone(), node.clone());
+                async move {
+                    let result = this.replica(&node).write(meta.clone(), value.clone()).await;
+                    if let Err(err) = &result {
+                        this.hint(&node, &meta, Some(&value), err);
+                    }
+                    (node, result.map(|_| ()))
+                }
+                .boxed()
             })
             .collect();
         let (ok, failed) = gather(&mut calls, needed).await;
@@ -296,18 +370,20 @@ impl Coordinator {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn write_streamed(
         &self,
         header: RecordMeta,
         first: Bytes,
         mut body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
         replicas: Vec<NodeId>,
+        pending: Vec<NodeId>,
         needed: usize,
     ) -> Result<WriteResult> {
         let version = header.version();
         let (result_tx, result_rx) = mpsc::unbounded_channel();
         let mut streams: Vec<(NodeId, mpsc::Sender<WriteMsg>)> = Vec::new();
-        for node in &replicas {
+        for node in replicas.iter().chain(&pending) {
             let (tx, rx) = mpsc::channel(STREAM_QUEUE_PIECES);
             let handle = self.replica(node);
             let (header, result_tx, node2) = (header.clone(), result_tx.clone(), node.clone());
@@ -347,11 +423,25 @@ impl Coordinator {
         fan_out(
             &mut streams,
             &mut failed,
-            WriteMsg::Trailer { size, checksum },
+            WriteMsg::Trailer {
+                size,
+                checksum: checksum.clone(),
+            },
         )
         .await;
         drop(streams);
-        let stored_on = await_quorum(result_rx, replicas.len(), needed).await?;
+        let total = replicas.len() + pending.len();
+        let (stored_on, rest) = await_quorum(result_rx, total, needed).await?;
+        // Replicas that failed the write get a hint with the whole record.
+        let mut meta = header;
+        meta.size = size;
+        meta.checksum = checksum;
+        let this = self.clone();
+        tokio::spawn(async move {
+            for (node, err) in rest.collect().await {
+                this.hint(&node, &meta, None, &err);
+            }
+        });
         Ok(WriteResult {
             version,
             replicas,
@@ -650,12 +740,30 @@ fn quorum_error(needed: usize, answered: Vec<NodeId>, failed: Vec<(NodeId, Error
     }
 }
 
+/// The replicas that failed a streamed write: those seen failing before the
+/// quorum, then those failing after it.
+struct Failures {
+    seen: Vec<(NodeId, Error)>,
+    rx: mpsc::UnboundedReceiver<(NodeId, Result<()>)>,
+}
+
+impl Failures {
+    async fn collect(mut self) -> Vec<(NodeId, Error)> {
+        while let Some((node, result)) = self.rx.recv().await {
+            if let Err(err) = result {
+                self.seen.push((node, err));
+            }
+        }
+        self.seen
+    }
+}
+
 /// Waits for `needed` successes among the results of `total` spawned calls.
 async fn await_quorum(
     mut rx: mpsc::UnboundedReceiver<(NodeId, Result<()>)>,
     total: usize,
     needed: usize,
-) -> Result<Vec<NodeId>> {
+) -> Result<(Vec<NodeId>, Failures)> {
     let mut ok = Vec::new();
     let mut failed = Vec::new();
     while ok.len() < needed && ok.len() + failed.len() < total {
@@ -671,5 +779,5 @@ async fn await_quorum(
     if ok.len() < needed {
         return Err(quorum_error(needed, ok, failed));
     }
-    Ok(ok)
+    Ok((ok, Failures { seen: failed, rx }))
 }

@@ -8,19 +8,29 @@ use serde_json::json;
 
 use super::{ApiResult, AppState};
 
-/// `GET /ring`: members, their state, zone, load and tokens, and the digest.
+/// `GET /ring`: members, their state, zone, load and tokens, transfers in
+/// progress, and the digest each member reports.
 pub async fn ring(State(state): State<AppState>) -> Response {
     let ring = state.coordinator.ring();
     let loads = ring.load_shares();
+    let view = state.membership.view();
     let members: Vec<serde_json::Value> = ring
         .members()
         .map(|m| {
+            let transfer = view
+                .transfers
+                .get(&m.id)
+                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
             json!({
                 "node": m.id,
-                "state": m.state.as_str(),
+                "state": m.shown_state().as_str(),
+                "announced": m.state.as_str(),
+                "live": m.live,
                 "zone": m.zone,
                 "tokens": m.tokens.len(),
                 "load": loads.get(&m.id).copied().unwrap_or(0.0),
+                "digest": view.digests.get(&m.id),
+                "transfer": transfer,
                 "url": format!("http://{}/", m.id),
             })
         })
@@ -34,7 +44,10 @@ pub async fn ring(State(state): State<AppState>) -> Response {
         "node": state.node,
         "nodes": nodes,
         "replicas": ring.replicas(),
+        "target_replicas": ring.target_replicas(),
+        "in_transition": ring.in_transition(),
         "digest": format!("{:016x}", ring.digest()),
+        "agreed": state.membership.agreed(),
         "members": members,
     }))
     .into_response()
@@ -69,7 +82,7 @@ pub async fn whereis(
             json!({
                 "node": n,
                 "preference": i,
-                "state": member.map(|m| m.state.as_str()),
+                "state": member.map(|m| m.shown_state().as_str()),
                 "zone": member.map(|m| m.zone.clone()),
             })
         })

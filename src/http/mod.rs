@@ -6,6 +6,7 @@
 //! unknown routes (404) and wrong methods (405), answers with JSON saying
 //! what was wrong.
 
+mod admin;
 mod cluster;
 mod keys;
 mod page;
@@ -21,6 +22,7 @@ use serde_json::json;
 
 use crate::coordinator::Coordinator;
 use crate::error::Error;
+use crate::lifecycle::Lifecycle;
 use crate::membership::Membership;
 use crate::ring::NodeId;
 use crate::storage::Store;
@@ -36,6 +38,11 @@ pub struct AppState {
     pub store: Store,
     /// Gossip view (`/ring`, `/health`).
     pub membership: Arc<Membership>,
+    /// Leave, remove, replication factor.
+    pub lifecycle: Lifecycle,
+    /// Notified once this node has left the cluster on request: the server
+    /// then stops.
+    pub left: Arc<tokio::sync::Notify>,
 }
 
 /// The public router.
@@ -57,9 +64,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(cluster::health))
         .route("/balance", post(not_yet))
         .route("/purge", post(not_yet))
-        .route("/leave", post(not_yet))
+        .route("/leave", post(admin::leave))
+        .route("/replicas", post(admin::replicas))
         .route("/metrics", get(not_yet))
-        .route("/ring/{*node}", delete(not_yet))
+        .route("/ring/{*node}", delete(admin::remove))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

@@ -23,7 +23,7 @@ pub async fn status_page(State(state): State<AppState>) -> Html<String> {
         rows.push_str(&format!(
             "<tr><td><a href=\"http://{id}/\">{id}</a></td><td>{state}</td><td>{zone}</td><td>{load:.1}%</td></tr>",
             id = escape(m.id.as_str()),
-            state = m.state.as_str(),
+            state = m.shown_state().as_str(),
             zone = escape(&m.zone),
             load = loads.get(&m.id).copied().unwrap_or(0.0) * 100.0,
         ));

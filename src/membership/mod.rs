@@ -3,32 +3,38 @@
 //! same port number as the node's TCP port (F1).
 //!
 //! Each node publishes a few keys about itself ([`KEY_TOKENS`], [`KEY_ZONE`],
-//! [`KEY_STATE`], [`KEY_REPLICAS`]); a refresh task reads the converged view,
-//! turns it into a [`Ring`] with the pure function [`ring_from_peers`], and
-//! publishes the ring on a watch channel whenever its digest changes.
+//! [`KEY_STATE`], [`KEY_REPLICAS`], [`KEY_DIGEST`], [`KEY_TRANSFER`], and
+//! removal markers under [`REMOVAL_PREFIX`]); a refresh task reads the
+//! converged view, turns it into a [`Ring`] with the pure function
+//! [`ring_from_peers`], and publishes it on a watch channel whenever its
+//! digest or a member's liveness changes.
 //!
 //! Joining (F2): a node started with `--join` publishes no tokens until it has
 //! heard from another member, so a node whose seeds are all down keeps
 //! gossiping to them and never founds a cluster of its own. A node joining
 //! for the first time chooses its tokens then, on the ring it finds
-//! ([`allocate_tokens`], F6), and has them kept before announcing them.
+//! ([`allocate_tokens`], F6), has them kept, and announces them as
+//! *joining*; the lifecycle task streams its ranges and turns it *normal*.
 //!
-//! The replication factor N is a cluster-wide setting carried as
-//! `N:epoch`; every node adopts the highest epoch it sees, so a later change
-//! (F10) spreads the same way.
+//! Failure detection: chitchat's phi-accrual detector, with a floor: a
+//! member is shown down only once it has also been silent for
+//! [`DOWN_AFTER_SILENCE`], so a scheduling hiccup on a loaded machine does not
+//! flap it.
 //!
-//! Not done here: bootstrap streaming, leave, removal and hints (the
-//! membership-lifecycle issue), and authenticated gossip (F27).
+//! Cluster-wide settings (the replication factor, removals) are published
+//! by whichever node issues them and re-published by every node that sees
+//! them, so they outlive the node that issued them. Only a node's own keys
+//! can be set in chitchat; these copies are how a setting spreads.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
-use tokio::sync::watch;
+use tokio::sync::{Mutex, watch};
 
 use crate::error::{Error, Result};
 use crate::ring::{
@@ -41,11 +47,22 @@ pub const KEY_TOKENS: &str = "tokens";
 pub const KEY_ZONE: &str = "zone";
 /// Gossip key: the node's lifecycle state as it announces it.
 pub const KEY_STATE: &str = "state";
-/// Gossip key: the cluster replication factor as `N:epoch`.
+/// Gossip key: the cluster replication factor, see [`ReplicaSetting`].
 pub const KEY_REPLICAS: &str = "replicas";
+/// Gossip key: the digest of the ring as this node sees it (hex).
+pub const KEY_DIGEST: &str = "digest";
+/// Gossip key: this node's data transfer progress, JSON.
+pub const KEY_TRANSFER: &str = "transfer";
+/// Gossip key prefix: `remove:host:port` = `tokenhash:removing|removed`.
+pub const REMOVAL_PREFIX: &str = "remove:";
 
-/// Persists a node's tokens once chosen, before they are announced.
-pub type TokenSink = Arc<dyn Fn(&[Token]) -> Result<()> + Send + Sync>;
+/// A member is shown down only after this much silence as well as a phi
+/// verdict.
+pub const DOWN_AFTER_SILENCE: Duration = Duration::from_secs(2);
+
+/// Keeps the node's tokens and whether it finished bootstrapping, before
+/// they are announced; `None` forgets them (the node left).
+pub type IdentitySink = Arc<dyn Fn(Option<&[Token]>, bool) -> Result<()> + Send + Sync>;
 
 /// How membership runs on one node.
 #[derive(Clone)]
@@ -63,10 +80,13 @@ pub struct MembershipOptions {
     /// This node's tokens when it has them already (a restart); `None` has
     /// them chosen when it joins, by [`allocate_tokens`] on the ring it finds.
     pub tokens: Option<Vec<Token>>,
+    /// Whether the kept tokens finished bootstrapping (else it resumes as
+    /// joining).
+    pub bootstrapped: bool,
     /// How many tokens to choose.
     pub token_count: usize,
     /// Where chosen tokens are kept (the node's data dir).
-    pub keep_tokens: TokenSink,
+    pub keep: IdentitySink,
     /// Replication factor this node starts with (`--replicas`); a founder's
     /// value has epoch 1, a joiner's epoch 0 so that the cluster's wins.
     pub replicas: usize,
@@ -92,18 +112,124 @@ pub struct PeerState {
     pub keys: HashMap<String, String>,
 }
 
-/// Builds the ring from gossip state: pure, so it is tested without a network.
-/// Peers without tokens own nothing yet; the newest generation of a node wins.
-pub fn ring_from_peers(peers: &[PeerState], fallback_replicas: usize) -> Ring {
+/// The cluster's replication factor: `n` copies, or moving from `from` to
+/// `n` copies while data is copied (F10). Wire form `n:epoch` when settled,
+/// `n:epoch:from` while moving; the highest epoch wins, settled over moving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplicaSetting {
+    /// Copies once settled.
+    pub n: usize,
+    /// Incremented by every change.
+    pub epoch: u64,
+    /// Copies serving reads while moving.
+    pub from: Option<usize>,
+}
+
+impl ReplicaSetting {
+    /// Parses the wire form.
+    pub fn parse(s: &str) -> Option<ReplicaSetting> {
+        let mut parts = s.split(':');
+        let n: usize = parts.next()?.parse().ok()?;
+        let epoch: u64 = parts.next()?.parse().ok()?;
+        let from = match parts.next() {
+            Some(f) => Some(f.parse::<usize>().ok().filter(|f| *f >= 1)?),
+            None => None,
+        };
+        (n >= 1 && parts.next().is_none()).then_some(ReplicaSetting { n, epoch, from })
+    }
+
+    /// The wire form.
+    pub fn encode(&self) -> String {
+        match self.from {
+            Some(from) => format!("{}:{}:{from}", self.n, self.epoch),
+            None => format!("{}:{}", self.n, self.epoch),
+        }
+    }
+
+    fn rank(&self) -> (u64, bool) {
+        (self.epoch, self.from.is_none())
+    }
+
+    /// Copies serving reads now.
+    pub fn current(&self) -> usize {
+        self.from.unwrap_or(self.n)
+    }
+}
+
+/// A removal in progress or done, as published under [`REMOVAL_PREFIX`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Removal {
+    /// Hash of the removed member's tokens: a node rejoining under the
+    /// same `host:port` with new tokens is a new member.
+    pub tokens_hash: u64,
+    /// True once its ranges were re-replicated.
+    pub done: bool,
+}
+
+impl Removal {
+    fn parse(s: &str) -> Option<Removal> {
+        let (hash, phase) = s.split_once(':')?;
+        let tokens_hash = u64::from_str_radix(hash, 16).ok()?;
+        let done = match phase {
+            "removing" => false,
+            "removed" => true,
+            _ => return None,
+        };
+        Some(Removal { tokens_hash, done })
+    }
+
+    fn encode(&self) -> String {
+        let phase = if self.done { "removed" } else { "removing" };
+        format!("{:016x}:{phase}", self.tokens_hash)
+    }
+}
+
+/// The hash removal markers name a member's tokens by.
+pub fn tokens_hash(tokens: &[Token]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(encode_tokens(tokens).as_bytes())
+}
+
+/// The instance of each node to believe: up before down, with tokens before
+/// without (a newcomer wrongly using a member's `host:port` does not hide
+/// it), then the newest generation.
+fn newest_instances(peers: &[PeerState]) -> BTreeMap<&str, &PeerState> {
+    let rank = |p: &PeerState| (p.live, p.keys.contains_key(KEY_TOKENS), p.generation);
     let mut newest: BTreeMap<&str, &PeerState> = BTreeMap::new();
     for peer in peers {
         let entry = newest.entry(peer.node.as_str()).or_insert(peer);
-        if peer.generation > entry.generation {
+        if rank(peer) > rank(entry) {
             *entry = peer;
         }
     }
+    newest
+}
+
+/// Every removal any peer published, the furthest along per node.
+pub fn cluster_removals(peers: &[PeerState]) -> BTreeMap<String, Removal> {
+    let mut out: BTreeMap<String, Removal> = BTreeMap::new();
+    for peer in peers {
+        for (key, value) in &peer.keys {
+            let Some(node) = key.strip_prefix(REMOVAL_PREFIX) else {
+                continue;
+            };
+            let Some(removal) = Removal::parse(value) else {
+                continue;
+            };
+            let entry = out.entry(node.to_string()).or_insert(removal);
+            if removal.tokens_hash == entry.tokens_hash && removal.done {
+                entry.done = true;
+            }
+        }
+    }
+    out
+}
+
+/// Builds the ring from gossip state: pure, so it is tested without a network.
+/// Peers without tokens own nothing yet.
+pub fn ring_from_peers(peers: &[PeerState], fallback_replicas: usize) -> Ring {
+    let removals = cluster_removals(peers);
     let mut members = Vec::new();
-    for peer in newest.values() {
+    for peer in newest_instances(peers).values() {
         let Ok(id) = NodeId::parse(&peer.node) else {
             continue;
         };
@@ -114,53 +240,75 @@ pub fn ring_from_peers(peers: &[PeerState], fallback_replicas: usize) -> Ring {
             tracing::warn!(peer = %peer.node, "ignoring a peer with malformed tokens");
             continue;
         };
-        let announced = peer
+        let mut state = peer
             .keys
             .get(KEY_STATE)
             .and_then(|s| MemberState::parse(s))
+            .filter(|s| *s != MemberState::Down)
             .unwrap_or(MemberState::Normal);
-        let state = match (peer.live, announced) {
-            (_, MemberState::Removed) => MemberState::Removed,
-            (false, _) => MemberState::Down,
-            (true, s) => s,
-        };
+        if let Some(removal) = removals.get(&peer.node)
+            && removal.tokens_hash == tokens_hash(&tokens)
+        {
+            state = if removal.done {
+                MemberState::Removed
+            } else if state == MemberState::Removed {
+                state
+            } else {
+                MemberState::Leaving
+            };
+        }
         members.push(Member {
             id,
             zone: peer.keys.get(KEY_ZONE).cloned().unwrap_or_default(),
             state,
+            live: peer.live,
             tokens,
         });
     }
-    let replicas = cluster_replicas(peers)
-        .map(|(n, _)| n)
-        .unwrap_or(fallback_replicas);
-    Ring::new(members, replicas)
+    let setting = cluster_replicas(peers).unwrap_or(ReplicaSetting {
+        n: fallback_replicas,
+        epoch: 0,
+        from: None,
+    });
+    Ring::changing(members, setting.current(), setting.n)
 }
 
-/// The highest-epoch replication setting gossiped by any peer.
-pub fn cluster_replicas(peers: &[PeerState]) -> Option<(usize, u64)> {
+/// The winning replication setting gossiped by any peer.
+pub fn cluster_replicas(peers: &[PeerState]) -> Option<ReplicaSetting> {
     peers
         .iter()
         .filter_map(|p| p.keys.get(KEY_REPLICAS))
-        .filter_map(|s| parse_replicas(s))
-        .max_by_key(|(n, epoch)| (*epoch, *n))
+        .filter_map(|s| ReplicaSetting::parse(s))
+        .max_by_key(|s| (s.rank(), s.n))
 }
 
-fn parse_replicas(s: &str) -> Option<(usize, u64)> {
-    let (n, epoch) = s.split_once(':')?;
-    let n: usize = n.parse().ok()?;
-    (n >= 1).then_some(())?;
-    Some((n, epoch.parse().ok()?))
+/// What the refresh task last saw, beyond the ring.
+#[derive(Debug, Clone, Default)]
+pub struct View {
+    /// Each member's published ring digest.
+    pub digests: BTreeMap<NodeId, String>,
+    /// Each member's published transfer progress (JSON).
+    pub transfers: BTreeMap<NodeId, String>,
+    /// When each member that is down was last heard from.
+    pub down_since: BTreeMap<NodeId, Instant>,
 }
 
 /// A running membership: gossip plus the ring derived from it.
 pub struct Membership {
+    /// This node.
+    node: NodeId,
     /// The chitchat server.
     handle: ChitchatHandle,
-    /// The current ring; replaced on every change of digest.
+    /// The current ring; replaced on every change of digest or liveness.
     ring: watch::Receiver<Arc<Ring>>,
+    /// The rest of the latest view.
+    view: Arc<std::sync::Mutex<View>>,
     /// True once this node has published its tokens.
     ready: Arc<AtomicBool>,
+    /// Set when this node cannot take part (its `host:port` is taken).
+    fatal: watch::Receiver<Option<String>>,
+    /// Keeps the node's identity.
+    keep: IdentitySink,
 }
 
 impl Membership {
@@ -187,11 +335,16 @@ impl Membership {
             extra_liveness_predicate: None,
         };
         let founding = options.seeds.is_empty();
-        let replicas_key = format!("{}:{}", options.replicas, if founding { 1 } else { 0 });
+        let setting = ReplicaSetting {
+            n: options.replicas,
+            epoch: u64::from(founding),
+            from: None,
+        };
         let mut initial = vec![
             (KEY_ZONE.to_string(), options.zone.clone()),
-            (KEY_REPLICAS.to_string(), replicas_key),
+            (KEY_REPLICAS.to_string(), setting.encode()),
         ];
+        let mut ready = false;
         if founding {
             let tokens = match &options.tokens {
                 Some(tokens) => tokens.clone(),
@@ -199,31 +352,47 @@ impl Membership {
                     let empty = Ring::new(Vec::new(), options.replicas);
                     let tokens =
                         allocate_tokens(&empty, &self_member(&options), options.token_count);
-                    (options.keep_tokens)(&tokens)?;
+                    (options.keep)(Some(&tokens), true)?;
                     tokens
                 }
             };
             initial.push((KEY_TOKENS.to_string(), encode_tokens(&tokens)));
             initial.push((KEY_STATE.to_string(), MemberState::Normal.as_str().into()));
+            ready = true;
         } else {
             initial.push((KEY_STATE.to_string(), MemberState::Joining.as_str().into()));
         }
         let handle = spawn_chitchat(config, initial, &UdpTransport)
             .await
             .map_err(|e| Error::Io(std::io::Error::other(format!("gossip: {e:#}"))))?;
-        let ready = Arc::new(AtomicBool::new(founding));
+        let ready = Arc::new(AtomicBool::new(ready));
         let (tx, rx) = watch::channel(Arc::new(Ring::new(Vec::new(), options.replicas)));
-        tokio::spawn(refresh_loop(
-            handle.chitchat(),
+        let (fatal_tx, fatal_rx) = watch::channel(None);
+        let view = Arc::new(std::sync::Mutex::new(View::default()));
+        let refresh = Refresh {
+            chitchat: handle.chitchat(),
             tx,
-            options.clone(),
-            ready.clone(),
-        ));
+            fatal: fatal_tx,
+            view: view.clone(),
+            options: options.clone(),
+            ready: ready.clone(),
+            heard: HashMap::new(),
+        };
+        tokio::spawn(refresh.run());
         Ok(Membership {
+            node: options.node.clone(),
             handle,
             ring: rx,
+            view,
             ready,
+            fatal: fatal_rx,
+            keep: options.keep.clone(),
         })
+    }
+
+    /// This node.
+    pub fn node(&self) -> &NodeId {
+        &self.node
     }
 
     /// The current ring.
@@ -231,9 +400,135 @@ impl Membership {
         self.ring.borrow().clone()
     }
 
+    /// A receiver of every new ring.
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Ring>> {
+        self.ring.clone()
+    }
+
+    /// The latest view beyond the ring.
+    pub fn view(&self) -> View {
+        self.view.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Whether this node has joined (published its tokens).
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
+    }
+
+    /// Resolves with a reason when this node cannot take part at all.
+    pub async fn fatal(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        loop {
+            if let Some(reason) = fatal.borrow_and_update().clone() {
+                return reason;
+            }
+            if fatal.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
+    /// This node's state as it announces it.
+    pub async fn own_state(&self) -> MemberState {
+        let chitchat = self.handle.chitchat();
+        let mut guard = chitchat.lock().await;
+        guard
+            .self_node_state()
+            .get(KEY_STATE)
+            .and_then(MemberState::parse)
+            .unwrap_or(MemberState::Joining)
+    }
+
+    /// Announces this node's state.
+    pub async fn set_state(&self, state: MemberState) {
+        let chitchat = self.handle.chitchat();
+        chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(KEY_STATE, state.as_str());
+        tracing::info!(node = %self.node, state = state.as_str(), "announced");
+    }
+
+    /// Keeps whether this node finished bootstrapping its tokens; `None`
+    /// forgets the tokens (the node left and would rejoin as new).
+    pub fn keep_identity(&self, tokens: Option<&[Token]>, bootstrapped: bool) -> Result<()> {
+        (self.keep)(tokens, bootstrapped)
+    }
+
+    /// Publishes this node's transfer progress.
+    pub async fn set_transfer(&self, json: String) {
+        let chitchat = self.handle.chitchat();
+        chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(KEY_TRANSFER, json);
+    }
+
+    /// Publishes a removal of `node` (whose tokens hash to `tokens_hash`).
+    pub async fn publish_removal(&self, node: &NodeId, removal: Removal) {
+        let chitchat = self.handle.chitchat();
+        chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(format!("{REMOVAL_PREFIX}{node}"), removal.encode());
+    }
+
+    /// Publishes a new replication setting.
+    pub async fn publish_replicas(&self, setting: ReplicaSetting) {
+        let chitchat = self.handle.chitchat();
+        chitchat
+            .lock()
+            .await
+            .self_node_state()
+            .set(KEY_REPLICAS, setting.encode());
+    }
+
+    /// The winning replication setting as of now.
+    pub async fn replica_setting(&self) -> ReplicaSetting {
+        let chitchat = self.handle.chitchat();
+        let mut guard = chitchat.lock().await;
+        let own = guard
+            .self_node_state()
+            .get(KEY_REPLICAS)
+            .and_then(ReplicaSetting::parse);
+        own.unwrap_or(ReplicaSetting {
+            n: self.ring().replicas(),
+            epoch: 0,
+            from: None,
+        })
+    }
+
+    /// Whether every live member publishes the digest of this node's ring.
+    pub fn agreed(&self) -> bool {
+        let ring = self.ring();
+        let want = format!("{:016x}", ring.digest());
+        let view = self.view();
+        ring.members()
+            .filter(|m| m.live && m.state != MemberState::Removed)
+            .all(|m| view.digests.get(&m.id) == Some(&want))
+    }
+
+    /// Waits until every live member sees the ring this node sees, or
+    /// `limit` has passed (then goes on with a warning: a member whose
+    /// gossip lags only misses writes that repair will bring).
+    pub async fn wait_for_agreement(&self, limit: Duration) -> Arc<Ring> {
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut rings = self.subscribe();
+        loop {
+            if self.agreed() {
+                return self.ring();
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!("members did not all agree on the ring in time; going on");
+                return self.ring();
+            }
+            let _ =
+                tokio::time::timeout(Duration::from_millis(REFRESH_INTERVAL_MS), rings.changed())
+                    .await;
+        }
     }
 
     /// Stops gossiping.
@@ -250,6 +545,7 @@ fn self_member(options: &MembershipOptions) -> Member {
         id: options.node.clone(),
         zone: options.zone.clone(),
         state: MemberState::Joining,
+        live: true,
         tokens: Vec::new(),
     }
 }
@@ -275,88 +571,199 @@ async fn join_tokens(
                 "token allocation failed: {e}"
             )))
         })?;
-    (options.keep_tokens)(&tokens)?;
+    (options.keep)(Some(&tokens), false)?;
     Ok(Some(tokens))
 }
 
-async fn refresh_loop(
-    chitchat: Arc<tokio::sync::Mutex<chitchat::Chitchat>>,
+/// The refresh task: gossip state in, rings out.
+struct Refresh {
+    chitchat: Arc<Mutex<chitchat::Chitchat>>,
     tx: watch::Sender<Arc<Ring>>,
+    fatal: watch::Sender<Option<String>>,
+    view: Arc<std::sync::Mutex<View>>,
     options: MembershipOptions,
     ready: Arc<AtomicBool>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_millis(REFRESH_INTERVAL_MS));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_wait_log = std::time::Instant::now();
-    loop {
-        tick.tick().await;
-        if tx.is_closed() {
-            return;
+    /// Each instance's last heartbeat and when it changed.
+    heard: HashMap<ChitchatId, (u64, Instant)>,
+}
+
+impl Refresh {
+    async fn run(mut self) {
+        let mut tick = tokio::time::interval(Duration::from_millis(REFRESH_INTERVAL_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_wait_log = Instant::now();
+        loop {
+            tick.tick().await;
+            if self.tx.is_closed() {
+                return;
+            }
+            let peers = self.adopt_and_read().await;
+            if !self.ready.load(Ordering::Acquire) {
+                let others: Vec<PeerState> = peers
+                    .iter()
+                    .filter(|p| p.node != self.options.node.as_str())
+                    .cloned()
+                    .collect();
+                if let Some(reason) = self.conflict(&peers) {
+                    let _ = self.fatal.send(Some(reason));
+                    return;
+                }
+                if others.iter().any(|p| p.live) {
+                    self.join(&others).await;
+                } else if last_wait_log.elapsed() > Duration::from_secs(5) {
+                    last_wait_log = Instant::now();
+                    tracing::warn!(seeds = ?self.options.seeds, "no seed answers yet; still trying");
+                }
+            }
+            self.publish(&peers).await;
         }
-        let mut guard = chitchat.lock().await;
+    }
+
+    /// Reads the gossip state; adopts the cluster's newer settings.
+    async fn adopt_and_read(&mut self) -> Vec<PeerState> {
+        let mut guard = self.chitchat.lock().await;
         let live: HashSet<ChitchatId> = guard.live_nodes().cloned().collect();
-        let peers: Vec<PeerState> = guard
-            .node_states()
-            .iter()
-            .map(|(id, state)| PeerState {
+        let now = Instant::now();
+        let mut peers = Vec::new();
+        for (id, state) in guard.node_states() {
+            let beat = u64::from(state.heartbeat());
+            let heard = self.heard.entry(id.clone()).or_insert((beat, now));
+            if heard.0 != beat {
+                *heard = (beat, now);
+            }
+            let silent = now.duration_since(heard.1) >= DOWN_AFTER_SILENCE;
+            let is_self = &*id.node_id == self.options.node.as_str();
+            peers.push(PeerState {
                 node: id.node_id.to_string(),
                 generation: id.generation_id,
-                live: live.contains(id),
+                live: is_self || live.contains(id) || !silent,
                 keys: state
                     .key_values()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
+            });
+        }
+        self.heard
+            .retain(|id, _| guard.node_states().contains_key(id));
+        let me = guard.self_node_state();
+        if let Some(setting) = cluster_replicas(&peers) {
+            let own = me.get(KEY_REPLICAS).and_then(ReplicaSetting::parse);
+            if own != Some(setting) {
+                me.set(KEY_REPLICAS, setting.encode());
+            }
+        }
+        for (node, removal) in cluster_removals(&peers) {
+            let key = format!("{REMOVAL_PREFIX}{node}");
+            if me.get(&key).and_then(Removal::parse) != Some(removal) {
+                me.set(key, removal.encode());
+            }
+        }
+        peers
+    }
+
+    /// Why this node cannot join: another live member has its `host:port`
+    /// while this node is new.
+    fn conflict(&self, peers: &[PeerState]) -> Option<String> {
+        if self.options.tokens.is_some() {
+            return None; // a restart: the old instance fades away
+        }
+        let me = self.options.node.as_str();
+        let own_generation = peers
+            .iter()
+            .filter(|p| p.node == me)
+            .map(|p| p.generation)
+            .max()?;
+        peers
+            .iter()
+            .find(|p| {
+                p.node == me
+                    && p.generation != own_generation
+                    && p.live
+                    && p.keys.contains_key(KEY_TOKENS)
             })
-            .collect();
-        // Adopt the cluster's replication setting when it is newer than ours.
-        if let Some((n, epoch)) = cluster_replicas(&peers) {
-            let own = guard
-                .self_node_state()
-                .get(KEY_REPLICAS)
-                .map(str::to_string);
-            let wanted = format!("{n}:{epoch}");
-            if own.as_deref() != Some(wanted.as_str()) {
-                guard.self_node_state().set(KEY_REPLICAS, wanted);
+            .map(|_| {
+                format!(
+                    "another live member already uses {me}; give this node another --host/--port \
+                     (or a data dir that belongs to {me})"
+                )
+            })
+    }
+
+    async fn join(&mut self, others: &[PeerState]) {
+        match join_tokens(&self.options, others).await {
+            Ok(Some(tokens)) => {
+                let state = if self.options.tokens.is_some() && self.options.bootstrapped {
+                    MemberState::Normal
+                } else {
+                    MemberState::Joining
+                };
+                let mut guard = self.chitchat.lock().await;
+                let me = guard.self_node_state();
+                me.set(KEY_TOKENS, encode_tokens(&tokens));
+                me.set(KEY_STATE, state.as_str());
+                self.ready.store(true, Ordering::Release);
+                tracing::info!(
+                    node = %self.options.node,
+                    tokens = tokens.len(),
+                    state = state.as_str(),
+                    "joined the cluster"
+                );
+            }
+            Ok(None) => {}
+            Err(err) => tracing::error!(%err, "cannot keep the chosen tokens; not joining yet"),
+        }
+    }
+
+    /// Builds the ring; publishes it, its digest and the view.
+    async fn publish(&mut self, peers: &[PeerState]) {
+        let ring = ring_from_peers(peers, self.options.replicas);
+        let digest = format!("{:016x}", ring.digest());
+        let mut view = View::default();
+        for (node, peer) in newest_instances(peers) {
+            let Ok(id) = NodeId::parse(node) else {
+                continue;
+            };
+            if let Some(d) = peer.keys.get(KEY_DIGEST) {
+                view.digests.insert(id.clone(), d.clone());
+            }
+            if let Some(t) = peer.keys.get(KEY_TRANSFER) {
+                view.transfers.insert(id, t.clone());
             }
         }
-        let mut join = None;
-        if !ready.load(Ordering::Acquire) {
-            let others: Vec<PeerState> = peers
-                .iter()
-                .filter(|p| p.node != options.node.as_str())
-                .cloned()
-                .collect();
-            if others.iter().any(|p| p.live) {
-                join = Some(others);
-            } else if last_wait_log.elapsed() > Duration::from_secs(5) {
-                last_wait_log = std::time::Instant::now();
-                tracing::warn!(seeds = ?options.seeds, "no seed answers yet; still trying");
+        {
+            let mut shared = self.view.lock().unwrap_or_else(|p| p.into_inner());
+            view.down_since = std::mem::take(&mut shared.down_since);
+            let now = Instant::now();
+            view.down_since
+                .retain(|id, _| ring.member(id).is_some_and(|m| !m.live));
+            for m in ring.members().filter(|m| !m.live) {
+                view.down_since.entry(m.id.clone()).or_insert(now);
+            }
+            *shared = view;
+        }
+        if self.ready.load(Ordering::Acquire) {
+            let mut guard = self.chitchat.lock().await;
+            let me = guard.self_node_state();
+            if me.get(KEY_DIGEST) != Some(digest.as_str()) {
+                me.set(KEY_DIGEST, &digest);
             }
         }
-        drop(guard);
-        if let Some(others) = join {
-            match join_tokens(&options, &others).await {
-                Ok(Some(tokens)) => {
-                    let mut guard = chitchat.lock().await;
-                    let me = guard.self_node_state();
-                    me.set(KEY_TOKENS, encode_tokens(&tokens));
-                    me.set(KEY_STATE, MemberState::Normal.as_str());
-                    ready.store(true, Ordering::Release);
-                    tracing::info!(node = %options.node, tokens = tokens.len(), "joined the cluster");
-                }
-                Ok(None) => {}
-                Err(err) => tracing::error!(%err, "cannot keep the chosen tokens; not joining yet"),
+        let current = self.tx.borrow().clone();
+        let liveness_changed = ring
+            .members()
+            .any(|m| current.member(&m.id).is_none_or(|c| c.live != m.live));
+        if ring.digest() != current.digest() || liveness_changed {
+            if ring.digest() != current.digest() {
+                tracing::info!(
+                    digest = %digest,
+                    members = ring.members().count(),
+                    replicas = ring.replicas(),
+                    target_replicas = ring.target_replicas(),
+                    transition = ring.in_transition(),
+                    "ring changed"
+                );
             }
-        }
-        let ring = ring_from_peers(&peers, options.replicas);
-        if ring.digest() != tx.borrow().digest() {
-            tracing::info!(
-                digest = format!("{:016x}", ring.digest()),
-                members = ring.members().count(),
-                replicas = ring.replicas(),
-                "ring changed"
-            );
-            let _ = tx.send(Arc::new(ring));
+            let _ = self.tx.send(Arc::new(ring));
         }
     }
 }
@@ -399,7 +806,7 @@ mod tests {
         assert_eq!(ring.replicas(), 3);
         let states: Vec<_> = ring
             .members()
-            .map(|m| (m.id.to_string(), m.state))
+            .map(|m| (m.id.to_string(), m.shown_state()))
             .collect();
         assert_eq!(
             states,
@@ -431,6 +838,69 @@ mod tests {
             peer("d:1", 1, true, &[(KEY_REPLICAS, "0:9")]),
             peer("e:1", 1, true, &[(KEY_REPLICAS, "junk")]),
         ];
-        assert_eq!(cluster_replicas(&peers), Some((5, 2)));
+        let setting = cluster_replicas(&peers).unwrap();
+        assert_eq!((setting.n, setting.epoch, setting.from), (5, 2, None));
+    }
+
+    #[test]
+    fn a_settled_replication_change_beats_the_same_epoch_moving() {
+        let peers = vec![
+            peer("a:1", 1, true, &[(KEY_REPLICAS, "5:2:3")]),
+            peer("b:1", 1, true, &[(KEY_REPLICAS, "5:2")]),
+            peer("c:1", 1, true, &[(KEY_REPLICAS, "3:1")]),
+        ];
+        assert_eq!(cluster_replicas(&peers).unwrap().from, None);
+        let moving = vec![peer(
+            "a:1",
+            1,
+            true,
+            &[(KEY_TOKENS, "1"), (KEY_REPLICAS, "5:2:3")],
+        )];
+        let ring = ring_from_peers(&moving, 3);
+        assert_eq!((ring.replicas(), ring.target_replicas()), (3, 5));
+        for bad in ["0:1", "3", "3:x", "3:1:0", "3:1:2:4"] {
+            assert_eq!(ReplicaSetting::parse(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn removal_markers_apply_to_the_tokens_they_name() {
+        let hash = format!("{:016x}", tokens_hash(&[Token(2)]));
+        let removing = format!("{hash}:removing");
+        let removed = format!("{hash}:removed");
+        let base = |marker: &str| {
+            vec![
+                peer("a:1", 1, true, &[(KEY_TOKENS, "1"), ("remove:b:1", marker)]),
+                peer("b:1", 1, false, &[(KEY_TOKENS, "2"), (KEY_STATE, "normal")]),
+                peer("c:1", 1, true, &[(KEY_TOKENS, "3"), ("remove:c:1", marker)]),
+            ]
+        };
+        let state_of = |peers: &[PeerState], node: &str| {
+            ring_from_peers(peers, 3)
+                .members()
+                .find(|m| m.id.as_str() == node)
+                .map(|m| m.state)
+        };
+        assert_eq!(
+            state_of(&base(&removing), "b:1"),
+            Some(MemberState::Leaving)
+        );
+        assert_eq!(state_of(&base(&removed), "b:1"), Some(MemberState::Removed));
+        // The marker names b's tokens, not c's: c stays.
+        assert_eq!(state_of(&base(&removed), "c:1"), Some(MemberState::Normal));
+        // A later "removed" from another node completes a "removing".
+        let mut mixed = base(&removing);
+        mixed.push(peer("d:1", 1, true, &[("remove:b:1", removed.as_str())]));
+        assert_eq!(state_of(&mixed, "b:1"), Some(MemberState::Removed));
+    }
+
+    #[test]
+    fn a_newcomer_reusing_a_members_address_does_not_hide_it() {
+        let peers = vec![
+            peer("a:1", 1, true, &[(KEY_TOKENS, "1"), (KEY_STATE, "normal")]),
+            peer("a:1", 2, true, &[(KEY_STATE, "joining")]),
+        ];
+        let ring = ring_from_peers(&peers, 3);
+        assert_eq!(ring.members().next().unwrap().tokens, vec![Token(1)]);
     }
 }

@@ -9,13 +9,18 @@ use futures::Stream;
 use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
-use crate::proto::{ReadReply, RecordMeta, WriteReply};
+use crate::proto::{ReadReply, RecordMeta, ScanItem, WriteReply};
+use crate::ring::{Token, TokenRange};
 use crate::rpc::WriteMsg;
 use crate::storage::{Store, WriteOutcome};
 use crate::version::{Clock, Version};
 
 /// Chunks read ahead of the consumer by [`LocalReplica::read_stream`].
 const READ_AHEAD_CHUNKS: usize = 2;
+/// Records read from the engine at a time by [`LocalReplica::scan`].
+const SCAN_BATCH: usize = 256;
+/// Scan items queued ahead of the consumer.
+const SCAN_AHEAD_ITEMS: usize = 512;
 
 /// Replica operations on this node's store.
 #[derive(Clone)]
@@ -148,5 +153,63 @@ impl LocalReplica {
             }
         });
         Ok(rx)
+    }
+
+    /// Every record (values and tombstones) whose key hashes into one of
+    /// `ranges`, in key order, with the value when it is stored inline and
+    /// at most `inline_max` bytes.
+    pub fn scan(
+        &self,
+        ranges: Vec<TokenRange>,
+        inline_max: u64,
+    ) -> mpsc::Receiver<Result<ScanItem>> {
+        let (tx, rx) = mpsc::channel(SCAN_AHEAD_ITEMS);
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut after: Option<Vec<u8>> = None;
+            loop {
+                let batch = match store.records_after(after.as_deref(), SCAN_BATCH) {
+                    Ok(batch) => batch,
+                    Err(err) => {
+                        let _ = tx.blocking_send(Err(err));
+                        return;
+                    }
+                };
+                let Some(last) = batch.last() else { return };
+                after = last.meta.as_ref().map(|m| m.key.clone().into_bytes());
+                for record in batch {
+                    let Some(meta) = record.meta.clone() else {
+                        continue;
+                    };
+                    let token = Token::of_key(meta.key.as_bytes());
+                    if !ranges.iter().any(|r| r.contains(token)) {
+                        continue;
+                    }
+                    let value = if meta.size <= inline_max {
+                        match store.inline_value(&record) {
+                            Ok(v) => v,
+                            Err(err) => {
+                                // A corrupt value is not handed on; the
+                                // other sources of the range serve it.
+                                tracing::warn!(key = %meta.key, %err, "not streaming a corrupt value");
+                                continue;
+                            }
+                        }
+                    } else {
+                        None
+                    };
+                    if tx
+                        .blocking_send(Ok(ScanItem {
+                            meta: Some(meta),
+                            value,
+                        }))
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            }
+        });
+        rx
     }
 }

@@ -27,14 +27,21 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::{Error, Result};
 use crate::proto::replica_client::ReplicaClient;
 use crate::proto::{
-    ReadReply, ReadRequest, ReadStreamRequest, RecordMeta, WriteChunk, WriteReply, WriteRequest,
-    WriteTrailer, write_chunk,
+    ReadReply, ReadRequest, ReadStreamRequest, RecordMeta, ScanItem, ScanRequest, SyncReply,
+    SyncRequest, WriteChunk, WriteReply, WriteRequest, WriteTrailer, write_chunk,
 };
-use crate::ring::NodeId;
+use crate::ring::{NodeId, TokenRange};
 use crate::version::Version;
 
 pub use self::local::LocalReplica;
 pub use self::service::ReplicaService;
+
+/// Fetches the ranges this node gains in a transition: what a `Sync` call
+/// runs (implemented by the lifecycle).
+pub trait SyncHandler: Send + Sync + 'static {
+    /// Fetches what this node gains in the ring with `digest`.
+    fn sync(&self, digest: u64) -> futures::future::BoxFuture<'static, Result<SyncReply>>;
+}
 
 /// One message of a streamed write after its header.
 #[derive(Debug, Clone)]
@@ -264,6 +271,57 @@ impl ReplicaHandle {
                     .map(move |item| item.map(|c| c.data).map_err(|s| rpc_error(&node, s)))
                     .boxed())
             }
+        }
+    }
+
+    /// Every record the replica holds in `ranges` (values up to
+    /// `inline_max` bytes included).
+    pub async fn scan(
+        &self,
+        ranges: &[TokenRange],
+        inline_max: u64,
+    ) -> Result<BoxStream<'static, Result<ScanItem>>> {
+        match self {
+            ReplicaHandle::Local(local) => {
+                let rx = local.scan(ranges.to_vec(), inline_max);
+                Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
+            }
+            ReplicaHandle::Remote { node, peers } => {
+                let request = ScanRequest {
+                    ranges: ranges
+                        .iter()
+                        .map(|r| crate::proto::TokenRange {
+                            start: r.start.0,
+                            end: r.end.0,
+                        })
+                        .collect(),
+                    inline_max,
+                };
+                let response = peers
+                    .client(node)?
+                    .scan(tonic::Request::new(request))
+                    .await
+                    .map_err(|s| rpc_error(node, s))?;
+                let node = node.clone();
+                Ok(response
+                    .into_inner()
+                    .map(move |item| item.map_err(|s| rpc_error(&node, s)))
+                    .boxed())
+            }
+        }
+    }
+
+    /// Asks the node to fetch what it gains in the ring with `digest`;
+    /// answers when it has (no deadline: that may take long).
+    pub async fn sync(&self, digest: u64, local: &dyn SyncHandler) -> Result<SyncReply> {
+        match self {
+            ReplicaHandle::Local(_) => local.sync(digest).await,
+            ReplicaHandle::Remote { node, peers } => peers
+                .client(node)?
+                .sync(tonic::Request::new(SyncRequest { digest }))
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| rpc_error(node, s)),
         }
     }
 }

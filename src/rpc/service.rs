@@ -8,12 +8,12 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::replica_server::Replica;
 use crate::proto::{
-    PingReply, PingRequest, ReadReply, ReadRequest, ReadStreamRequest, ValueChunk, WriteChunk,
-    WriteReply, WriteRequest, write_chunk,
+    PingReply, PingRequest, ReadReply, ReadRequest, ReadStreamRequest, ScanItem, ScanRequest,
+    SyncReply, SyncRequest, ValueChunk, WriteChunk, WriteReply, WriteRequest, write_chunk,
 };
-use crate::ring::NodeId;
-use crate::rpc::WriteMsg;
+use crate::ring::{NodeId, Token, TokenRange};
 use crate::rpc::local::LocalReplica;
+use crate::rpc::{SyncHandler, WriteMsg};
 
 /// Serves the `Replica` service of one node.
 pub struct ReplicaService {
@@ -21,9 +21,12 @@ pub struct ReplicaService {
     pub local: LocalReplica,
     /// This node, for `Ping`.
     pub node: NodeId,
+    /// Runs `Sync` calls.
+    pub sync: std::sync::Arc<dyn SyncHandler>,
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<ValueChunk, Status>> + Send>>;
+type ScanStream = Pin<Box<dyn Stream<Item = Result<ScanItem, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Replica for ReplicaService {
@@ -95,6 +98,28 @@ impl Replica for ReplicaService {
         let stream = tokio_stream::wrappers::ReceiverStream::new(rx)
             .map(|piece| piece.map(|data| ValueChunk { data }).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
+    }
+
+    type ScanStream = ScanStream;
+
+    async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanStream>, Status> {
+        let ScanRequest { ranges, inline_max } = request.into_inner();
+        let ranges: Vec<TokenRange> = ranges
+            .into_iter()
+            .map(|r| TokenRange {
+                start: Token(r.start),
+                end: Token(r.end),
+            })
+            .collect();
+        let rx = self.local.scan(ranges, inline_max);
+        let stream =
+            tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| item.map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncReply>, Status> {
+        let SyncRequest { digest } = request.into_inner();
+        Ok(Response::new(self.sync.sync(digest).await?))
     }
 
     async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {

@@ -31,7 +31,7 @@ const MAX_SEALED_CHUNK_MEMTABLES: usize = 1;
 /// Block cache for reads (records and index blocks; chunks are read once).
 const BLOCK_CACHE_BYTES: u64 = 8 << 20;
 
-/// The three maps a store keeps.
+/// The maps a store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Space {
     /// One [`StoredRecord`](crate::rpc::proto::StoredRecord) per key.
@@ -40,6 +40,8 @@ pub enum Space {
     Chunks,
     /// Markers of streamed writes in progress, cleaned up after a crash.
     Pending,
+    /// Writes kept for replicas that missed them (F15), keyed by replica.
+    Hints,
 }
 
 /// One change inside an atomic batch.
@@ -89,6 +91,8 @@ pub struct FjallEngine {
     chunks: Keyspace,
     /// Pending-write markers.
     pending: Keyspace,
+    /// Hinted writes.
+    hints: Keyspace,
 }
 
 impl FjallEngine {
@@ -119,11 +123,15 @@ impl FjallEngine {
         let pending = db
             .keyspace("pending", KeyspaceCreateOptions::default)
             .map_err(Error::from_storage)?;
+        let hints = db
+            .keyspace("hints", KeyspaceCreateOptions::default)
+            .map_err(Error::from_storage)?;
         Ok(FjallEngine {
             db,
             meta,
             chunks,
             pending,
+            hints,
         })
     }
 
@@ -132,6 +140,7 @@ impl FjallEngine {
             Space::Meta => &self.meta,
             Space::Chunks => &self.chunks,
             Space::Pending => &self.pending,
+            Space::Hints => &self.hints,
         }
     }
 }

@@ -276,6 +276,25 @@ impl Store {
         })
     }
 
+    /// Drops `key` (record and chunks) if it is still held at exactly
+    /// `version`; tells whether it was dropped. Used once other replicas
+    /// are known to hold it (purge).
+    pub fn drop_if(&self, key: &str, version: Version) -> Result<bool> {
+        let _guard = self.lock(key);
+        let Some(record) = self.record(key)? else {
+            return Ok(false);
+        };
+        if record.meta.as_ref().map(|m| m.version()) != Some(version) {
+            return Ok(false);
+        }
+        let mut ops: Vec<Op> = (0..record.chunk_count)
+            .map(|index| Op::Delete(Space::Chunks, chunk_key(key, version, index)))
+            .collect();
+        ops.push(Op::Delete(Space::Meta, key.as_bytes().to_vec()));
+        self.inner.engine.apply(ops)?;
+        Ok(true)
+    }
+
     fn lock(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
         let stripe = (xxh3_64(key.as_bytes()) % LOCK_STRIPES as u64) as usize;
         self.inner.locks[stripe]
@@ -329,6 +348,64 @@ impl Store {
                     .ok_or_else(|| Error::corrupt("record without meta"))
             })
             .collect()
+    }
+
+    /// Whole records in key order after `after`, at most `limit`.
+    pub fn records_after(&self, after: Option<&[u8]>, limit: usize) -> Result<Vec<StoredRecord>> {
+        let start = match after {
+            Some(a) => Bound::Excluded(a.to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.inner
+            .engine
+            .scan(Space::Meta, b"", start, limit)?
+            .into_iter()
+            .map(|(_, raw)| decode_record(&raw))
+            .collect()
+    }
+
+    /// Keeps a write that `target` missed (F15): the record, with its value
+    /// when small (a large one is fetched from a replica on delivery).
+    pub fn add_hint(&self, target: &str, record: &StoredRecord) -> Result<()> {
+        let meta = record
+            .meta
+            .as_ref()
+            .ok_or_else(|| Error::invalid("hint without meta"))?;
+        let key = hint_key(target, &meta.key, meta.version());
+        self.inner
+            .engine
+            .apply(vec![Op::Put(Space::Hints, key, encode_record(record))])
+    }
+
+    /// Hints in storage order after `after` (a raw hint key), at most
+    /// `limit`: the raw key, the replica it is for, and the record.
+    pub fn hints_after(
+        &self,
+        after: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, String, StoredRecord)>> {
+        let mut out = Vec::new();
+        for (raw, value) in self.inner.engine.scan(Space::Hints, b"", after, limit)? {
+            let target = hint_target(&raw)
+                .ok_or_else(|| Error::corrupt("malformed hint key"))?
+                .to_string();
+            out.push((raw, target, decode_record(&value)?));
+        }
+        Ok(out)
+    }
+
+    /// Every hint key for `target` sorts below this bound.
+    pub fn hints_end_of(target: &str) -> Vec<u8> {
+        let mut end = hint_prefix(target);
+        end.push(0xff);
+        end.push(0xff);
+        end.push(0xff);
+        end
+    }
+
+    /// Drops a delivered (or obsolete) hint.
+    pub fn remove_hint(&self, raw: Vec<u8>) -> Result<()> {
+        self.inner.engine.apply(vec![Op::Delete(Space::Hints, raw)])
     }
 
     /// Waits until everything applied so far is on disk, when `fsync` is on.
@@ -616,6 +693,29 @@ fn open_chunk(mut raw: Bytes) -> Result<Bytes> {
         return Err(Error::corrupt("chunk does not match its checksum"));
     }
     Ok(raw)
+}
+
+/// `u16 len + target`: the prefix of every hint for `target`.
+fn hint_prefix(target: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + target.len() + 64);
+    out.extend_from_slice(&(target.len() as u16).to_be_bytes());
+    out.extend_from_slice(target.as_bytes());
+    out
+}
+
+/// `u16 len + target + u16 len + key + timestamp + writer`.
+fn hint_key(target: &str, key: &str, version: Version) -> Vec<u8> {
+    let mut out = hint_prefix(target);
+    out.extend_from_slice(&(key.len() as u16).to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out.extend_from_slice(&version.timestamp.to_be_bytes());
+    out.extend_from_slice(&version.writer.to_be_bytes());
+    out
+}
+
+fn hint_target(raw: &[u8]) -> Option<&str> {
+    let len = u16::from_be_bytes([*raw.first()?, *raw.get(1)?]) as usize;
+    std::str::from_utf8(raw.get(2..2 + len)?).ok()
 }
 
 /// Encodes a record for the `meta` space.

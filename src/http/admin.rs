@@ -1,0 +1,55 @@
+//! Membership changes over HTTP: `POST /leave`, `DELETE /ring/{node}`,
+//! `POST /replicas?n=N`. Each answers once the change is done, with a JSON
+//! summary (who received ranges, how many keys and bytes).
+
+use axum::extract::{Query, State};
+use axum::http::Uri;
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::{ApiResult, AppState};
+use crate::error::Error;
+use crate::ring::NodeId;
+
+/// `POST /leave`: this node hands its ranges over and stops.
+pub async fn leave(State(state): State<AppState>) -> ApiResult<Response> {
+    let summary = state.lifecycle.leave().await?;
+    // Answer first, then stop: the notified server drains this response.
+    state.left.notify_one();
+    Ok(axum::Json(summary).into_response())
+}
+
+/// `DELETE /ring/{host:port}`: removes a dead member for good.
+pub async fn remove(State(state): State<AppState>, uri: Uri) -> ApiResult<Response> {
+    let raw = uri.path().trim_start_matches("/ring/");
+    let decoded = percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| Error::invalid("the node is not UTF-8"))?;
+    let node = NodeId::parse(&decoded)?;
+    let summary = state.lifecycle.remove(&node).await?;
+    Ok(axum::Json(summary).into_response())
+}
+
+/// `?n=` of `/replicas`.
+#[derive(Debug, Deserialize)]
+pub struct ReplicasParams {
+    /// The new replication factor.
+    n: Option<String>,
+}
+
+/// `POST /replicas?n=N`: changes the cluster's replication factor and
+/// re-replicates (or trims) to match.
+pub async fn replicas(
+    State(state): State<AppState>,
+    query: Result<Query<ReplicasParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let raw = query
+        .ok()
+        .and_then(|Query(q)| q.n)
+        .ok_or_else(|| Error::invalid("give the replication factor as ?n=N"))?;
+    let n: usize = raw
+        .parse()
+        .map_err(|_| Error::invalid(format!("replication factor {raw:?} is not a number")))?;
+    let summary = state.lifecycle.set_replicas(n).await?;
+    Ok(axum::Json(summary).into_response())
+}

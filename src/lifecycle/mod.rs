@@ -1,0 +1,503 @@
+//! A node's part in membership changes: bootstrap (F18), graceful leave
+//! (F4), removal of a dead node (F8), changes of the replication factor
+//! (F10), hinted handoff (F15, `hints.rs`) and dropping what the node no
+//! longer owns once its owners hold it.
+//!
+//! Every change is a *transition* of the ring ([`Ring::movements`]): the
+//! node that starts it announces it in gossip (its own state, a removal
+//! marker, a replication setting), waits until every live member sees the
+//! same ring (so every write from then on also reaches the nodes gaining
+//! ranges), asks each gaining node to fetch its ranges (`Sync`), and then
+//! announces the end. A gaining node fetches from every live current
+//! replica of each range and keeps the newest version of each key, so a
+//! write acknowledged by any W replicas before the transition is not
+//! missed. Values are streamed replica to replica, throttled by
+//! `--stream-rate`; progress is published in gossip and shown in `/ring`.
+//!
+//! Guarantees and limits: a transition whose driver dies midway stays under
+//! way (writes keep reaching both old and new owners; nothing is lost) until
+//! it is issued again. A source that fails midway is skipped if another
+//! replica of the same range answered.
+
+mod hints;
+mod transfer;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::FutureExt;
+use futures::future::BoxFuture;
+use serde::Serialize;
+
+use crate::coordinator::Coordinator;
+use crate::error::{Error, Result};
+use crate::membership::{Membership, Removal, ReplicaSetting, tokens_hash};
+use crate::proto::SyncReply;
+use crate::ring::{MemberState, NodeId, Ring};
+use crate::rpc::SyncHandler;
+use crate::storage::Store;
+
+pub use self::transfer::Progress;
+
+/// How long a driver waits for every live member to see its ring.
+const AGREEMENT_WAIT: Duration = Duration::from_secs(15);
+/// How long a node asked to `Sync` waits to see the caller's ring.
+const SYNC_RING_WAIT: Duration = Duration::from_secs(15);
+/// Attempts at each gaining node's `Sync` before a transition fails.
+const SYNC_ATTEMPTS: usize = 3;
+/// Pause between retries of a failed bootstrap or `Sync`.
+const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How often the background tasks look at the ring.
+const TICK: Duration = Duration::from_millis(500);
+
+/// Settings of the lifecycle.
+#[derive(Debug, Clone, Default)]
+pub struct LifecycleOptions {
+    /// Bytes per second a transfer into this node may use (`--stream-rate`).
+    pub stream_rate: Option<u64>,
+    /// Remove members down this long (`--auto-remove-after`).
+    pub auto_remove_after: Option<Duration>,
+}
+
+/// What a leave, removal or change of N did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct TransitionSummary {
+    /// What was done.
+    pub action: String,
+    /// The node concerned, when one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Nodes that received ranges.
+    pub receivers: Vec<String>,
+    /// Records they stored.
+    pub keys: u64,
+    /// Value bytes they received.
+    pub bytes: u64,
+    /// Digest of the ring at the end.
+    pub digest: String,
+}
+
+/// The lifecycle of one node. Cheap to clone.
+#[derive(Clone)]
+pub struct Lifecycle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// This node.
+    node: NodeId,
+    /// Gossip and the ring.
+    membership: Arc<Membership>,
+    /// Replica handles, value streams.
+    coordinator: Coordinator,
+    /// This node's store (hints live there too).
+    store: Store,
+    /// Settings.
+    options: LifecycleOptions,
+    /// Transfer progress and throttle.
+    transfer: transfer::Transfers,
+    /// Set while this node is leaving.
+    leaving: AtomicBool,
+}
+
+impl Lifecycle {
+    /// A lifecycle for this node; [`Lifecycle::spawn_tasks`] starts it.
+    pub fn new(
+        membership: Arc<Membership>,
+        coordinator: Coordinator,
+        store: Store,
+        options: LifecycleOptions,
+    ) -> Lifecycle {
+        let node = membership.node().clone();
+        let transfer = transfer::Transfers::new(options.stream_rate);
+        Lifecycle {
+            inner: Arc::new(Inner {
+                node,
+                membership,
+                coordinator,
+                store,
+                options,
+                transfer,
+                leaving: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Starts bootstrap (when joining), hint delivery, purge of ranges no
+    /// longer owned, automatic removal and progress publishing.
+    pub fn spawn_tasks(&self) {
+        tokio::spawn(self.clone().bootstrap());
+        tokio::spawn(hints::deliver_forever(self.clone()));
+        tokio::spawn(self.clone().watch_ring());
+        tokio::spawn(self.clone().publish_progress());
+    }
+
+    /// Transfer progress into this node.
+    pub fn progress(&self) -> Progress {
+        self.inner.transfer.progress()
+    }
+
+    /// Whether this node is leaving.
+    pub fn is_leaving(&self) -> bool {
+        self.inner.leaving.load(Ordering::Acquire)
+    }
+
+    /// Joining: once every member sees this node joining, fetch its ranges,
+    /// then turn normal and remember that it did.
+    async fn bootstrap(self) {
+        let membership = &self.inner.membership;
+        let mut rings = membership.subscribe();
+        while !membership.is_ready() {
+            if rings.changed().await.is_err() {
+                return;
+            }
+        }
+        if membership.own_state().await != MemberState::Joining {
+            return;
+        }
+        let mut ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        tracing::info!(node = %self.inner.node, "bootstrapping: fetching the ranges this node will own");
+        loop {
+            match self.inner.transfer.receive(&self, &ring).await {
+                Ok(reply) => {
+                    tracing::info!(keys = reply.keys, bytes = reply.bytes, "bootstrap done");
+                    break;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, "bootstrap failed; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    ring = membership.ring();
+                }
+            }
+        }
+        let tokens = ring
+            .member(&self.inner.node)
+            .map(|m| m.tokens.clone())
+            .unwrap_or_default();
+        if let Err(err) = membership.keep_identity(Some(&tokens), true) {
+            tracing::error!(%err, "cannot record that bootstrap finished");
+        }
+        membership.set_state(MemberState::Normal).await;
+    }
+
+    /// Leaves the cluster: announces leaving, has every range this node
+    /// holds fetched by the nodes taking it over, announces the end and
+    /// forgets its tokens. The node may exit afterwards.
+    pub async fn leave(&self) -> Result<TransitionSummary> {
+        if self.inner.leaving.swap(true, Ordering::AcqRel) {
+            return Err(Error::invalid("this node is already leaving"));
+        }
+        let result = self.leave_inner().await;
+        if result.is_err() {
+            self.inner.leaving.store(false, Ordering::Release);
+        }
+        result
+    }
+
+    async fn leave_inner(&self) -> Result<TransitionSummary> {
+        let membership = &self.inner.membership;
+        let state = membership.own_state().await;
+        if state != MemberState::Normal {
+            return Err(Error::invalid(format!(
+                "this node is {}, not normal; only a normal member can leave",
+                state.as_str()
+            )));
+        }
+        check_enough_members(&membership.ring(), Some(&self.inner.node), None)?;
+        membership.set_state(MemberState::Leaving).await;
+        let ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        let summary = match self.drive(&ring, "leave").await {
+            Ok(summary) => summary,
+            Err(err) => {
+                membership.set_state(MemberState::Normal).await;
+                return Err(err);
+            }
+        };
+        membership.set_state(MemberState::Removed).await;
+        membership.keep_identity(None, false)?;
+        let ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        Ok(TransitionSummary {
+            node: Some(self.inner.node.to_string()),
+            digest: format!("{:016x}", ring.digest()),
+            ..summary
+        })
+    }
+
+    /// Removes a dead member for good and re-replicates its ranges from the
+    /// others (F8).
+    pub async fn remove(&self, node: &NodeId) -> Result<TransitionSummary> {
+        let membership = &self.inner.membership;
+        let ring = membership.ring();
+        let member = ring
+            .member(node)
+            .ok_or_else(|| Error::not_found(format!("no member {node} in the ring")))?;
+        if *node == self.inner.node {
+            return Err(Error::invalid(
+                "a node cannot remove itself; make it leave instead (ringkv leave)",
+            ));
+        }
+        if member.state == MemberState::Removed {
+            return Err(Error::invalid(format!("{node} is already removed")));
+        }
+        if member.live {
+            return Err(Error::invalid(format!(
+                "{node} is up; only a down member can be removed (stop it, or make it leave with \
+                 `ringkv leave --node {node}`)"
+            )));
+        }
+        check_enough_members(&ring, Some(node), None)?;
+        let tokens_hash = tokens_hash(&member.tokens);
+        membership
+            .publish_removal(
+                node,
+                Removal {
+                    tokens_hash,
+                    done: false,
+                },
+            )
+            .await;
+        let ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        let summary = self.drive(&ring, "remove").await?;
+        membership
+            .publish_removal(
+                node,
+                Removal {
+                    tokens_hash,
+                    done: true,
+                },
+            )
+            .await;
+        let ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        tracing::info!(node = %node, keys = summary.keys, "removed");
+        Ok(TransitionSummary {
+            node: Some(node.to_string()),
+            digest: format!("{:016x}", ring.digest()),
+            ..summary
+        })
+    }
+
+    /// Changes the cluster's replication factor and copies data to match
+    /// (F10); surplus copies are dropped by each node's purge once the new
+    /// owners hold them.
+    pub async fn set_replicas(&self, n: usize) -> Result<TransitionSummary> {
+        let membership = &self.inner.membership;
+        if n == 0 {
+            return Err(Error::invalid("the replication factor must be at least 1"));
+        }
+        check_enough_members(&membership.ring(), None, Some(n))?;
+        let current = membership.replica_setting().await;
+        if current.n == n && current.from.is_none() {
+            return Ok(TransitionSummary {
+                action: "replicas".into(),
+                digest: format!("{:016x}", membership.ring().digest()),
+                ..TransitionSummary::default()
+            });
+        }
+        let epoch = current.epoch + 1;
+        membership
+            .publish_replicas(ReplicaSetting {
+                n,
+                epoch,
+                from: Some(current.current()),
+            })
+            .await;
+        let ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        let summary = self.drive(&ring, "replicas").await?;
+        membership
+            .publish_replicas(ReplicaSetting {
+                n,
+                epoch,
+                from: None,
+            })
+            .await;
+        let ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        Ok(TransitionSummary {
+            digest: format!("{:016x}", ring.digest()),
+            ..summary
+        })
+    }
+
+    /// Has every node gaining ranges in `ring` fetch them; fails if one
+    /// cannot.
+    async fn drive(&self, ring: &Ring, action: &str) -> Result<TransitionSummary> {
+        let gainers: BTreeSet<NodeId> = ring.movements().into_iter().map(|m| m.gainer).collect();
+        let digest = ring.digest();
+        let calls = gainers.iter().map(|gainer| {
+            let this = self.clone();
+            let gainer = gainer.clone();
+            async move {
+                let mut last = None;
+                for attempt in 0..SYNC_ATTEMPTS {
+                    if attempt > 0 {
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    let handle = this.inner.coordinator.replica(&gainer);
+                    match handle.sync(digest, &this).await {
+                        Ok(reply) => return Ok(reply),
+                        Err(err) => {
+                            tracing::warn!(%gainer, %err, "sync failed");
+                            last = Some(err);
+                        }
+                    }
+                }
+                Err(Error::Aborted {
+                    reason: format!(
+                        "{gainer} could not fetch its ranges: {}",
+                        last.map(|e| e.to_string()).unwrap_or_default()
+                    ),
+                })
+            }
+        });
+        let results = futures::future::join_all(calls).await;
+        let mut summary = TransitionSummary {
+            action: action.to_string(),
+            receivers: gainers.iter().map(|g| g.to_string()).collect(),
+            ..TransitionSummary::default()
+        };
+        for result in results {
+            let reply = result?;
+            summary.keys += reply.keys;
+            summary.bytes += reply.bytes;
+        }
+        Ok(summary)
+    }
+
+    /// Watches the ring: drops what this node no longer owns once the ring
+    /// settles, and removes members down longer than `--auto-remove-after`.
+    async fn watch_ring(self) {
+        let mut purged_digest = None;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let membership = &self.inner.membership;
+            if !membership.is_ready() || self.is_leaving() {
+                continue;
+            }
+            let ring = membership.ring();
+            if let Some(after) = self.inner.options.auto_remove_after {
+                self.auto_remove(&ring, after).await;
+            }
+            let settled = !ring.in_transition() && membership.agreed();
+            if settled && purged_digest != Some(ring.digest()) {
+                match transfer::purge(&self, &ring).await {
+                    Ok(dropped) => {
+                        if dropped > 0 {
+                            tracing::info!(dropped, "dropped keys this node no longer owns");
+                        }
+                        purged_digest = Some(ring.digest());
+                    }
+                    Err(err) => tracing::debug!(%err, "purge postponed"),
+                }
+            }
+        }
+    }
+
+    /// Removes members down for longer than `after`; only the live member
+    /// with the smallest id does it, so that one node drives each removal.
+    async fn auto_remove(&self, ring: &Ring, after: Duration) {
+        let first_live = ring
+            .members()
+            .filter(|m| m.live && m.state == MemberState::Normal)
+            .map(|m| &m.id)
+            .min();
+        if first_live != Some(&self.inner.node) {
+            return;
+        }
+        let view = self.inner.membership.view();
+        for (node, since) in &view.down_since {
+            let Some(member) = ring.member(node) else {
+                continue;
+            };
+            if since.elapsed() < after || member.state == MemberState::Removed {
+                continue;
+            }
+            tracing::warn!(%node, down_for = ?since.elapsed(), "removing a member down too long");
+            if let Err(err) = self.remove(node).await {
+                tracing::warn!(%node, %err, "automatic removal failed");
+            }
+        }
+    }
+
+    /// Publishes transfer progress in gossip while it changes.
+    async fn publish_progress(self) {
+        let mut last = String::new();
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tick.tick().await;
+            let json = serde_json::to_string(&self.progress()).unwrap_or_default();
+            if json != last {
+                self.inner.membership.set_transfer(json.clone()).await;
+                last = json;
+            }
+        }
+    }
+}
+
+impl SyncHandler for Lifecycle {
+    fn sync(&self, digest: u64) -> BoxFuture<'static, Result<SyncReply>> {
+        let this = self.clone();
+        async move {
+            let membership = &this.inner.membership;
+            let deadline = tokio::time::Instant::now() + SYNC_RING_WAIT;
+            let mut rings = membership.subscribe();
+            let ring = loop {
+                let ring = membership.ring();
+                if ring.digest() == digest {
+                    break ring;
+                }
+                if tokio::time::timeout_at(deadline, rings.changed())
+                    .await
+                    .is_err()
+                {
+                    return Err(Error::Unavailable {
+                        needed: 1,
+                        got: 0,
+                        answered: Vec::new(),
+                        failed: vec![(
+                            this.inner.node.clone(),
+                            format!(
+                                "this node sees ring {:016x}, not {digest:016x}",
+                                ring.digest()
+                            ),
+                        )],
+                    });
+                }
+            };
+            this.inner.transfer.receive(&this, &ring).await
+        }
+        .boxed()
+    }
+}
+
+/// Checks that the members left after `leaving` goes (or with `replicas`
+/// copies) can hold every key's N replicas.
+fn check_enough_members(
+    ring: &Ring,
+    leaving: Option<&NodeId>,
+    replicas: Option<usize>,
+) -> Result<()> {
+    let owners = ring
+        .members()
+        .filter(|m| Some(&m.id) != leaving)
+        .filter(|m| matches!(m.state, MemberState::Normal | MemberState::Joining))
+        .count();
+    let n = replicas.unwrap_or(ring.target_replicas());
+    if owners < n {
+        let what = match (leaving, replicas) {
+            (Some(node), _) => format!("without {node} the cluster would have {owners} members"),
+            _ => format!("the cluster has {owners} members"),
+        };
+        return Err(Error::invalid(format!(
+            "{what}, fewer than the {n} replicas each key needs; {}",
+            if replicas.is_some() {
+                "add members first"
+            } else {
+                "lower the replication factor first (ringkv replicas)"
+            }
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,350 @@
+//! Moving records between nodes: fetching the ranges a node gains from
+//! their current replicas (throttled, with progress), and purging what a
+//! node no longer owns once every owner holds it.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use super::Lifecycle;
+use crate::error::{Error, Result};
+use crate::proto::{RecordMeta, SyncReply};
+use crate::ring::{NodeId, Ring, TokenRange};
+use crate::rpc::WriteMsg;
+use crate::storage::INLINE_MAX_BYTES;
+use crate::version::Version;
+
+/// Longest wait for the next record or chunk of a source before giving up
+/// on it.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Records looked at per purge batch.
+const PURGE_BATCH: usize = 256;
+/// Pieces of a large value queued into the local write.
+const QUEUE_PIECES: usize = 4;
+
+/// What a node is receiving, or last received (shown in `/ring`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Progress {
+    /// A transfer is running.
+    pub active: bool,
+    /// Records stored by the current (or last) transfer.
+    pub keys: u64,
+    /// Value bytes received by it.
+    pub bytes: u64,
+    /// Sources finished out of those to read.
+    pub sources_done: usize,
+    /// Sources to read.
+    pub sources: usize,
+    /// Seconds it has run (or ran).
+    pub seconds: f64,
+    /// Bytes per second so far.
+    pub rate: f64,
+}
+
+/// Transfer state of one node: progress and the `--stream-rate` throttle.
+pub struct Transfers {
+    /// Bytes per second allowed, if limited.
+    rate: Option<u64>,
+    /// Progress, and when the current transfer started.
+    progress: Mutex<(Progress, Option<Instant>)>,
+    /// When the throttle lets the next byte through.
+    next_free: Mutex<Instant>,
+    /// One transfer at a time.
+    running: tokio::sync::Mutex<()>,
+}
+
+impl Transfers {
+    pub fn new(rate: Option<u64>) -> Transfers {
+        Transfers {
+            rate: rate.filter(|r| *r > 0),
+            progress: Mutex::new((Progress::default(), None)),
+            next_free: Mutex::new(Instant::now()),
+            running: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn progress(&self) -> Progress {
+        let guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut progress, started) = guard.clone();
+        if let (true, Some(started)) = (progress.active, started) {
+            progress.seconds = started.elapsed().as_secs_f64();
+        }
+        if progress.seconds > 0.0 {
+            progress.rate = progress.bytes as f64 / progress.seconds;
+        }
+        progress
+    }
+
+    fn update(&self, f: impl FnOnce(&mut Progress)) {
+        let mut guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+        f(&mut guard.0);
+    }
+
+    /// Waits as long as `--stream-rate` asks before `bytes` more.
+    async fn throttle(&self, bytes: usize) {
+        let Some(rate) = self.rate else { return };
+        let wait = {
+            let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
+            let now = Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
+            start.saturating_duration_since(now)
+        };
+        if !wait.is_zero() {
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// Fetches every range this node gains in `ring` from each live
+    /// current replica of it, keeping the newest version of each key.
+    /// Fails when some range could be read from none of its replicas.
+    pub async fn receive(&self, lifecycle: &Lifecycle, ring: &Ring) -> Result<SyncReply> {
+        let _running = self.running.lock().await;
+        let me = &lifecycle.inner.node;
+        let mine: Vec<_> = ring
+            .movements()
+            .into_iter()
+            .filter(|m| m.gainer == *me)
+            .collect();
+        let mut per_source: BTreeMap<NodeId, Vec<TokenRange>> = BTreeMap::new();
+        for movement in &mine {
+            for source in &movement.sources {
+                if source != me && ring.is_live(source) {
+                    per_source
+                        .entry(source.clone())
+                        .or_default()
+                        .push(movement.range);
+                }
+            }
+        }
+        let started = Instant::now();
+        {
+            let mut guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+            *guard = (
+                Progress {
+                    active: true,
+                    sources: per_source.len(),
+                    ..Progress::default()
+                },
+                Some(started),
+            );
+        }
+        let mut answered: Vec<NodeId> = Vec::new();
+        let mut failures: Vec<(NodeId, String)> = Vec::new();
+        for (source, ranges) in &per_source {
+            match self.receive_from(lifecycle, source, ranges).await {
+                Ok(()) => answered.push(source.clone()),
+                Err(err) => {
+                    tracing::warn!(%source, %err, "could not fetch ranges from a replica");
+                    failures.push((source.clone(), err.to_string()));
+                }
+            }
+            self.update(|p| p.sources_done += 1);
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        self.update(|p| {
+            p.active = false;
+            p.seconds = elapsed;
+        });
+        let progress = self.progress();
+        if let Some(missed) = mine
+            .iter()
+            .find(|m| !m.sources.iter().any(|s| answered.contains(s)))
+        {
+            return Err(Error::Unavailable {
+                needed: 1,
+                got: 0,
+                answered,
+                failed: if failures.is_empty() {
+                    vec![(
+                        me.clone(),
+                        format!("no live replica of range {:?}", missed.range),
+                    )]
+                } else {
+                    failures
+                },
+            });
+        }
+        if !mine.is_empty() {
+            tracing::info!(
+                keys = progress.keys,
+                bytes = progress.bytes,
+                seconds = elapsed,
+                sources = per_source.len(),
+                "received ranges"
+            );
+        }
+        Ok(SyncReply {
+            keys: progress.keys,
+            bytes: progress.bytes,
+        })
+    }
+
+    /// Stores every record of `ranges` that `source` holds newer than here.
+    async fn receive_from(
+        &self,
+        lifecycle: &Lifecycle,
+        source: &NodeId,
+        ranges: &[TokenRange],
+    ) -> Result<()> {
+        let coordinator = &lifecycle.inner.coordinator;
+        let store = &lifecycle.inner.store;
+        let local = coordinator.replica(&lifecycle.inner.node);
+        let mut items = coordinator
+            .replica(source)
+            .scan(ranges, INLINE_MAX_BYTES as u64)
+            .await?;
+        loop {
+            let item = match tokio::time::timeout(STEP_TIMEOUT, items.next()).await {
+                Ok(Some(item)) => item?,
+                Ok(None) => return Ok(()),
+                Err(_) => {
+                    return Err(Error::Timeout {
+                        what: format!("scan of {source}"),
+                    });
+                }
+            };
+            let meta = item
+                .meta
+                .ok_or_else(|| Error::invalid("scan item without meta"))?;
+            if held_version(store, &meta.key)? >= meta.version() {
+                continue;
+            }
+            let size = if meta.deleted { 0 } else { meta.size };
+            match item.value {
+                Some(value) => {
+                    self.throttle(value.len()).await;
+                    local.write(meta, value).await?;
+                }
+                None if meta.deleted => {
+                    local.write(meta, Bytes::new()).await?;
+                }
+                None => self.stream_value(lifecycle, source, meta).await?,
+            }
+            self.update(|p| {
+                p.keys += 1;
+                p.bytes += size;
+            });
+        }
+    }
+
+    /// Copies a large value from `source` into this node's store, piece by
+    /// piece, throttled.
+    async fn stream_value(
+        &self,
+        lifecycle: &Lifecycle,
+        source: &NodeId,
+        meta: RecordMeta,
+    ) -> Result<()> {
+        let coordinator = &lifecycle.inner.coordinator;
+        let local = coordinator.replica(&lifecycle.inner.node);
+        let mut pieces = coordinator
+            .open_value(&meta, std::slice::from_ref(source), 0, 0)
+            .await?;
+        let (tx, rx) = mpsc::channel(QUEUE_PIECES);
+        let mut header = meta.clone();
+        header.size = 0;
+        header.checksum = Bytes::new();
+        let write = tokio::spawn(async move { local.write_stream(header, rx).await });
+        while let Some(piece) = pieces.next().await {
+            let piece = piece?;
+            self.throttle(piece.len()).await;
+            let len = piece.len() as u64;
+            if tx.send(WriteMsg::Data(piece)).await.is_err() {
+                break;
+            }
+            // Bytes count as they arrive, so that /ring shows a large value
+            // moving; the key counts once it is stored.
+            self.update(|p| p.bytes += len);
+        }
+        let _ = tx
+            .send(WriteMsg::Trailer {
+                size: meta.size,
+                checksum: meta.checksum.clone(),
+            })
+            .await;
+        drop(tx);
+        write
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))??;
+        // The bytes were counted piece by piece.
+        self.update(|p| p.bytes -= meta.size.min(p.bytes));
+        Ok(())
+    }
+}
+
+/// The version this node holds for `key` (zero when none).
+fn held_version(store: &crate::storage::Store, key: &str) -> Result<Version> {
+    Ok(store
+        .record(key)?
+        .and_then(|r| r.meta)
+        .map(|m| m.version())
+        .unwrap_or(Version::ZERO))
+}
+
+fn record_of(store: &crate::storage::Store, key: &str) -> Result<crate::proto::StoredRecord> {
+    store
+        .record(key)?
+        .ok_or_else(|| Error::not_found(format!("key {key:?}")))
+}
+
+/// Drops every record this node holds but does not own in `ring` that each
+/// of its owners holds in the same or a newer version (an owner that lacks
+/// it is sent this copy first); returns how many. Records some owner cannot
+/// be confirmed to hold stay.
+pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<u64> {
+    let me = &lifecycle.inner.node;
+    let store = &lifecycle.inner.store;
+    let coordinator = &lifecycle.inner.coordinator;
+    let mut after: Option<Vec<u8>> = None;
+    let mut dropped = 0;
+    loop {
+        let batch = store.records_after(after.as_deref(), PURGE_BATCH)?;
+        let Some(last) = batch.last() else {
+            return Ok(dropped);
+        };
+        after = last.meta.as_ref().map(|m| m.key.clone().into_bytes());
+        for record in batch {
+            let Some(meta) = record.meta else { continue };
+            let owners = ring.target_nodes_of(meta.key.as_bytes());
+            if owners.is_empty() || owners.contains(me) {
+                continue;
+            }
+            let version = meta.version();
+            let mut all_hold = true;
+            for owner in &owners {
+                let held = coordinator
+                    .replica(owner)
+                    .read(&meta.key, 0)
+                    .await
+                    .map(|r| r.meta.map(|m| m.version()).unwrap_or(Version::ZERO));
+                let confirmed = match held {
+                    Ok(v) if v >= version => true,
+                    // An owner that lacks it gets this copy first.
+                    Ok(_) => coordinator
+                        .push_record(
+                            owner,
+                            meta.clone(),
+                            store.inline_value(&record_of(store, &meta.key)?)?,
+                            std::slice::from_ref(me),
+                        )
+                        .await
+                        .is_ok(),
+                    Err(_) => false,
+                };
+                if !confirmed {
+                    all_hold = false;
+                    break;
+                }
+            }
+            if all_hold && store.drop_if(&meta.key, version)? {
+                dropped += 1;
+            }
+        }
+    }
+}
