@@ -157,7 +157,12 @@ impl Lifecycle {
         if membership.own_state().await != MemberState::Joining {
             return;
         }
-        let mut ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        let me = self.inner.node.clone();
+        let mut ring = membership
+            .wait_for_agreement(AGREEMENT_WAIT, |r| {
+                state_of(r, &me) == Some(MemberState::Joining)
+            })
+            .await;
         tracing::info!(node = %self.inner.node, "bootstrapping: fetching the ranges this node will own");
         loop {
             match self.inner.transfer.receive(&self, &ring).await {
@@ -207,7 +212,12 @@ impl Lifecycle {
         }
         check_enough_members(&membership.ring(), Some(&self.inner.node), None)?;
         membership.set_state(MemberState::Leaving).await;
-        let ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        let me = &self.inner.node;
+        let ring = membership
+            .wait_for_agreement(AGREEMENT_WAIT, |r| {
+                state_of(r, me) == Some(MemberState::Leaving)
+            })
+            .await;
         let summary = match self.drive(&ring, "leave").await {
             Ok(summary) => summary,
             Err(err) => {
@@ -217,7 +227,11 @@ impl Lifecycle {
         };
         membership.set_state(MemberState::Removed).await;
         membership.keep_identity(None, false)?;
-        let ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        let ring = membership
+            .wait_for_agreement(AGREEMENT_WAIT, |r| {
+                state_of(r, me) == Some(MemberState::Removed)
+            })
+            .await;
         Ok(TransitionSummary {
             node: Some(self.inner.node.to_string()),
             digest: format!("{:016x}", ring.digest()),
@@ -258,7 +272,11 @@ impl Lifecycle {
                 },
             )
             .await;
-        let ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        let ring = membership
+            .wait_for_agreement(AGREEMENT_WAIT, |r| {
+                state_of(r, node) == Some(MemberState::Leaving)
+            })
+            .await;
         let summary = self.drive(&ring, "remove").await?;
         membership
             .publish_removal(
@@ -269,7 +287,11 @@ impl Lifecycle {
                 },
             )
             .await;
-        let ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        let ring = membership
+            .wait_for_agreement(AGREEMENT_WAIT, |r| {
+                state_of(r, node) == Some(MemberState::Removed)
+            })
+            .await;
         tracing::info!(node = %node, keys = summary.keys, "removed");
         Ok(TransitionSummary {
             node: Some(node.to_string()),
@@ -303,7 +325,12 @@ impl Lifecycle {
                 from: Some(current.current()),
             })
             .await;
-        let ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        let from = current.current();
+        let ring = membership
+            .wait_for_agreement(AGREEMENT_WAIT, |r| {
+                r.target_replicas() == n && r.replicas() == from
+            })
+            .await;
         let summary = self.drive(&ring, "replicas").await?;
         membership
             .publish_replicas(ReplicaSetting {
@@ -312,7 +339,9 @@ impl Lifecycle {
                 from: None,
             })
             .await;
-        let ring = membership.wait_for_agreement(AGREEMENT_WAIT).await;
+        let ring = membership
+            .wait_for_agreement(AGREEMENT_WAIT, |r| r.replicas() == n && !r.in_transition())
+            .await;
         Ok(TransitionSummary {
             digest: format!("{:016x}", ring.digest()),
             ..summary
@@ -470,6 +499,11 @@ impl SyncHandler for Lifecycle {
         }
         .boxed()
     }
+}
+
+/// The announced state of `node` in `ring`.
+fn state_of(ring: &Ring, node: &NodeId) -> Option<MemberState> {
+    ring.member(node).map(|m| m.state)
 }
 
 /// Checks that the members left after `leaving` goes (or with `replicas`

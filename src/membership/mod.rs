@@ -511,14 +511,19 @@ impl Membership {
             .all(|m| view.digests.get(&m.id) == Some(&want))
     }
 
-    /// Waits until every live member sees the ring this node sees, or
+    /// Waits until this node's ring shows what `shows` looks for (a change
+    /// it just published) and every live member sees that same ring, or
     /// `limit` has passed (then goes on with a warning: a member whose
     /// gossip lags only misses writes that repair will bring).
-    pub async fn wait_for_agreement(&self, limit: Duration) -> Arc<Ring> {
+    pub async fn wait_for_agreement(
+        &self,
+        limit: Duration,
+        shows: impl Fn(&Ring) -> bool,
+    ) -> Arc<Ring> {
         let deadline = tokio::time::Instant::now() + limit;
         let mut rings = self.subscribe();
         loop {
-            if self.agreed() {
+            if shows(&self.ring()) && self.agreed() {
                 return self.ring();
             }
             if tokio::time::Instant::now() >= deadline {

@@ -5,6 +5,8 @@
 
 #![allow(dead_code)]
 
+pub mod checker;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -169,6 +171,25 @@ impl Cluster {
     /// Sends SIGCONT to node `i`.
     pub fn thaw(&self, i: usize) {
         self.nodes[i].signal(libc::SIGCONT);
+    }
+
+    /// Sends `signal` to node `i`.
+    pub fn signal(&self, i: usize, signal: i32) {
+        self.nodes[i].signal(signal);
+    }
+
+    /// Waits for node `i` to exit on its own; returns its exit code.
+    pub fn wait_exit(&mut self, i: usize, deadline: Duration) -> Option<i32> {
+        let started = Instant::now();
+        let child = self.nodes[i].child.as_mut()?;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                self.nodes[i].child = None;
+                return status.code();
+            }
+            assert!(started.elapsed() < deadline, "node {i} did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Stops node `i` with SIGTERM and waits for it to exit; returns its exit code.
