@@ -60,6 +60,9 @@ pub const REMOVAL_PREFIX: &str = "remove:";
 /// verdict.
 pub const DOWN_AFTER_SILENCE: Duration = Duration::from_secs(2);
 
+/// How long gossip remembers a dead member.
+const DEAD_MEMBER_MEMORY: Duration = Duration::from_secs(365 * 24 * 3600);
+
 /// Keeps the node's tokens and whether it finished bootstrapping, before
 /// they are announced; `None` forgets them (the node left).
 pub type IdentitySink = Arc<dyn Fn(Option<&[Token]>, bool) -> Result<()> + Send + Sync>;
@@ -328,6 +331,10 @@ impl Membership {
             seed_nodes: options.seeds.clone(),
             failure_detector_config: FailureDetectorConfig {
                 initial_interval: options.gossip_interval * 4,
+                // A dead member's state is kept (not garbage-collected) for
+                // this long: a crashed node keeps its ranges until it is
+                // removed (F8), not until chitchat forgets it (24 h by default).
+                dead_node_grace_period: DEAD_MEMBER_MEMORY,
                 ..FailureDetectorConfig::default()
             },
             marked_for_deletion_grace_period: Duration::from_secs(24 * 3600),
