@@ -354,10 +354,15 @@ async fn a_node_down_too_long_is_removed_automatically() {
     })
     .await;
     write_keys(&cluster, &[0, 1, 2, 3], "auto-", 150).await;
+    let checker = Checker::start(vec![cluster.url(0), cluster.url(1)], "auto-live-", 30);
     let down = cluster.nodes[3].id.clone();
     cluster.kill(3);
     wait_state(&cluster, &[0, 1, 2], &down, "removed", DEADLINE).await;
-    let copies = wait_fully_replicated(&cluster, 0, &[0, 1, 2], &keys("auto-", 150)).await;
+    let report = checker.stop().await;
+    assert_clean(&report);
+    let mut all = keys("auto-", 150);
+    all.extend(report.acked.iter().map(|(k, _)| k.clone()));
+    let copies = wait_fully_replicated(&cluster, 0, &[0, 1, 2], &all).await;
     assert!(copies.values().all(|c| *c == 3), "{copies:?}");
 }
 
@@ -369,10 +374,14 @@ async fn zones_get_one_replica_each() {
         ..Options::default()
     })
     .await;
+    let mut checker = None;
     for i in 1..6 {
+        if i == 3 {
+            // From three nodes on, quorums can be met: the client starts.
+            cluster.wait_converged().await;
+            checker = Some(Checker::start(vec![cluster.url(0)], "zone-live-", 30));
+        }
         cluster.spawn(vec![
-            "--replicas".into(),
-            "3".into(),
             "--zone".into(),
             format!("z{}", i % 3),
             "--join".into(),
@@ -380,6 +389,7 @@ async fn zones_get_one_replica_each() {
         ]);
     }
     cluster.wait_converged().await;
+    let checker = checker.expect("started");
     write_keys(&cluster, &[0, 1, 2, 3, 4, 5], "zone-", 120).await;
     let zone_of: BTreeMap<String, String> = cluster.ring(0).await.unwrap()["members"]
         .as_array()
@@ -398,7 +408,11 @@ async fn zones_get_one_replica_each() {
         zones.sort();
         assert_eq!(zones, ["z0", "z1", "z2"], "{key}: {replicas:?}");
     }
-    wait_fully_replicated(&cluster, 0, &[0, 1, 2, 3, 4, 5], &keys("zone-", 120)).await;
+    let report = checker.stop().await;
+    assert_clean(&report);
+    let mut all = keys("zone-", 120);
+    all.extend(report.acked.iter().map(|(k, _)| k.clone()));
+    wait_fully_replicated(&cluster, 0, &[0, 1, 2, 3, 4, 5], &all).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -483,12 +497,17 @@ async fn three_nodes_joining_at_once_end_with_one_ring() {
     })
     .await;
     write_keys(&cluster, &[0, 1], "trio-", 200).await;
+    let checker = Checker::start(vec![cluster.url(0), cluster.url(1)], "trio-live-", 30);
     let seed = cluster.nodes[0].id.clone();
     for _ in 0..3 {
         cluster.spawn(vec!["--join".into(), seed.clone()]);
     }
     cluster.wait_converged().await;
-    let copies = wait_fully_replicated(&cluster, 4, &[0, 1, 2, 3, 4], &keys("trio-", 200)).await;
+    let report = checker.stop().await;
+    assert_clean(&report);
+    let mut all = keys("trio-", 200);
+    all.extend(report.acked.iter().map(|(k, _)| k.clone()));
+    let copies = wait_fully_replicated(&cluster, 4, &[0, 1, 2, 3, 4], &all).await;
     assert!(copies.values().all(|c| *c >= 3), "{copies:?}");
 }
 
