@@ -781,6 +781,53 @@ mod tests {
             .is_empty()
     }
 
+    #[test]
+    fn hints_are_kept_per_target_and_dropped_when_delivered() {
+        for (store, _dir) in stores() {
+            let record = |key: &str, ts: u64| StoredRecord {
+                meta: Some(meta(key, ts, b"v")),
+                inline_value: Some(Bytes::from_static(b"v")),
+                chunk_count: 0,
+                chunk_size: 0,
+            };
+            store.add_hint("b:1", &record("k1", 1)).unwrap();
+            store.add_hint("b:1", &record("k2", 2)).unwrap();
+            store.add_hint("a:1", &record("k1", 3)).unwrap();
+            let all = store.hints_after(Bound::Unbounded, 10).unwrap();
+            let targets: Vec<_> = all.iter().map(|(_, t, _)| t.as_str()).collect();
+            assert_eq!(targets, ["a:1", "b:1", "b:1"]);
+            // Skipping past a target's hints lands on the next target's.
+            let after_a = Bound::Excluded(Store::hints_end_of("a:1"));
+            let rest = store.hints_after(after_a, 10).unwrap();
+            assert_eq!(rest.len(), 2);
+            assert_eq!(rest[0].2.meta.as_ref().unwrap().key, "k1");
+            for (raw, _, _) in all {
+                store.remove_hint(raw).unwrap();
+            }
+            assert!(store.hints_after(Bound::Unbounded, 10).unwrap().is_empty());
+        }
+    }
+
+    #[test]
+    fn drop_if_removes_only_the_named_version() {
+        for (store, _dir) in stores() {
+            let value = vec![7u8; INLINE_MAX_BYTES * 2];
+            let mut m = meta("big", 5, &value);
+            m.size = value.len() as u64;
+            store.write_whole(m, Bytes::from(value)).unwrap();
+            let v = |ts| Version {
+                timestamp: ts,
+                writer: 1,
+            };
+            assert!(!store.drop_if("big", v(4)).unwrap());
+            assert!(store.record("big").unwrap().is_some());
+            assert!(store.drop_if("big", v(5)).unwrap());
+            assert!(store.record("big").unwrap().is_none());
+            assert!(space_is_empty(&store, Space::Chunks));
+            assert!(!store.drop_if("big", v(5)).unwrap());
+        }
+    }
+
     fn stores() -> Vec<(Store, Option<tempfile::TempDir>)> {
         let dir = tempfile::tempdir().unwrap();
         vec![
