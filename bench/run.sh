@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # All of ringkv's benchmarks in one command. Builds the release binary,
-# starts local 3-node clusters (N = 3, W = R = 2) in a temporary directory on
-# ports 21000-21002, and prints the figures:
+# starts local clusters (N = 3, W = R = 2) in temporary directories on ports
+# 21000-21011 (3-node ones on 21000-21002; sections 5 and 6 start their own
+# nodes), and prints the figures:
 #   1. 100-byte PUTs, then GETs, then a 50/50 mix (64 keep-alive clients)
 #   2. a 1 GiB value streamed in and read back (MB/s, peak RSS per node),
 #      on fresh nodes
 #   3. 100-byte PUTs again with --fsync (group-committed fsync)
 #   4. token placement balance on 10 nodes (computed, no cluster)
+#   5. membership convergence: 10 nodes; a node joins, one leaves, another
+#      joins; seconds until every node shows one ring digest, all normal
+#   6. data movement: a 4th node joins 3 holding 10,000 x 100 B, then 3
+#      holding 1 GiB (16 x 64 MiB); seconds until it is normal everywhere,
+#      keys and MB moved into it, MB/s
 # Usage: bench/run.sh [DURATION]   (default 10s per mix run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -62,3 +68,10 @@ stop_cluster
 echo
 echo "== 4. token placement: 10 nodes join, then an 11th"
 "$ringkv" bench --placement 10
+echo
+echo "== 5. convergence: 10 nodes; join, leave, join; time until all show one digest, all normal"
+"$ringkv" bench --convergence 10 --base-port 21000
+echo
+echo "== 6. data movement: a 4th node joins 3 holding 10,000 x 100 B, then 1 GiB; MB/s into it"
+"$ringkv" bench --join-speed --keys 10000 --value-size 100 --base-port 21000
+"$ringkv" bench --join-speed --keys 16 --value-size 64MiB --base-port 21000

@@ -6,6 +6,9 @@
 //! - `--stream SIZE`: streams one value of SIZE through the first node,
 //!   reads it back through the second, checks it byte for byte (blake3),
 //!   and prints MB/s both ways and each node's peak RSS.
+//! - `--placement NODES`: token balance, computed locally.
+//! - `--convergence NODES` and `--join-speed`: membership changes on local
+//!   clusters the bench starts itself (`bench_membership.rs`).
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -43,12 +46,35 @@ pub struct BenchArgs {
     /// nodes join one by one, then one more (no network involved).
     #[arg(long)]
     placement: Option<usize>,
-    /// Tokens per node for `--placement`.
+    /// Tokens per node for `--placement`, `--convergence` and `--join-speed`.
     #[arg(long, default_value_t = crate::ring::DEFAULT_TOKENS_PER_NODE)]
     tokens: usize,
-    /// Replication factor for `--placement`.
+    /// Replication factor for `--placement`, `--convergence` and `--join-speed`.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
+    /// Instead of driving a cluster, start this many local nodes (`ringkv
+    /// serve` children on --base-port and up, data in a temporary
+    /// directory), then time --changes membership changes (a node joins,
+    /// one leaves with POST /leave, another joins, ...): from each change
+    /// until every node's /ring shows one digest, agreed, all members
+    /// normal. Prints each time and the max (target: 3 s).
+    #[arg(long, value_name = "NODES", conflicts_with_all = ["placement", "stream", "join_speed"])]
+    convergence: Option<usize>,
+    /// Number of changes for --convergence (joins and leaves alternate,
+    /// starting with a join).
+    #[arg(long, default_value_t = 3)]
+    changes: usize,
+    /// Instead of driving a cluster, start 3 local nodes, write --keys
+    /// values of --value-size (--concurrency clients; values over 1 MiB
+    /// streamed one at a time), start a 4th and time it until it is normal
+    /// on every node; prints the keys and bytes it received (its /ring
+    /// transfer object) and MB/s. 1 GiB: --keys 16 --value-size 64MiB.
+    #[arg(long, conflicts_with_all = ["placement", "stream"])]
+    join_speed: bool,
+    /// First port of the local nodes of --convergence and --join-speed
+    /// (TCP and UDP, on 127.0.0.1; the nodes take the following ports).
+    #[arg(long, default_value_t = 21000)]
+    base_port: u16,
 }
 
 /// Latencies of one operation kind, in microseconds.
@@ -79,6 +105,24 @@ impl Samples {
 pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Result<ExitCode> {
     if let Some(count) = args.placement {
         return placement(count, args.tokens, args.replicas, out);
+    }
+    let local = super::bench_membership::Settings {
+        base_port: args.base_port,
+        replicas: args.replicas,
+        tokens: args.tokens,
+    };
+    if let Some(count) = args.convergence {
+        return super::bench_membership::convergence(local, count, args.changes, out).await;
+    }
+    if args.join_speed {
+        return super::bench_membership::join_speed(
+            local,
+            args.keys,
+            args.value_size,
+            args.concurrency,
+            out,
+        )
+        .await;
     }
     anyhow::ensure!(!nodes.is_empty(), "no node given");
     if let Some(size) = args.stream {
@@ -219,7 +263,7 @@ pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Re
 }
 
 /// Pseudo-random bytes, generated on the fly, 1 MiB at a time.
-fn generated(size: u64) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
+pub(super) fn generated(size: u64) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
     const PIECE: u64 = 1 << 20;
     futures::stream::unfold(
         (0u64, 0x2545_F491_4F6C_DD1Du64),

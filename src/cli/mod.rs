@@ -2,6 +2,7 @@
 //! `anyhow` lives here and nowhere below.
 
 mod bench;
+mod bench_membership;
 mod cluster;
 mod ops;
 mod serve;
