@@ -12,8 +12,9 @@
 //! that are `Joining` or `Removed` own no ranges; `Down` members keep theirs
 //! (a crash must not move data), and quorums route around them.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
@@ -215,10 +216,11 @@ struct Placement {
     replicas: usize,
     /// Every owned token with the index of its member in `owners`, sorted by token.
     points: Vec<(Token, u32)>,
-    /// Members that own ranges, indexed by `points`.
-    owners: Vec<NodeId>,
+    /// Members that own ranges, indexed by `points` (shared: trial
+    /// placements differing by a token share it).
+    owners: Arc<Vec<NodeId>>,
     /// Zone of each entry in `owners`.
-    owner_zones: Vec<u32>,
+    owner_zones: Arc<Vec<u32>>,
     /// Number of distinct zones among owners.
     zone_count: usize,
 }
@@ -243,9 +245,56 @@ impl Placement {
             replicas,
             zone_count: zones.len(),
             points,
-            owners,
-            owner_zones,
+            owners: Arc::new(owners),
+            owner_zones: Arc::new(owner_zones),
         }
+    }
+
+    /// This placement with one more token, owned by `owners[owner]`.
+    fn with_point(&self, token: Token, owner: u32) -> Placement {
+        let mut points = Vec::with_capacity(self.points.len() + 1);
+        let at = self.points.partition_point(|(t, _)| *t < token);
+        points.extend_from_slice(&self.points[..at]);
+        if self.points.get(at).is_none_or(|(t, _)| *t != token) {
+            points.push((token, owner));
+        }
+        points.extend_from_slice(&self.points[at..]);
+        Placement {
+            replicas: self.replicas,
+            points,
+            owners: self.owners.clone(),
+            owner_zones: self.owner_zones.clone(),
+            zone_count: self.zone_count,
+        }
+    }
+
+    fn owner_index(&self, id: &NodeId) -> Option<u32> {
+        self.owners.iter().position(|o| o == id).map(|i| i as u32)
+    }
+
+    /// Each owner's share of replica copies, indexed like `owners`.
+    fn loads(&self) -> Vec<f64> {
+        let mut load = vec![0.0; self.owners.len()];
+        let n = self.points.len();
+        if n == 0 {
+            return load;
+        }
+        let copies = self.replicas.min(self.owners.len()) as f64;
+        let mut walk = Walk::default();
+        for i in 0..n {
+            let start = self.points[(i + n - 1) % n].0.0;
+            let end = self.points[i].0.0;
+            let width = if n == 1 {
+                u64::MAX as f64
+            } else {
+                end.wrapping_sub(start) as f64
+            };
+            self.owners_from(i, &mut walk);
+            for owner in &walk.out {
+                load[*owner] += width / (u64::MAX as f64 * copies);
+            }
+        }
+        load
     }
 
     fn nodes_of_token(&self, token: Token) -> Vec<NodeId> {
@@ -256,44 +305,68 @@ impl Placement {
     }
 
     fn owner_indexes_of_token(&self, token: Token) -> Vec<usize> {
+        let start = self.points.partition_point(|(t, _)| *t < token);
+        let mut walk = Walk::default();
+        self.owners_from(start, &mut walk);
+        walk.out
+    }
+
+    /// The replicas of the range ending at `points[start]` (or the first
+    /// point after a token), into `walk.out`; `walk`'s buffers are reused so
+    /// that scoring thousands of placements allocates nothing per range.
+    fn owners_from(&self, start: usize, walk: &mut Walk) {
+        walk.clear();
         let want = self.replicas.min(self.owners.len());
-        if want == 0 {
-            return Vec::new();
+        if want == 0 || self.points.is_empty() {
+            return;
         }
         let zones_wanted = want.min(self.zone_count);
-        let start = self.points.partition_point(|(t, _)| *t < token);
-        let mut seen: Vec<usize> = Vec::with_capacity(want);
-        let mut zones_used: HashSet<u32> = HashSet::new();
-        let mut picked: Vec<bool> = Vec::with_capacity(want);
         for step in 0..self.points.len() {
             let (_, owner) = self.points[(start + step) % self.points.len()];
             let owner = owner as usize;
-            if seen.contains(&owner) {
+            if walk.seen.contains(&owner) {
                 continue;
             }
-            let new_zone =
-                zones_used.len() < zones_wanted && zones_used.insert(self.owner_zones[owner]);
-            seen.push(owner);
-            picked.push(new_zone);
-            if zones_used.len() == zones_wanted && seen.len() >= want {
+            // N is small: vectors beat hash sets here.
+            let zone = self.owner_zones[owner];
+            let new_zone = walk.zones.len() < zones_wanted && !walk.zones.contains(&zone);
+            if new_zone {
+                walk.zones.push(zone);
+            }
+            walk.seen.push(owner);
+            walk.by_zone.push(new_zone);
+            if walk.zones.len() == zones_wanted && walk.seen.len() >= want {
                 break;
             }
         }
         // Zone-first picks, then the rest in walk order; reported in walk order.
-        let mut fill = want - zones_used.len();
-        seen.iter()
-            .zip(picked)
-            .filter_map(|(owner, by_zone)| {
-                if by_zone {
-                    Some(*owner)
-                } else if fill > 0 {
-                    fill -= 1;
-                    Some(*owner)
-                } else {
-                    None
-                }
-            })
-            .collect()
+        let mut fill = want - walk.zones.len();
+        for (owner, by_zone) in walk.seen.iter().zip(&walk.by_zone) {
+            if *by_zone {
+                walk.out.push(*owner);
+            } else if fill > 0 {
+                fill -= 1;
+                walk.out.push(*owner);
+            }
+        }
+    }
+}
+
+/// Scratch buffers of [`Placement::owners_from`].
+#[derive(Default)]
+struct Walk {
+    seen: Vec<usize>,
+    by_zone: Vec<bool>,
+    zones: Vec<u32>,
+    out: Vec<usize>,
+}
+
+impl Walk {
+    fn clear(&mut self) {
+        self.seen.clear();
+        self.by_zone.clear();
+        self.zones.clear();
+        self.out.clear();
     }
 }
 
@@ -466,26 +539,13 @@ impl Ring {
     /// holds a replica of, divided by N, so the shares of all nodes sum to 1.
     pub fn load_shares(&self) -> BTreeMap<NodeId, f64> {
         let placement = &self.natural;
-        let mut load: BTreeMap<NodeId, f64> = BTreeMap::new();
-        let n = placement.points.len();
-        if n == 0 {
-            return load;
-        }
-        let copies = placement.replicas.min(placement.owners.len()) as f64;
-        for i in 0..n {
-            let start = placement.points[(i + n - 1) % n].0.0;
-            let end = placement.points[i].0.0;
-            let width = if n == 1 {
-                u64::MAX as f64
-            } else {
-                end.wrapping_sub(start) as f64
-            };
-            for owner in placement.owner_indexes_of_token(placement.points[i].0) {
-                *load.entry(placement.owners[owner].clone()).or_default() +=
-                    width / (u64::MAX as f64 * copies);
-            }
-        }
-        load
+        placement
+            .owners
+            .iter()
+            .cloned()
+            .zip(placement.loads())
+            .filter(|(_, load)| *load > 0.0)
+            .collect()
     }
 }
 
@@ -517,11 +577,7 @@ fn digest_of(members: &BTreeMap<NodeId, Member>, replicas: usize, target: usize)
 /// even (least sum of squared deviations from the mean). The first node of a
 /// ring spreads its tokens evenly. Deterministic for a given ring and id.
 pub fn allocate_tokens(ring: &Ring, joining: &Member, count: usize) -> Vec<Token> {
-    let mut member = Member {
-        tokens: Vec::with_capacity(count),
-        state: MemberState::Normal,
-        ..joining.clone()
-    };
+    let replicas = ring.replicas();
     let others: Vec<Member> = ring
         .members()
         .filter(|m| m.id != joining.id && m.state.owns_ranges())
@@ -536,74 +592,72 @@ pub fn allocate_tokens(ring: &Ring, joining: &Member, count: usize) -> Vec<Token
         tokens.sort();
         return tokens;
     }
+    let salt = joining.id.hash64();
+    // Placements with the joining member holding `tokens`, for N copies and
+    // for primary ranges only.
+    let bases = |tokens: &[Token]| {
+        let member = Member {
+            tokens: tokens.to_vec(),
+            state: MemberState::Normal,
+            ..joining.clone()
+        };
+        let owning = || others.iter().chain(std::iter::once(&member));
+        (
+            Placement::new(owning(), replicas),
+            Placement::new(owning(), 1),
+        )
+    };
+    // Replica load first; the primary ranges break ties (with fewer nodes
+    // than N every split gives equal replica loads). A trial adds one token
+    // to prebuilt placements: this runs thousands of times per join.
+    let score_with = |bases: &(Placement, Placement), me: u32, token: Token| {
+        imbalance(&bases.0.with_point(token, me))
+            + PRIMARY_WEIGHT * imbalance(&bases.1.with_point(token, me))
+    };
+    let mut chosen: Vec<Token> = Vec::with_capacity(count);
     for _ in 0..count {
-        let mut members = others.clone();
-        members.push(member.clone());
-        let current = Ring::new(members.clone(), ring.replicas());
+        let current = bases(&chosen);
+        let Some(me) = current.0.owner_index(&joining.id) else {
+            break;
+        };
         let mut best: Option<(f64, Token)> = None;
-        for candidate in current.split_points(joining.id.hash64()) {
-            if member.tokens.contains(&candidate) {
+        for candidate in current.0.split_points(salt) {
+            if chosen.contains(&candidate) {
                 continue;
             }
-            let mut trial = member.clone();
-            trial.tokens.push(candidate);
-            trial.tokens.sort();
-            let mut with = others.clone();
-            with.push(trial);
-            // Replica load first; the primary ranges break ties (with fewer
-            // nodes than N every split gives equal replica loads).
-            let score = imbalance(&Ring::new(with.clone(), ring.replicas()))
-                + PRIMARY_WEIGHT * imbalance(&Ring::new(with, 1));
+            let score = score_with(&current, me, candidate);
             if best.is_none_or(|(b, _)| score < b) {
                 best = Some((score, candidate));
             }
         }
         let Some((_, token)) = best else { break };
-        member.tokens.push(token);
-        member.tokens.sort();
+        chosen.push(token);
+        chosen.sort();
     }
     // Refine: move each chosen token to a better split while that helps.
-    let template = Member {
-        tokens: Vec::new(),
-        ..member.clone()
-    };
-    let score_of = |tokens: &[Token]| {
-        let mut with = others.clone();
-        with.push(Member {
-            tokens: tokens.to_vec(),
-            ..template.clone()
-        });
-        imbalance(&Ring::new(with.clone(), ring.replicas()))
-            + PRIMARY_WEIGHT * imbalance(&Ring::new(with, 1))
-    };
     for _ in 0..REFINE_PASSES {
         let mut improved = false;
-        for i in 0..member.tokens.len() {
-            let mut without = member.tokens.clone();
-            without.remove(i);
-            let mut members = others.clone();
-            members.push(Member {
-                tokens: without.clone(),
-                ..template.clone()
-            });
-            let base = Ring::new(members, ring.replicas());
-            let mut best = (score_of(&member.tokens), member.tokens[i]);
-            for candidate in base.split_points(joining.id.hash64()) {
+        for i in 0..chosen.len() {
+            let mut without = chosen.clone();
+            let current_token = without.remove(i);
+            let base = bases(&without);
+            let Some(me) = base.0.owner_index(&joining.id) else {
+                break;
+            };
+            let mut best = (score_with(&base, me, current_token), current_token);
+            for candidate in base.0.split_points(salt) {
                 if without.contains(&candidate) {
                     continue;
                 }
-                let mut trial = without.clone();
-                trial.push(candidate);
-                trial.sort();
-                let score = score_of(&trial);
+                let score = score_with(&base, me, candidate);
                 if score < best.0 {
                     best = (score, candidate);
                 }
             }
-            if best.1 != member.tokens[i] {
+            if best.1 != current_token {
                 without.push(best.1);
                 without.sort();
-                member.tokens = without;
+                chosen = without;
                 improved = true;
             }
         }
@@ -611,7 +665,7 @@ pub fn allocate_tokens(ring: &Ring, joining: &Member, count: usize) -> Vec<Token
             break;
         }
     }
-    member.tokens
+    chosen
 }
 
 /// Passes of the refinement that moves each new token to a better place.
@@ -629,21 +683,21 @@ const PEAK_WEIGHT: f64 = 10.0;
 
 /// How uneven the owners' load shares are: the sum of squared deviations
 /// from the mean, plus the weighted square of the largest excess.
-fn imbalance(ring: &Ring) -> f64 {
-    let loads = ring.load_shares();
+fn imbalance(placement: &Placement) -> f64 {
+    let loads = placement.loads();
     let mean = 1.0 / loads.len().max(1) as f64;
-    let squares: f64 = loads.values().map(|l| (l - mean) * (l - mean)).sum();
-    let peak = loads.values().fold(0.0f64, |m, l| m.max(*l)) - mean;
+    let squares: f64 = loads.iter().map(|l| (l - mean) * (l - mean)).sum();
+    let peak = loads.iter().fold(0.0f64, |m, l| m.max(*l)) - mean;
     squares + PEAK_WEIGHT * peak * peak
 }
 
-impl Ring {
+impl Placement {
     /// Where a new token can go: each range split at a quarter, a half and
     /// three quarters of its width, each moved by up to 1/256 of the width by
     /// `salt` so that nodes joining at the same moment, seeing the same ring,
     /// do not choose the same tokens.
     fn split_points(&self, salt: u64) -> Vec<Token> {
-        let points = &self.natural.points;
+        let points = &self.points;
         let n = points.len();
         let mut out = Vec::with_capacity(n * SPLITS.len());
         for i in 0..n {
@@ -698,6 +752,7 @@ pub fn decode_tokens(s: &str) -> Result<Vec<Token>> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::collections::HashSet;
 
     fn random_tokens(count: usize) -> Vec<Token> {
         let mut tokens: Vec<Token> = (0..count).map(|_| Token(rand::random())).collect();
