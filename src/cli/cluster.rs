@@ -42,6 +42,9 @@ pub struct ClusterArgs {
     fsync: bool,
 }
 
+/// How long each node may take to join before the cluster gives up.
+const NODE_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Starts the nodes and waits for Ctrl-C.
 pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
@@ -85,6 +88,9 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         println!("node {} {}/", i + 1, url);
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // One at a time: a node chooses its tokens on the ring it finds, so
+        // nodes joining together would choose without seeing each other.
+        wait_normal(&url).await?;
         children.push((url, child));
     }
     println!(
@@ -127,4 +133,33 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Waits until the node at `url` shows itself normal in its `/ring`.
+async fn wait_normal(url: &str) -> anyhow::Result<()> {
+    let id = url.trim_start_matches("http://");
+    let http = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + NODE_JOIN_TIMEOUT;
+    loop {
+        let ring: Option<serde_json::Value> = match http.get(format!("{url}/ring")).send().await {
+            Ok(response) => response.json().await.ok(),
+            Err(_) => None,
+        };
+        let normal = ring
+            .as_ref()
+            .and_then(|r| r["members"].as_array())
+            .is_some_and(|members| {
+                members
+                    .iter()
+                    .any(|m| m["node"] == id && m["state"] == "normal")
+            });
+        if normal {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "{url} did not join within {NODE_JOIN_TIMEOUT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
