@@ -497,6 +497,18 @@ async fn three_nodes_joining_at_once_end_with_one_ring() {
     })
     .await;
     write_keys(&cluster, &[0, 1], "trio-", 200).await;
+    // Large values too: they move replica to replica as streams.
+    for i in 0..8 {
+        let status = cluster
+            .http
+            .put(key_url(&cluster, i % 2, &format!("trio-big-{i}")))
+            .body(common::bytes(i as u64, 2_500_000))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::CREATED);
+    }
     let checker = Checker::start(vec![cluster.url(0), cluster.url(1)], "trio-live-", 30);
     let seed = cluster.nodes[0].id.clone();
     for _ in 0..3 {
@@ -506,8 +518,29 @@ async fn three_nodes_joining_at_once_end_with_one_ring() {
     let report = checker.stop().await;
     assert_clean(&report);
     let mut all = keys("trio-", 200);
+    all.extend(keys("trio-big-", 8));
     all.extend(report.acked.iter().map(|(k, _)| k.clone()));
     let copies = wait_fully_replicated(&cluster, 4, &[0, 1, 2, 3, 4], &all).await;
+    for i in 0..8usize {
+        let key = format!("trio-big-{i}");
+        for node in whereis(&cluster, 0, &key).await {
+            let index = cluster.index_of(&node);
+            let url = format!("{}?r=1", key_url(&cluster, index, &key));
+            let body = cluster
+                .http
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap();
+            assert!(
+                body.as_ref() == common::bytes(i as u64, 2_500_000),
+                "{key} via {node}"
+            );
+        }
+    }
     assert!(copies.values().all(|c| *c >= 3), "{copies:?}");
 }
 

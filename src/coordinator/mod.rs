@@ -569,13 +569,25 @@ impl Coordinator {
         if let Some(value) = value {
             return handle.write(meta, value).await.map(|_| ());
         }
-        let mut stream = self.open_value(&meta, sources, 0, 0).await?;
+        let stream = self.open_value(&meta, sources, 0, 0).await?;
+        self.write_pieces(target, &meta, stream).await
+    }
+
+    /// Streams the value `pieces` carries to `target` as `meta`'s version;
+    /// the target checks size and checksum before it commits.
+    pub async fn write_pieces(
+        &self,
+        target: &NodeId,
+        meta: &RecordMeta,
+        mut pieces: impl Stream<Item = Result<Bytes>> + Unpin,
+    ) -> Result<()> {
+        let handle = self.replica(target);
         let (tx, rx) = mpsc::channel(STREAM_QUEUE_PIECES);
         let mut header = meta.clone();
         header.size = 0;
         header.checksum = Bytes::new();
         let write = tokio::spawn(async move { handle.write_stream(header, rx).await });
-        while let Some(piece) = stream.next().await {
+        while let Some(piece) = pieces.next().await {
             if tx.send(WriteMsg::Data(piece?)).await.is_err() {
                 break;
             }

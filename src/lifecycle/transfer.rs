@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::StreamExt;
 use serde::Serialize;
-use tokio::sync::mpsc;
 
 use super::Lifecycle;
 use crate::error::{Error, Result};
 use crate::proto::{RecordMeta, SyncReply};
 use crate::ring::{NodeId, Ring, TokenRange};
-use crate::rpc::WriteMsg;
 use crate::storage::INLINE_MAX_BYTES;
 use crate::version::Version;
 
@@ -24,8 +22,6 @@ use crate::version::Version;
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records looked at per purge batch.
 const PURGE_BATCH: usize = 256;
-/// Pieces of a large value queued into the local write.
-const QUEUE_PIECES: usize = 4;
 
 /// What a node is receiving, or last received (shown in `/ring`).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -242,39 +238,30 @@ impl Transfers {
         meta: RecordMeta,
     ) -> Result<()> {
         let coordinator = &lifecycle.inner.coordinator;
-        let local = coordinator.replica(&lifecycle.inner.node);
-        let mut pieces = coordinator
+        let pieces = coordinator
             .open_value(&meta, std::slice::from_ref(source), 0, 0)
             .await?;
-        let (tx, rx) = mpsc::channel(QUEUE_PIECES);
-        let mut header = meta.clone();
-        header.size = 0;
-        header.checksum = Bytes::new();
-        let write = tokio::spawn(async move { local.write_stream(header, rx).await });
-        while let Some(piece) = pieces.next().await {
-            let piece = piece?;
-            self.throttle(piece.len()).await;
-            let len = piece.len() as u64;
-            if tx.send(WriteMsg::Data(piece)).await.is_err() {
-                break;
+        // Bytes count as they arrive, so that /ring shows a large value
+        // moving; the key counts once it is stored.
+        let arrived = std::sync::atomic::AtomicU64::new(0);
+        let counted = pieces.then(|piece| {
+            let arrived = &arrived;
+            async move {
+                let piece = piece?;
+                self.throttle(piece.len()).await;
+                let len = piece.len() as u64;
+                arrived.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+                self.update(|p| p.bytes += len);
+                Ok(piece)
             }
-            // Bytes count as they arrive, so that /ring shows a large value
-            // moving; the key counts once it is stored.
-            self.update(|p| p.bytes += len);
-        }
-        let _ = tx
-            .send(WriteMsg::Trailer {
-                size: meta.size,
-                checksum: meta.checksum.clone(),
-            })
+        });
+        let written = coordinator
+            .write_pieces(&lifecycle.inner.node, &meta, Box::pin(counted))
             .await;
-        drop(tx);
-        write
-            .await
-            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))??;
-        // The bytes were counted piece by piece.
-        self.update(|p| p.bytes -= meta.size.min(p.bytes));
-        Ok(())
+        // The caller counts the whole value with its key once it is stored.
+        let arrived = arrived.into_inner();
+        self.update(|p| p.bytes -= arrived.min(p.bytes));
+        written
     }
 }
 
