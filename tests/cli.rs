@@ -8,21 +8,8 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{Cluster, Options, RINGKV, wait_converged};
+use common::{Cluster, Options, RINGKV, ringkv_cli as ringkv, wait_converged};
 use serde_json::Value;
-
-fn ringkv(node: &str, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(RINGKV)
-        .args(["--node", node])
-        .args(args)
-        .output()
-        .expect("run ringkv");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn client_commands_print_what_mydht_printed() {

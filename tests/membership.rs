@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::checker::{Checker, assert_clean};
-use common::{Cluster, DEADLINE, Options, key_url, wait_for};
+use common::{Cluster, DEADLINE, Options, key_url, ringkv_cli, wait_for};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -130,19 +130,6 @@ async fn wait_fully_replicated(
 
 fn keys(prefix: &str, count: usize) -> Vec<String> {
     (0..count).map(|i| format!("{prefix}{i}")).collect()
-}
-
-fn ringkv_cli(node: &str, args: &[&str]) -> (bool, String, String) {
-    let output = std::process::Command::new(common::RINGKV)
-        .args(["--node", node])
-        .args(args)
-        .output()
-        .expect("run ringkv");
-    (
-        output.status.success(),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
 }
 
 #[tokio::test(flavor = "multi_thread")]

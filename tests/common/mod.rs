@@ -368,6 +368,20 @@ pub async fn wait_converged(http: &reqwest::Client, urls: &[String], expected: u
     .await;
 }
 
+/// Runs the `ringkv` CLI against `node`: (success, stdout, stderr).
+pub fn ringkv_cli(node: &str, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(RINGKV)
+        .args(["--node", node])
+        .args(args)
+        .output()
+        .expect("run ringkv");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// URL of `key` on node `node`.
 pub fn key_url(cluster: &Cluster, node: usize, key: &str) -> String {
     format!(
