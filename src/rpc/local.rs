@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 
 use crate::error::{Error, Result};
 use crate::proto::{ReadReply, RecordMeta, ScanItem, WriteReply};
-use crate::ring::{Token, TokenRange};
+use crate::ring::TokenRange;
 use crate::rpc::WriteMsg;
 use crate::storage::{Store, WriteOutcome};
 use crate::version::{Clock, Version};
@@ -166,50 +166,64 @@ impl LocalReplica {
         let (tx, rx) = mpsc::channel(SCAN_AHEAD_ITEMS);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
-            let mut after: Option<Vec<u8>> = None;
-            loop {
-                let batch = match store.records_after(after.as_deref(), SCAN_BATCH) {
-                    Ok(batch) => batch,
-                    Err(err) => {
-                        let _ = tx.blocking_send(Err(err));
-                        return;
-                    }
-                };
-                let Some(last) = batch.last() else { return };
-                after = last.meta.as_ref().map(|m| m.key.clone().into_bytes());
-                for record in batch {
-                    let Some(meta) = record.meta.clone() else {
-                        continue;
-                    };
-                    let token = Token::of_key(meta.key.as_bytes());
-                    if !ranges.iter().any(|r| r.contains(token)) {
-                        continue;
-                    }
-                    let value = if meta.size <= inline_max {
-                        match store.inline_value(&record) {
-                            Ok(v) => v,
-                            Err(err) => {
-                                // A corrupt value is not handed on; the
-                                // other sources of the range serve it.
-                                tracing::warn!(key = %meta.key, %err, "not streaming a corrupt value");
-                                continue;
-                            }
+            for range in ranges {
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let batch = match store.keys_in_range(range, after.as_deref(), SCAN_BATCH) {
+                        Ok(batch) => batch,
+                        Err(err) => {
+                            let _ = tx.blocking_send(Err(err));
+                            return;
                         }
-                    } else {
-                        None
                     };
-                    if tx
-                        .blocking_send(Ok(ScanItem {
-                            meta: Some(meta),
-                            value,
-                        }))
-                        .is_err()
-                    {
-                        return;
+                    let Some(last) = batch.last() else { break };
+                    after = Some(last.cursor.clone());
+                    for entry in batch {
+                        let item = match store.record(&entry.key) {
+                            Ok(Some(record)) => scan_item(&store, record, inline_max),
+                            // Dropped since the index was read.
+                            Ok(None) => continue,
+                            Err(err) => Err(err),
+                        };
+                        let item = match item {
+                            Ok(Some(item)) => Ok(item),
+                            Ok(None) => continue,
+                            Err(err) => Err(err),
+                        };
+                        if tx.blocking_send(item).is_err() {
+                            return;
+                        }
                     }
                 }
             }
         });
         rx
     }
+}
+
+/// A record as a scan item; `None` for a value that fails its checksum
+/// (not handed on: the other sources of the range serve it).
+fn scan_item(
+    store: &Store,
+    record: crate::proto::StoredRecord,
+    inline_max: u64,
+) -> Result<Option<ScanItem>> {
+    let Some(meta) = record.meta.clone() else {
+        return Ok(None);
+    };
+    let value = if meta.size <= inline_max {
+        match store.inline_value(&record) {
+            Ok(v) => v,
+            Err(err) => {
+                tracing::warn!(key = %meta.key, %err, "not streaming a corrupt value");
+                return Ok(None);
+            }
+        }
+    } else {
+        None
+    };
+    Ok(Some(ScanItem {
+        meta: Some(meta),
+        value,
+    }))
 }

@@ -42,6 +42,8 @@ pub enum Space {
     Pending,
     /// Writes kept for replicas that missed them (F15), keyed by replica.
     Hints,
+    /// Every key by its ring token: what range scans and repair walk.
+    ByToken,
 }
 
 /// One change inside an atomic batch.
@@ -93,6 +95,8 @@ pub struct FjallEngine {
     pending: Keyspace,
     /// Hinted writes.
     hints: Keyspace,
+    /// Keys in ring order.
+    by_token: Keyspace,
 }
 
 impl FjallEngine {
@@ -126,12 +130,16 @@ impl FjallEngine {
         let hints = db
             .keyspace("hints", KeyspaceCreateOptions::default)
             .map_err(Error::from_storage)?;
+        let by_token = db
+            .keyspace("by_token", KeyspaceCreateOptions::default)
+            .map_err(Error::from_storage)?;
         Ok(FjallEngine {
             db,
             meta,
             chunks,
             pending,
             hints,
+            by_token,
         })
     }
 
@@ -141,6 +149,7 @@ impl FjallEngine {
             Space::Chunks => &self.chunks,
             Space::Pending => &self.pending,
             Space::Hints => &self.hints,
+            Space::ByToken => &self.by_token,
         }
     }
 }

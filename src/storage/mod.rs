@@ -5,7 +5,7 @@
 //! owns the merge rule on disk: a write whose version is not newer than the
 //! stored one changes nothing (see `version.rs`).
 //!
-//! # On-disk layout (three spaces of one engine, see `engine.rs`)
+//! # On-disk layout (spaces of one engine, see `engine.rs`)
 //!
 //! - `meta`: `key` -> `0x01 ++ StoredRecord` (prost). Values of at most
 //!   [`INLINE_MAX_BYTES`] live inside the record.
@@ -18,6 +18,10 @@
 //!   while a streamed write is in flight. The record commit removes it in the
 //!   same batch; [`Store::open`] deletes the chunks of any marker left by a
 //!   crash. A half-written value is therefore never visible.
+//! - `by_token`: `token ++ key` -> `timestamp ++ writer ++ deleted`, one
+//!   entry per record, written in the record's batch: the keys of a ring
+//!   range in order, without reading the records.
+//! - `hints`: writes other replicas missed (see [`Store::add_hint`]).
 //!
 //! # Durability
 //!
@@ -39,6 +43,7 @@ use xxhash_rust::xxh3::xxh3_64;
 pub use self::engine::{Engine, FjallEngine, MemoryEngine, Op, Space};
 use crate::error::{Error, Result};
 use crate::proto::{RecordMeta, StoredRecord};
+use crate::ring::{Token, TokenRange};
 use crate::version::Version;
 
 /// Largest value kept inside its record (bytes): one read serves it.
@@ -109,7 +114,89 @@ impl Store {
             }),
         };
         store.clean_pending()?;
+        store.index_if_missing()?;
         Ok(store)
+    }
+
+    /// Builds the token index of a data dir written before it existed.
+    fn index_if_missing(&self) -> Result<()> {
+        let engine = &self.inner.engine;
+        let has_records = !engine
+            .scan(Space::Meta, b"", Bound::Unbounded, 1)?
+            .is_empty();
+        let has_index = !engine
+            .scan(Space::ByToken, b"", Bound::Unbounded, 1)?
+            .is_empty();
+        if !has_records || has_index {
+            return Ok(());
+        }
+        tracing::info!("building the token index of this data dir");
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let batch = self.records_after(after.as_deref(), 1024)?;
+            let Some(last) = batch.last() else {
+                return Ok(());
+            };
+            after = last.meta.as_ref().map(|m| m.key.clone().into_bytes());
+            let ops = batch
+                .iter()
+                .filter_map(|r| r.meta.as_ref())
+                .map(|m| {
+                    Op::Put(
+                        Space::ByToken,
+                        token_key(&m.key),
+                        token_entry(m.version(), m.deleted),
+                    )
+                })
+                .collect();
+            engine.apply(ops)?;
+        }
+    }
+
+    /// Keys whose token lies in `range`, in ring order from its start, with
+    /// their version and tombstone flag: at most `limit`, after `after` (a
+    /// token-index key from an earlier page; `None` starts at the range).
+    pub fn keys_in_range(
+        &self,
+        range: TokenRange,
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<IndexEntry>> {
+        // A wrapping range is two runs: (start, MAX] then [0, end].
+        let runs: Vec<(u64, u64)> = match range.start.0.cmp(&range.end.0) {
+            std::cmp::Ordering::Less => vec![(range.start.0 + 1, range.end.0)],
+            _ if range.start.0 == u64::MAX => vec![(0, range.end.0)],
+            _ => vec![(range.start.0 + 1, u64::MAX), (0, range.end.0)],
+        };
+        // A cursor resumes inside its run; the runs before it are done.
+        let cursor_token = after
+            .and_then(|a| a.get(..8))
+            .and_then(|t| t.try_into().ok())
+            .map(u64::from_be_bytes);
+        let first_run = cursor_token
+            .and_then(|t| runs.iter().position(|(from, to)| *from <= t && t <= *to))
+            .unwrap_or(0);
+        let mut out = Vec::new();
+        for (index, (from, to)) in runs.into_iter().enumerate().skip(first_run) {
+            let start = match after {
+                Some(a) if index == first_run && cursor_token.is_some() => {
+                    Bound::Excluded(a.to_vec())
+                }
+                _ => Bound::Included(from.to_be_bytes().to_vec()),
+            };
+            let want = limit - out.len();
+            for (raw, value) in self.inner.engine.scan(Space::ByToken, b"", start, want)? {
+                let entry = IndexEntry::decode(&raw, &value)?;
+                if entry.token.0 > to || entry.token.0 < from {
+                    break;
+                }
+                out.push(entry);
+            }
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// Deletes chunks of streamed writes that never committed.
@@ -266,6 +353,11 @@ impl Store {
             key.as_bytes().to_vec(),
             encode_record(&record),
         ));
+        ops.push(Op::Put(
+            Space::ByToken,
+            token_key(&key),
+            token_entry(version, meta.deleted),
+        ));
         if let Some(marker) = staged.marker {
             ops.push(Op::Delete(Space::Pending, marker));
         }
@@ -291,6 +383,7 @@ impl Store {
             .map(|index| Op::Delete(Space::Chunks, chunk_key(key, version, index)))
             .collect();
         ops.push(Op::Delete(Space::Meta, key.as_bytes().to_vec()));
+        ops.push(Op::Delete(Space::ByToken, token_key(key)));
         self.inner.engine.apply(ops)?;
         Ok(true)
     }
@@ -695,6 +788,65 @@ fn open_chunk(mut raw: Bytes) -> Result<Bytes> {
     Ok(raw)
 }
 
+/// One key of the token index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexEntry {
+    /// The key's ring token.
+    pub token: Token,
+    /// The key.
+    pub key: String,
+    /// The version held.
+    pub version: Version,
+    /// Whether it is a tombstone.
+    pub deleted: bool,
+    /// The raw index key, the cursor for the next page.
+    pub cursor: Vec<u8>,
+}
+
+impl IndexEntry {
+    fn decode(raw: &[u8], value: &[u8]) -> Result<IndexEntry> {
+        let bad = || Error::corrupt("malformed token index entry");
+        let token = u64::from_be_bytes(
+            raw.get(..8)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
+        let key = std::str::from_utf8(&raw[8..])
+            .map_err(|_| bad())?
+            .to_string();
+        if value.len() != 17 {
+            return Err(bad());
+        }
+        let timestamp = u64::from_be_bytes(value[..8].try_into().map_err(|_| bad())?);
+        let writer = u64::from_be_bytes(value[8..16].try_into().map_err(|_| bad())?);
+        Ok(IndexEntry {
+            token: Token(token),
+            key,
+            version: Version { timestamp, writer },
+            deleted: value[16] == 1,
+            cursor: raw.to_vec(),
+        })
+    }
+}
+
+/// `token ++ key`: where a key sits in the token index.
+fn token_key(key: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + key.len());
+    out.extend_from_slice(&Token::of_key(key.as_bytes()).0.to_be_bytes());
+    out.extend_from_slice(key.as_bytes());
+    out
+}
+
+/// `timestamp ++ writer ++ deleted`.
+fn token_entry(version: Version, deleted: bool) -> Bytes {
+    let mut out = Vec::with_capacity(17);
+    out.extend_from_slice(&version.timestamp.to_be_bytes());
+    out.extend_from_slice(&version.writer.to_be_bytes());
+    out.push(u8::from(deleted));
+    Bytes::from(out)
+}
+
 /// `u16 len + target`: the prefix of every hint for `target`.
 fn hint_prefix(target: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(2 + target.len() + 64);
@@ -779,6 +931,121 @@ mod tests {
             .scan(space, b"", Bound::Unbounded, 1)
             .unwrap()
             .is_empty()
+    }
+
+    /// Every entry of `range`, read in pages of `page`.
+    fn paged(store: &Store, range: TokenRange, page: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let batch = store.keys_in_range(range, after.as_deref(), page).unwrap();
+            let Some(last) = batch.last() else { return out };
+            after = Some(last.cursor.clone());
+            out.extend(batch.into_iter().map(|e| e.key));
+        }
+    }
+
+    #[test]
+    fn the_token_index_lists_exactly_the_keys_of_a_range() {
+        for (store, _dir) in stores() {
+            let keys: Vec<String> = (0..300).map(|i| format!("key-{i}")).collect();
+            for (i, key) in keys.iter().enumerate() {
+                store
+                    .write_whole(meta(key, 10 + i as u64, b"v"), Bytes::from_static(b"v"))
+                    .unwrap();
+            }
+            let mut tokens: Vec<u64> = keys.iter().map(|k| Token::of_key(k.as_bytes()).0).collect();
+            tokens.sort();
+            let ranges = [
+                (tokens[10], tokens[200]), // plain
+                (tokens[250], tokens[40]), // wrapping
+                (tokens[5], tokens[5]),    // the whole ring
+                (u64::MAX, tokens[30]),    // starting at the top
+                (0, u64::MAX),             // all but token 0
+            ];
+            for (start, end) in ranges {
+                let range = TokenRange {
+                    start: Token(start),
+                    end: Token(end),
+                };
+                let mut expected: Vec<(u64, String)> = keys
+                    .iter()
+                    .map(|k| (Token::of_key(k.as_bytes()).0, k.clone()))
+                    .filter(|(t, _)| range.contains(Token(*t)))
+                    .collect();
+                // Ring order from the range's start.
+                expected.sort_by_key(|(t, k)| (t.wrapping_sub(start).wrapping_sub(1), k.clone()));
+                let expected: Vec<String> = expected.into_iter().map(|(_, k)| k).collect();
+                for page in [1, 7, 1000] {
+                    assert_eq!(
+                        paged(&store, range, page),
+                        expected,
+                        "{range:?} page {page}"
+                    );
+                }
+            }
+            // Dropped keys leave the index; tombstones stay in it, flagged.
+            let first = &keys[0];
+            let version = store
+                .record(first)
+                .unwrap()
+                .unwrap()
+                .meta
+                .unwrap()
+                .version();
+            assert!(store.drop_if(first, version).unwrap());
+            let mut gone = meta(&keys[1], 1000, b"");
+            gone.deleted = true;
+            gone.size = 0;
+            gone.checksum = Bytes::new();
+            store.write_whole(gone, Bytes::new()).unwrap();
+            let whole = TokenRange {
+                start: Token(0),
+                end: Token(0),
+            };
+            let all = store.keys_in_range(whole, None, 1000).unwrap();
+            assert_eq!(all.len(), 299);
+            assert!(all.iter().all(|e| e.key != *first));
+            let tomb = all.iter().find(|e| e.key == keys[1]).unwrap();
+            assert!(tomb.deleted);
+            assert_eq!(tomb.version.timestamp, 1000);
+        }
+    }
+
+    #[test]
+    fn a_data_dir_without_the_index_gets_it_at_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StorageOptions {
+            data_dir: Some(dir.path().to_path_buf()),
+            fsync: false,
+        };
+        {
+            let store = Store::open(&options).unwrap();
+            for i in 0..50 {
+                let key = format!("old-{i}");
+                store
+                    .write_whole(meta(&key, 5, b"v"), Bytes::from_static(b"v"))
+                    .unwrap();
+            }
+            // As a data dir from before the index existed.
+            let entries = store
+                .inner
+                .engine
+                .scan(Space::ByToken, b"", Bound::Unbounded, 100)
+                .unwrap();
+            let ops = entries
+                .into_iter()
+                .map(|(k, _)| Op::Delete(Space::ByToken, k))
+                .collect();
+            store.inner.engine.apply(ops).unwrap();
+            store.persist().unwrap();
+        }
+        let store = Store::open(&options).unwrap();
+        let whole = TokenRange {
+            start: Token(7),
+            end: Token(7),
+        };
+        assert_eq!(store.keys_in_range(whole, None, 100).unwrap().len(), 50);
     }
 
     #[test]
