@@ -18,6 +18,7 @@ pub mod http;
 pub mod key;
 pub mod lifecycle;
 pub mod membership;
+pub mod merkle;
 pub mod proto;
 pub mod ring;
 pub mod rpc;

@@ -33,6 +33,7 @@ mod engine;
 
 use std::ops::Bound;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -42,6 +43,7 @@ use xxhash_rust::xxh3::xxh3_64;
 
 pub use self::engine::{Engine, FjallEngine, MemoryEngine, Op, Space};
 use crate::error::{Error, Result};
+use crate::merkle;
 use crate::proto::{RecordMeta, StoredRecord};
 use crate::ring::{Token, TokenRange};
 use crate::version::Version;
@@ -94,6 +96,9 @@ struct Inner {
     locks: Vec<Mutex<()>>,
     /// Group-commit queue, present when `fsync` is on.
     syncer: Option<mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>>,
+    /// Hash-tree leaves of everything held (see `merkle.rs`), kept up to
+    /// date by every commit and rebuilt from the token index at open.
+    leaves: Vec<AtomicU64>,
 }
 
 impl Store {
@@ -111,11 +116,70 @@ impl Store {
                 engine: Box::new(SharedEngine(engine)),
                 locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
                 syncer,
+                leaves: (0..merkle::LEAVES).map(|_| AtomicU64::new(0)).collect(),
             }),
         };
         store.clean_pending()?;
         store.index_if_missing()?;
+        store.load_leaves()?;
         Ok(store)
+    }
+
+    /// Computes the hash-tree leaves from the token index.
+    fn load_leaves(&self) -> Result<()> {
+        let whole = TokenRange {
+            start: Token(0),
+            end: Token(0),
+        };
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let batch = self.keys_in_range(whole, after.as_deref(), 4096)?;
+            let Some(last) = batch.last() else {
+                return Ok(());
+            };
+            after = Some(last.cursor.clone());
+            for entry in batch {
+                self.toggle_leaf(&entry.key, entry.version, entry.deleted);
+            }
+        }
+    }
+
+    /// XORs an entry into (or out of) its leaf.
+    fn toggle_leaf(&self, key: &str, version: Version, deleted: bool) {
+        let leaf = merkle::leaf_of(Token::of_key(key.as_bytes()));
+        self.inner.leaves[leaf].fetch_xor(
+            merkle::entry_hash(key, version, deleted),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// The hash-tree leaves of `range` as this store holds it: leaves wholly
+    /// inside from the kept hashes, the (at most two) it only partly covers
+    /// computed from the token index.
+    pub fn leaf_hashes(&self, range: TokenRange) -> Result<merkle::LeafHashes> {
+        let mut out = merkle::LeafHashes::default();
+        for leaf in merkle::leaves_of(range) {
+            let hash = if merkle::leaf_inside(leaf, range) {
+                self.inner.leaves[leaf].load(std::sync::atomic::Ordering::Relaxed)
+            } else {
+                let mut hash = 0;
+                let mut after: Option<Vec<u8>> = None;
+                loop {
+                    let batch =
+                        self.keys_in_range(merkle::leaf_span(leaf), after.as_deref(), 1024)?;
+                    let Some(last) = batch.last() else { break };
+                    after = Some(last.cursor.clone());
+                    for entry in batch.iter().filter(|e| range.contains(e.token)) {
+                        hash ^= merkle::entry_hash(&entry.key, entry.version, entry.deleted);
+                    }
+                }
+                hash
+            };
+            if hash != 0 {
+                out.0.insert(leaf, hash);
+            }
+        }
+        Ok(out)
     }
 
     /// Builds the token index of a data dir written before it existed.
@@ -339,6 +403,7 @@ impl Store {
                 current,
             });
         }
+        let existing_meta = existing.as_ref().and_then(|r| r.meta.clone());
         if let Some(old) = existing {
             let old_version = old.meta.as_ref().map(|m| m.version()).unwrap_or_default();
             for index in 0..old.chunk_count {
@@ -361,7 +426,12 @@ impl Store {
         if let Some(marker) = staged.marker {
             ops.push(Op::Delete(Space::Pending, marker));
         }
+        let deleted = meta.deleted;
         self.inner.engine.apply(ops)?;
+        if let Some(old) = existing_meta {
+            self.toggle_leaf(&key, old.version(), old.deleted);
+        }
+        self.toggle_leaf(&key, version, deleted);
         Ok(WriteOutcome {
             applied: true,
             current: version,
@@ -384,7 +454,9 @@ impl Store {
             .collect();
         ops.push(Op::Delete(Space::Meta, key.as_bytes().to_vec()));
         ops.push(Op::Delete(Space::ByToken, token_key(key)));
+        let deleted = record.meta.as_ref().is_some_and(|m| m.deleted);
         self.inner.engine.apply(ops)?;
+        self.toggle_leaf(key, version, deleted);
         Ok(true)
     }
 
@@ -1009,6 +1081,92 @@ mod tests {
             let tomb = all.iter().find(|e| e.key == keys[1]).unwrap();
             assert!(tomb.deleted);
             assert_eq!(tomb.version.timestamp, 1000);
+        }
+    }
+
+    /// The leaves of `range` computed from every record, the slow way.
+    fn leaves_by_brute_force(store: &Store, range: TokenRange) -> merkle::LeafHashes {
+        let mut out = merkle::LeafHashes::default();
+        for record in store.records_after(None, usize::MAX).unwrap() {
+            let meta = record.meta.unwrap();
+            let token = Token::of_key(meta.key.as_bytes());
+            if range.contains(token) {
+                *out.0.entry(merkle::leaf_of(token)).or_default() ^=
+                    merkle::entry_hash(&meta.key, meta.version(), meta.deleted);
+            }
+        }
+        out.0.retain(|_, h| *h != 0);
+        out
+    }
+
+    #[test]
+    fn hash_tree_leaves_follow_every_write_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StorageOptions {
+            data_dir: Some(dir.path().to_path_buf()),
+            fsync: false,
+        };
+        let ranges = [
+            TokenRange {
+                start: Token(0),
+                end: Token(0),
+            },
+            TokenRange {
+                start: Token(u64::MAX / 3 + 12345),
+                end: Token(u64::MAX / 3 * 2 + 999),
+            },
+            TokenRange {
+                start: Token(u64::MAX - 1000),
+                end: Token(u64::MAX / 5),
+            },
+        ];
+        {
+            let store = Store::open(&options).unwrap();
+            for i in 0..2000u64 {
+                let key = format!("tree-{i}");
+                store
+                    .write_whole(meta(&key, 10, b"v"), Bytes::from_static(b"v"))
+                    .unwrap();
+            }
+            // Overwrites, tombstones, drops and a stale write that changes nothing.
+            for i in 0..100u64 {
+                let key = format!("tree-{i}");
+                store
+                    .write_whole(meta(&key, 20, b"w"), Bytes::from_static(b"w"))
+                    .unwrap();
+                let mut tomb = meta(&format!("tree-{}", 100 + i), 30, b"");
+                tomb.deleted = true;
+                tomb.checksum = Bytes::new();
+                store.write_whole(tomb, Bytes::new()).unwrap();
+                let dropped = format!("tree-{}", 200 + i);
+                assert!(
+                    store
+                        .drop_if(
+                            &dropped,
+                            Version {
+                                timestamp: 10,
+                                writer: 1
+                            }
+                        )
+                        .unwrap()
+                );
+                store
+                    .write_whole(meta(&key, 5, b"x"), Bytes::from_static(b"x"))
+                    .unwrap();
+            }
+            for range in ranges {
+                assert_eq!(
+                    store.leaf_hashes(range).unwrap(),
+                    leaves_by_brute_force(&store, range)
+                );
+            }
+        }
+        let store = Store::open(&options).unwrap();
+        for range in ranges {
+            assert_eq!(
+                store.leaf_hashes(range).unwrap(),
+                leaves_by_brute_force(&store, range)
+            );
         }
     }
 
