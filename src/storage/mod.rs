@@ -263,6 +263,12 @@ impl Store {
         Ok(out)
     }
 
+    /// Whether the committed record of `key` is exactly `version` (false
+    /// when it cannot be read).
+    fn holds_version(&self, key: &str, version: Version) -> bool {
+        matches!(self.record(key), Ok(Some(r)) if r.meta.as_ref().map(|m| m.version()) == Some(version))
+    }
+
     /// Deletes chunks of streamed writes that never committed.
     fn clean_pending(&self) -> Result<()> {
         loop {
@@ -274,7 +280,15 @@ impl Store {
                 return Ok(());
             }
             for (marker, _) in markers {
-                let mut ops = self.chunk_deletes_with_prefix(&marker)?;
+                // Unless the record committed that same version meanwhile
+                // (another write of it won): then the chunks are its own.
+                let committed = decode_pending(&marker)
+                    .is_some_and(|(key, version)| self.holds_version(&key, version));
+                let mut ops = if committed {
+                    Vec::new()
+                } else {
+                    self.chunk_deletes_with_prefix(&marker)?
+                };
                 ops.push(Op::Delete(Space::Pending, marker));
                 self.inner.engine.apply(ops)?;
             }
@@ -393,8 +407,19 @@ impl Store {
             .map(|m| m.version())
             .unwrap_or(Version::ZERO);
         if current >= version {
-            // Keep the newer record; remove whatever this write staged.
-            let undo = staged.undo();
+            // Keep the newer record; remove whatever this write staged. The
+            // same version committed by another write (read repair, a hint
+            // and anti-entropy may race) owns the very same chunk keys:
+            // then only the marker goes.
+            let undo = if current == version {
+                staged
+                    .marker
+                    .into_iter()
+                    .map(|m| Op::Delete(Space::Pending, m))
+                    .collect()
+            } else {
+                staged.undo()
+            };
             if !undo.is_empty() {
                 self.inner.engine.apply(undo)?;
             }
@@ -796,9 +821,17 @@ impl Drop for StreamWriter {
             return;
         }
         let version = self.header.version();
-        let mut ops: Vec<Op> = (0..self.chunks_written)
-            .map(|i| Op::Delete(Space::Chunks, chunk_key(&self.header.key, version, i)))
-            .collect();
+        let key = &self.header.key;
+        let _guard = self.store.lock(key);
+        // Chunks of the same version committed by another write are its own.
+        let committed = self.store.holds_version(key, version);
+        let mut ops: Vec<Op> = if committed {
+            Vec::new()
+        } else {
+            (0..self.chunks_written)
+                .map(|i| Op::Delete(Space::Chunks, chunk_key(key, version, i)))
+                .collect()
+        };
         ops.push(Op::Delete(Space::Pending, self.marker.clone()));
         if let Err(err) = self.store.inner.engine.apply(ops) {
             tracing::warn!(key = %self.header.key, %err, "could not remove an aborted write; the next start will");
@@ -812,6 +845,21 @@ fn check_meta(meta: &RecordMeta) -> Result<()> {
         return Err(Error::invalid("write without a version"));
     }
     Ok(())
+}
+
+/// The key and version a pending marker names.
+fn decode_pending(marker: &[u8]) -> Option<(String, Version)> {
+    let len = u16::from_be_bytes([*marker.first()?, *marker.get(1)?]) as usize;
+    let key = std::str::from_utf8(marker.get(2..2 + len)?)
+        .ok()?
+        .to_string();
+    let rest = marker.get(2 + len..)?;
+    if rest.len() != 16 {
+        return None;
+    }
+    let timestamp = u64::from_be_bytes(rest[..8].try_into().ok()?);
+    let writer = u64::from_be_bytes(rest[8..].try_into().ok()?);
+    Some((key, Version { timestamp, writer }))
 }
 
 fn key_prefix(key: &str) -> Vec<u8> {
@@ -1335,6 +1383,69 @@ mod tests {
 
     fn big(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    /// Reads every chunk of the committed `key` back.
+    fn read_back(store: &Store, key: &str) -> Vec<u8> {
+        let rec = store.record(key).unwrap().unwrap();
+        let version = rec.meta.as_ref().unwrap().version();
+        let mut back = Vec::new();
+        for i in 0..rec.chunk_count {
+            back.extend_from_slice(&store.read_chunk(key, version, i).unwrap());
+        }
+        back
+    }
+
+    #[test]
+    fn concurrent_writes_of_one_version_never_break_the_committed_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StorageOptions {
+            data_dir: Some(dir.path().to_path_buf()),
+            fsync: false,
+        };
+        let value = big(CHUNK_SIZE_BYTES * 2 + 99);
+        let sum = blake3::hash(&value);
+        let header = || {
+            let mut h = meta("same", 9, b"");
+            h.checksum.clear();
+            h.size = 0;
+            h
+        };
+        {
+            let store = Store::open(&options).unwrap();
+            let mut late = store.begin_stream(header()).unwrap();
+            let mut dropped = store.begin_stream(header()).unwrap();
+            let mut crashed = store.begin_stream(header()).unwrap();
+            let mut first = store.begin_stream(header()).unwrap();
+            first.write(&value).unwrap();
+            assert!(
+                first
+                    .finish(value.len() as u64, sum.as_bytes())
+                    .unwrap()
+                    .applied
+            );
+            // The same version again: not applied, and the committed chunks stay.
+            late.write(&value).unwrap();
+            assert!(
+                !late
+                    .finish(value.len() as u64, sum.as_bytes())
+                    .unwrap()
+                    .applied
+            );
+            assert_eq!(read_back(&store, "same"), value);
+            // One abandoned midway.
+            dropped.write(&value[..CHUNK_SIZE_BYTES + 5]).unwrap();
+            drop(dropped);
+            assert_eq!(read_back(&store, "same"), value);
+            // One cut off by a crash: its marker stays for the next start.
+            crashed.write(&value[..CHUNK_SIZE_BYTES]).unwrap();
+            crashed.finished = true; // as if the process died here
+            drop(crashed);
+            store.persist().unwrap();
+        }
+        let store = Store::open(&options).unwrap();
+        assert_eq!(read_back(&store, "same"), value);
+        assert!(space_is_empty(&store, Space::Pending));
     }
 
     #[test]
