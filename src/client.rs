@@ -285,6 +285,14 @@ impl Client {
         read_json(node, response).await
     }
 
+    /// Cluster-wide anti-entropy (`POST /balance`).
+    pub async fn balance(&self) -> Result<Value> {
+        let (node, response) = self
+            .send(true, |http, base| Ok(http.post(format!("{base}/balance"))))
+            .await?;
+        read_json(node, response).await
+    }
+
     /// Changes the cluster's replication factor (`POST /replicas?n=`).
     pub async fn set_replicas(&self, n: usize) -> Result<Value> {
         let (node, response) = self

@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub auto_remove_after: Option<Duration>,
     /// Keep hints for replicas that miss writes (F15).
     pub hints: bool,
+    /// Periodic anti-entropy; `None`: only on demand.
+    pub repair_interval: Option<Duration>,
 }
 
 impl NodeConfig {

@@ -100,46 +100,91 @@ impl LeafHashes {
     }
 }
 
-/// The leaves where two replicas differ, found top down: at each level only
-/// the children of differing nodes are compared. `fanout_bits` bits of the
-/// leaf index are resolved per round (4: 16 children per node). `hashes`
-/// answers, for one side, a level and node indexes, with those nodes'
-/// hashes: locally or over the network. Returns the differing leaves and
-/// how many hashes were compared.
+/// A top-down comparison of two trees, one round per level step: ask both
+/// sides for the hashes of [`Descent::next_nodes`], hand them to
+/// [`Descent::advance`], repeat until [`Descent::done`]; the differing
+/// leaves are then [`Descent::differing`]. Each round resolves `fanout_bits`
+/// bits of the leaf index (4: 16 children per differing node).
+#[derive(Debug, Clone)]
+pub struct Descent {
+    fanout_bits: u32,
+    /// Level of the nodes in `differing`.
+    level: u32,
+    /// Nodes of `level` whose hashes differ.
+    differing: Vec<usize>,
+    /// Hashes compared so far.
+    pub compared: usize,
+}
+
+impl Descent {
+    /// A comparison whose roots differ (compare the roots, level 0 node 0,
+    /// first).
+    pub fn new(fanout_bits: u32) -> Descent {
+        Descent {
+            fanout_bits: fanout_bits.clamp(1, LEAF_BITS),
+            level: 0,
+            differing: vec![0],
+            compared: 1,
+        }
+    }
+
+    /// Whether the leaves are reached or nothing differs any more.
+    pub fn done(&self) -> bool {
+        self.level == LEAF_BITS || self.differing.is_empty()
+    }
+
+    /// The level and nodes whose hashes the next round compares.
+    pub fn next_nodes(&self) -> (u32, Vec<usize>) {
+        let step = self.fanout_bits.min(LEAF_BITS - self.level);
+        let nodes = self
+            .differing
+            .iter()
+            .flat_map(|&i| (i << step)..((i + 1) << step))
+            .collect();
+        (self.level + step, nodes)
+    }
+
+    /// Keeps the nodes of the round whose hashes differ.
+    pub fn advance(&mut self, level: u32, nodes: Vec<usize>, a: &[u64], b: &[u64]) {
+        self.compared += nodes.len();
+        self.differing = nodes
+            .into_iter()
+            .zip(a.iter().zip(b))
+            .filter(|(_, (x, y))| x != y)
+            .map(|(i, _)| i)
+            .collect();
+        self.level = level;
+    }
+
+    /// The differing leaves, once done.
+    pub fn differing(&self) -> &[usize] {
+        if self.level == LEAF_BITS {
+            &self.differing
+        } else {
+            &[]
+        }
+    }
+}
+
+/// The leaves where two replicas differ, found top down with [`Descent`];
+/// `hashes_a` and `hashes_b` answer a level and node indexes with those
+/// nodes' hashes. Returns the differing leaves and how many hashes were
+/// compared.
 pub fn differing_leaves(
     fanout_bits: u32,
     mut hashes_a: impl FnMut(u32, &[usize]) -> Vec<u64>,
     mut hashes_b: impl FnMut(u32, &[usize]) -> Vec<u64>,
 ) -> (Vec<usize>, usize) {
-    let fanout_bits = fanout_bits.clamp(1, LEAF_BITS);
-    let mut differing: Vec<usize> = vec![0];
-    let mut level = 0;
-    let mut compared = 0;
     if hashes_a(0, &[0]) == hashes_b(0, &[0]) {
         return (Vec::new(), 1);
     }
-    while level < LEAF_BITS {
-        let step = fanout_bits.min(LEAF_BITS - level);
-        let next = level + step;
-        let children: Vec<usize> = differing
-            .iter()
-            .flat_map(|&i| (i << step)..((i + 1) << step))
-            .collect();
-        let a = hashes_a(next, &children);
-        let b = hashes_b(next, &children);
-        compared += children.len();
-        differing = children
-            .into_iter()
-            .zip(a.into_iter().zip(b))
-            .filter(|(_, (x, y))| x != y)
-            .map(|(i, _)| i)
-            .collect();
-        level = next;
-        if differing.is_empty() {
-            break;
-        }
+    let mut descent = Descent::new(fanout_bits);
+    while !descent.done() {
+        let (level, nodes) = descent.next_nodes();
+        let (a, b) = (hashes_a(level, &nodes), hashes_b(level, &nodes));
+        descent.advance(level, nodes, &a, &b);
     }
-    (differing, compared)
+    (descent.differing().to_vec(), descent.compared)
 }
 
 #[cfg(test)]

@@ -535,6 +535,31 @@ impl Ring {
         out
     }
 
+    /// The ranges `node` is a current replica of, each with all its
+    /// current replicas (adjacent ranges with the same replicas merged).
+    pub fn ranges_of(&self, node: &NodeId) -> Vec<(TokenRange, Vec<NodeId>)> {
+        let points = &self.natural.points;
+        let n = points.len();
+        let mut out: Vec<(TokenRange, Vec<NodeId>)> = Vec::new();
+        for i in 0..n {
+            let range = TokenRange {
+                start: points[(i + n - 1) % n].0,
+                end: points[i].0,
+            };
+            let replicas = self.natural.nodes_of_token(range.end);
+            if !replicas.contains(node) {
+                continue;
+            }
+            match out.last_mut() {
+                Some((last, r)) if *r == replicas && last.end == range.start => {
+                    last.end = range.end;
+                }
+                _ => out.push((range, replicas)),
+            }
+        }
+        out
+    }
+
     /// Each owner's share of replica copies: the fraction of the hash space it
     /// holds a replica of, divided by N, so the shares of all nodes sum to 1.
     pub fn load_shares(&self) -> BTreeMap<NodeId, f64> {

@@ -249,6 +249,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         LifecycleOptions {
             stream_rate: config.stream_rate,
             auto_remove_after: config.auto_remove_after,
+            repair_interval: config.repair_interval,
         },
     );
     let grpc = tonic::service::Routes::new(

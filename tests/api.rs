@@ -280,11 +280,13 @@ async fn favicon_and_status_page() {
         .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     let icon = bytes(9, 1500);
-    http.put(key_url(&cluster, 1, "favicon.ico"))
+    let put = http
+        .put(key_url(&cluster, 1, "favicon.ico"))
         .body(icon.clone())
         .send()
         .await
         .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
     let got = http
         .get(format!("{}/favicon.ico", cluster.url(2)))
         .send()
@@ -391,7 +393,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         ),
         (
             reqwest::Method::POST,
-            "/balance".into(),
+            "/purge".into(),
             StatusCode::NOT_IMPLEMENTED,
         ),
     ];

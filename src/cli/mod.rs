@@ -69,6 +69,8 @@ enum Command {
     Ring,
     /// The keys the node stores.
     Keys(ops::KeysArgs),
+    /// Compare every range's replicas (hash trees) and exchange what differs.
+    Balance,
     /// Make the node (--node) leave the cluster: it hands its ranges over, then exits.
     Leave,
     /// Remove a dead member for good; its ranges are re-replicated.

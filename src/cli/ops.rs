@@ -235,6 +235,25 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
                 print_json(&all)?;
             }
         }
+        Command::Balance => {
+            let summary = client.balance().await?;
+            if out.json {
+                print_json(&summary)?;
+            } else {
+                println!(
+                    "BALANCE OK: {} ranges, {} replica pairs, {} hashes compared, {} leaves differing, {} pulled, {} pushed",
+                    summary["ranges"],
+                    summary["pairs"],
+                    summary["hashes_compared"],
+                    summary["leaves_differing"],
+                    summary["pulled"],
+                    summary["pushed"]
+                );
+                for failure in summary["failed"].as_array().into_iter().flatten() {
+                    println!("failed: {}", failure.as_str().unwrap_or_default());
+                }
+            }
+        }
         Command::Leave => {
             let summary = client.leave().await?;
             if out.json {

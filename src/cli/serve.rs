@@ -74,6 +74,10 @@ pub struct ServeArgs {
     /// read repair and anti-entropy (tests of those use it).
     #[arg(long)]
     pub no_hints: bool,
+    /// Compare this node's ranges with their other replicas (hash trees)
+    /// about this often, jittered; `0` only on demand (`ringkv balance`).
+    #[arg(long, value_parser = parse_duration, default_value = "10m")]
+    pub repair_interval: Duration,
 }
 
 /// What the first SIGTERM/SIGINT does.
@@ -111,6 +115,7 @@ impl ServeArgs {
             stream_rate: self.stream_rate,
             auto_remove_after: self.auto_remove_after,
             hints: !self.no_hints,
+            repair_interval: (!self.repair_interval.is_zero()).then_some(self.repair_interval),
         }
     }
 }

@@ -19,6 +19,21 @@ pub async fn leave(State(state): State<AppState>) -> ApiResult<Response> {
     Ok(axum::Json(summary).into_response())
 }
 
+/// `POST /balance`: cluster-wide anti-entropy; what was compared and moved.
+pub async fn balance(State(state): State<AppState>) -> ApiResult<Response> {
+    let reply = state.lifecycle.balance_cluster().await?;
+    Ok(axum::Json(serde_json::json!({
+        "ranges": reply.ranges,
+        "pairs": reply.pairs,
+        "hashes_compared": reply.hashes,
+        "leaves_differing": reply.leaves,
+        "pulled": reply.pulled,
+        "pushed": reply.pushed,
+        "failed": reply.failed,
+    }))
+    .into_response())
+}
+
 /// `DELETE /ring/{host:port}`: removes a dead member for good.
 pub async fn remove(State(state): State<AppState>, uri: Uri) -> ApiResult<Response> {
     let raw = uri.path().trim_start_matches("/ring/");

@@ -259,13 +259,15 @@ pub async fn list(
     Ok(axum::Json(json!({ "node": state.node, "keys": keys, "next": next })).into_response())
 }
 
-/// `GET /favicon.ico`: the value of the key `favicon.ico`, when it exists.
+/// `GET /favicon.ico`: the value of the key `favicon.ico`, when it exists
+/// (read with the default quorum, like any key, so that it is there as soon
+/// as its PUT was acknowledged).
 pub async fn favicon(
     State(state): State<AppState>,
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    match state.coordinator.get("favicon.ico", Quorum::Count(1)).await {
+    match state.coordinator.get("favicon.ico", Quorum::Majority).await {
         Ok(found) => match serve_value(&state, &method, &headers, found).await {
             Ok(response) => response,
             Err(err) => err.into_response(),

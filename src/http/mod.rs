@@ -62,7 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/whereis/{*key}", get(cluster::whereis))
         .route("/haskey/{*key}", get(cluster::haskey))
         .route("/health", get(cluster::health))
-        .route("/balance", post(not_yet))
+        .route("/balance", post(admin::balance))
         .route("/purge", post(not_yet))
         .route("/leave", post(admin::leave))
         .route("/replicas", post(admin::replicas))

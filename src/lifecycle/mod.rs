@@ -20,6 +20,7 @@
 //! replica of the same range answered.
 
 mod hints;
+mod repair;
 mod transfer;
 
 use std::collections::BTreeSet;
@@ -34,7 +35,7 @@ use serde::Serialize;
 use crate::coordinator::Coordinator;
 use crate::error::{Error, Result};
 use crate::membership::{Membership, Removal, ReplicaSetting, tokens_hash};
-use crate::proto::SyncReply;
+use crate::proto::{BalanceReply, SyncReply};
 use crate::ring::{MemberState, NodeId, Ring};
 use crate::rpc::SyncHandler;
 use crate::storage::Store;
@@ -59,6 +60,9 @@ pub struct LifecycleOptions {
     pub stream_rate: Option<u64>,
     /// Remove members down this long (`--auto-remove-after`).
     pub auto_remove_after: Option<Duration>,
+    /// Run anti-entropy on this node's ranges about this often
+    /// (`--repair-interval`, jittered ±20 %); `None`: only on demand.
+    pub repair_interval: Option<Duration>,
 }
 
 /// What a leave, removal or change of N did.
@@ -132,6 +136,25 @@ impl Lifecycle {
         tokio::spawn(hints::deliver_forever(self.clone()));
         tokio::spawn(self.clone().watch_ring());
         tokio::spawn(self.clone().publish_progress());
+        if let Some(every) = self.inner.options.repair_interval {
+            tokio::spawn(self.clone().repair_forever(every));
+        }
+    }
+
+    /// Periodic anti-entropy, jittered so that nodes do not all compare at
+    /// once.
+    async fn repair_forever(self, every: Duration) {
+        loop {
+            let jitter = 0.8 + 0.4 * rand::random::<f64>();
+            tokio::time::sleep(every.mul_f64(jitter)).await;
+            let membership = &self.inner.membership;
+            if !membership.is_ready() || self.is_leaving() || membership.ring().in_transition() {
+                continue;
+            }
+            if let Err(err) = repair::balance_local(&self).await {
+                tracing::warn!(%err, "periodic anti-entropy failed");
+            }
+        }
     }
 
     /// Transfer progress into this node.
@@ -348,6 +371,44 @@ impl Lifecycle {
         })
     }
 
+    /// Cluster-wide anti-entropy (`POST /balance`): every live member
+    /// compares its ranges with their other replicas; the replies summed,
+    /// with each member's failures named.
+    pub async fn balance_cluster(&self) -> Result<BalanceReply> {
+        let ring = self.inner.membership.ring();
+        let members: Vec<NodeId> = ring
+            .members()
+            .filter(|m| m.live && m.state.owns_ranges())
+            .map(|m| m.id.clone())
+            .collect();
+        let calls = members.iter().map(|member| {
+            let this = self.clone();
+            let member = member.clone();
+            async move {
+                let handle = this.inner.coordinator.replica(&member);
+                (member, handle.balance(&this).await)
+            }
+        });
+        let mut total = BalanceReply::default();
+        for (member, result) in futures::future::join_all(calls).await {
+            match result {
+                Ok(reply) => {
+                    total.ranges += reply.ranges;
+                    total.pairs += reply.pairs;
+                    total.hashes += reply.hashes;
+                    total.leaves += reply.leaves;
+                    total.pulled += reply.pulled;
+                    total.pushed += reply.pushed;
+                    total
+                        .failed
+                        .extend(reply.failed.into_iter().map(|f| format!("{member}: {f}")));
+                }
+                Err(err) => total.failed.push(format!("{member}: {err}")),
+            }
+        }
+        Ok(total)
+    }
+
     /// Has every node gaining ranges in `ring` fetch them; fails if one
     /// cannot.
     async fn drive(&self, ring: &Ring, action: &str) -> Result<TransitionSummary> {
@@ -498,6 +559,11 @@ impl SyncHandler for Lifecycle {
             this.inner.transfer.receive(&this, &ring).await
         }
         .boxed()
+    }
+
+    fn balance(&self) -> BoxFuture<'static, Result<BalanceReply>> {
+        let this = self.clone();
+        async move { repair::balance_local(&this).await }.boxed()
     }
 }
 

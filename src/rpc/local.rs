@@ -155,6 +155,23 @@ impl LocalReplica {
         Ok(rx)
     }
 
+    /// Hashes of hash-tree nodes of `range` at `level` as this replica
+    /// holds it.
+    pub fn tree(&self, range: TokenRange, level: u32, nodes: &[usize]) -> Result<Vec<u64>> {
+        if level > crate::merkle::LEAF_BITS {
+            return Err(Error::invalid(format!(
+                "tree level {level} is past the leaves"
+            )));
+        }
+        if let Some(bad) = nodes.iter().find(|n| **n >= 1usize << level) {
+            return Err(Error::invalid(format!(
+                "no node {bad} at tree level {level}"
+            )));
+        }
+        let leaves = self.store.leaf_hashes(range)?;
+        Ok(nodes.iter().map(|n| leaves.node(level, *n)).collect())
+    }
+
     /// Every record (values and tombstones) whose key hashes into one of
     /// `ranges`, in key order, with the value when it is stored inline and
     /// at most `inline_max` bytes.

@@ -27,8 +27,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::error::{Error, Result};
 use crate::proto::replica_client::ReplicaClient;
 use crate::proto::{
-    ReadReply, ReadRequest, ReadStreamRequest, RecordMeta, ScanItem, ScanRequest, SyncReply,
-    SyncRequest, WriteChunk, WriteReply, WriteRequest, WriteTrailer, write_chunk,
+    BalanceReply, BalanceRequest, ReadReply, ReadRequest, ReadStreamRequest, RecordMeta, ScanItem,
+    ScanRequest, SyncReply, SyncRequest, TreeRequest, WriteChunk, WriteReply, WriteRequest,
+    WriteTrailer, write_chunk,
 };
 use crate::ring::{NodeId, TokenRange};
 use crate::version::Version;
@@ -36,11 +37,12 @@ use crate::version::Version;
 pub use self::local::LocalReplica;
 pub use self::service::ReplicaService;
 
-/// Fetches the ranges this node gains in a transition: what a `Sync` call
-/// runs (implemented by the lifecycle).
+/// What `Sync` and `Balance` calls run (implemented by the lifecycle).
 pub trait SyncHandler: Send + Sync + 'static {
     /// Fetches what this node gains in the ring with `digest`.
     fn sync(&self, digest: u64) -> futures::future::BoxFuture<'static, Result<SyncReply>>;
+    /// Anti-entropy of this node's ranges.
+    fn balance(&self) -> futures::future::BoxFuture<'static, Result<BalanceReply>>;
 }
 
 /// One message of a streamed write after its header.
@@ -319,6 +321,45 @@ impl ReplicaHandle {
             ReplicaHandle::Remote { node, peers } => peers
                 .client(node)?
                 .sync(tonic::Request::new(SyncRequest { digest }))
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| rpc_error(node, s)),
+        }
+    }
+
+    /// Hashes of hash-tree nodes of `range` at `level` (see `merkle.rs`).
+    pub async fn tree(&self, range: TokenRange, level: u32, nodes: &[usize]) -> Result<Vec<u64>> {
+        match self {
+            ReplicaHandle::Local(local) => local.tree(range, level, nodes),
+            ReplicaHandle::Remote { node, peers } => {
+                let request = self.with_timeout(TreeRequest {
+                    range: Some(crate::proto::TokenRange {
+                        start: range.start.0,
+                        end: range.end.0,
+                    }),
+                    level,
+                    nodes: nodes.iter().map(|n| *n as u64).collect(),
+                });
+                let reply = peers.client(node)?.tree(request).await;
+                let hashes = reply.map_err(|s| rpc_error(node, s))?.into_inner().hashes;
+                if hashes.len() != nodes.len() {
+                    return Err(Error::Rpc {
+                        node: node.clone(),
+                        reason: format!("{} tree hashes for {} nodes", hashes.len(), nodes.len()),
+                    });
+                }
+                Ok(hashes)
+            }
+        }
+    }
+
+    /// Asks the node to run anti-entropy on its ranges; answers when done.
+    pub async fn balance(&self, local: &dyn SyncHandler) -> Result<BalanceReply> {
+        match self {
+            ReplicaHandle::Local(_) => local.balance().await,
+            ReplicaHandle::Remote { node, peers } => peers
+                .client(node)?
+                .balance(tonic::Request::new(BalanceRequest {}))
                 .await
                 .map(|r| r.into_inner())
                 .map_err(|s| rpc_error(node, s)),

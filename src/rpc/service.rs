@@ -8,8 +8,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::proto::replica_server::Replica;
 use crate::proto::{
-    PingReply, PingRequest, ReadReply, ReadRequest, ReadStreamRequest, ScanItem, ScanRequest,
-    SyncReply, SyncRequest, ValueChunk, WriteChunk, WriteReply, WriteRequest, write_chunk,
+    BalanceReply, BalanceRequest, PingReply, PingRequest, ReadReply, ReadRequest,
+    ReadStreamRequest, ScanItem, ScanRequest, SyncReply, SyncRequest, TreeReply, TreeRequest,
+    ValueChunk, WriteChunk, WriteReply, WriteRequest, write_chunk,
 };
 use crate::ring::{NodeId, Token, TokenRange};
 use crate::rpc::local::LocalReplica;
@@ -120,6 +121,30 @@ impl Replica for ReplicaService {
     async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncReply>, Status> {
         let SyncRequest { digest } = request.into_inner();
         Ok(Response::new(self.sync.sync(digest).await?))
+    }
+
+    async fn tree(&self, request: Request<TreeRequest>) -> Result<Response<TreeReply>, Status> {
+        let TreeRequest {
+            range,
+            level,
+            nodes,
+        } = request.into_inner();
+        let range =
+            range.ok_or_else(|| Status::invalid_argument("tree request without a range"))?;
+        let range = TokenRange {
+            start: Token(range.start),
+            end: Token(range.end),
+        };
+        let nodes: Vec<usize> = nodes.into_iter().map(|n| n as usize).collect();
+        let hashes = self.local.tree(range, level, &nodes)?;
+        Ok(Response::new(TreeReply { hashes }))
+    }
+
+    async fn balance(
+        &self,
+        _request: Request<BalanceRequest>,
+    ) -> Result<Response<BalanceReply>, Status> {
+        Ok(Response::new(self.sync.balance().await?))
     }
 
     async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {

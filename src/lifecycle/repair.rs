@@ -1,0 +1,131 @@
+//! Anti-entropy (F17): this node compares each range it holds with every
+//! other live replica of it, top down through the hash trees
+//! (`merkle::Descent`, `Tree` RPC), lists the keys of the differing leaves
+//! on both sides (`Scan` without values) and moves only those records,
+//! newest version winning, tombstones included.
+
+use std::collections::BTreeMap;
+
+use super::Lifecycle;
+use crate::error::{Error, Result};
+use crate::merkle::{self, Descent};
+use crate::proto::{BalanceReply, RecordMeta};
+use crate::ring::{NodeId, TokenRange};
+
+/// Leaf-index bits resolved per round of a tree comparison.
+const FANOUT_BITS: u32 = 4;
+
+/// Compares every range this node holds with each other live replica and
+/// exchanges what differs.
+pub async fn balance_local(lifecycle: &Lifecycle) -> Result<BalanceReply> {
+    let me = &lifecycle.inner.node;
+    let ring = lifecycle.inner.membership.ring();
+    let mut reply = BalanceReply::default();
+    for (range, replicas) in ring.ranges_of(me) {
+        reply.ranges += 1;
+        for peer in replicas.iter().filter(|p| *p != me) {
+            if !ring.is_live(peer) {
+                reply.failed.push(format!("{peer}: down"));
+                continue;
+            }
+            reply.pairs += 1;
+            if let Err(err) = compare(lifecycle, range, peer, &mut reply).await {
+                tracing::warn!(%peer, %err, "anti-entropy with a replica failed");
+                reply.failed.push(format!("{peer}: {err}"));
+            }
+        }
+    }
+    if reply.pulled + reply.pushed > 0 {
+        tracing::info!(
+            pulled = reply.pulled,
+            pushed = reply.pushed,
+            leaves = reply.leaves,
+            "anti-entropy moved records"
+        );
+    }
+    Ok(reply)
+}
+
+/// Brings this node and `peer` in line on `range`.
+async fn compare(
+    lifecycle: &Lifecycle,
+    range: TokenRange,
+    peer: &NodeId,
+    reply: &mut BalanceReply,
+) -> Result<()> {
+    let coordinator = &lifecycle.inner.coordinator;
+    let store = &lifecycle.inner.store;
+    let remote = coordinator.replica(peer);
+    let local = store.leaf_hashes(range)?;
+    let root = remote.tree(range, 0, &[0]).await?;
+    reply.hashes += 1;
+    if root.first() == Some(&local.node(0, 0)) {
+        return Ok(());
+    }
+    let mut descent = Descent::new(FANOUT_BITS);
+    while !descent.done() {
+        let (level, nodes) = descent.next_nodes();
+        let theirs = remote.tree(range, level, &nodes).await?;
+        let ours: Vec<u64> = nodes.iter().map(|n| local.node(level, *n)).collect();
+        reply.hashes += nodes.len() as u64;
+        descent.advance(level, nodes, &ours, &theirs);
+    }
+    let leaves = descent.differing();
+    reply.leaves += leaves.len() as u64;
+    if leaves.is_empty() {
+        return Ok(());
+    }
+    // Both sides' records of the differing leaves, by key.
+    let spans: Vec<TokenRange> = leaves.iter().map(|l| merkle::leaf_span(*l)).collect();
+    let mut ours: BTreeMap<String, RecordMeta> = BTreeMap::new();
+    for span in &spans {
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let batch = store.keys_in_range(*span, after.as_deref(), 1024)?;
+            let Some(last) = batch.last() else { break };
+            after = Some(last.cursor.clone());
+            for entry in batch.into_iter().filter(|e| range.contains(e.token)) {
+                if let Some(meta) = store.record(&entry.key)?.and_then(|r| r.meta) {
+                    ours.insert(entry.key, meta);
+                }
+            }
+        }
+    }
+    let mut theirs: BTreeMap<String, RecordMeta> = BTreeMap::new();
+    let mut items = remote.scan(&spans, 0).await?;
+    use futures::StreamExt;
+    while let Some(item) = items.next().await {
+        let meta = item?
+            .meta
+            .ok_or_else(|| Error::invalid("scan item without meta"))?;
+        if range.contains(crate::ring::Token::of_key(meta.key.as_bytes())) {
+            theirs.insert(meta.key.clone(), meta);
+        }
+    }
+    let me = lifecycle.inner.node.clone();
+    for (key, mine) in &ours {
+        let newer_here = theirs.get(key).is_none_or(|t| t.version() < mine.version());
+        if newer_here {
+            let value = match store.record(key)? {
+                Some(record) => store.inline_value(&record)?,
+                None => continue,
+            };
+            coordinator
+                .push_record(peer, mine.clone(), value, std::slice::from_ref(&me))
+                .await?;
+            reply.pushed += 1;
+        }
+    }
+    for (key, remote_meta) in theirs {
+        let newer_there = ours
+            .get(&key)
+            .is_none_or(|m| m.version() < remote_meta.version());
+        if newer_there {
+            coordinator
+                .push_record(&me, remote_meta, None, std::slice::from_ref(peer))
+                .await?;
+            reply.pulled += 1;
+        }
+    }
+    Ok(())
+}

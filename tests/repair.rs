@@ -1,0 +1,152 @@
+//! Anti-entropy with real nodes: a replica that missed writes and deletes
+//! (no hints, no reads) is brought in line by `ringkv balance`, which moves
+//! only what differs.
+
+mod common;
+
+use common::{Cluster, Options, key_url, ringkv_cli};
+use reqwest::StatusCode;
+use serde_json::Value;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn balance_brings_a_replica_that_was_away_in_line() {
+    let mut cluster = Cluster::start(Options {
+        flags: vec!["--no-hints".into()],
+        ..Options::default()
+    })
+    .await;
+    let http = cluster.http.clone();
+    for i in 0..300 {
+        let status = http
+            .put(key_url(&cluster, i % 3, &format!("ae-{i}")))
+            .body(format!("old {i}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    // Nothing differs: a balance compares roots only and moves nothing.
+    let (ok, out, err) = ringkv_cli(&cluster.nodes[0].id, &["--json", "balance"]);
+    assert!(ok, "{err}");
+    let quiet: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(quiet["pulled"], 0, "{quiet}");
+    assert_eq!(quiet["pushed"], 0, "{quiet}");
+    assert_eq!(quiet["leaves_differing"], 0, "{quiet}");
+
+    // Node 2 misses 100 updates, 50 deletes, 100 new keys and a large value.
+    cluster.kill(2);
+    for i in 0..100 {
+        let url = key_url(&cluster, i % 2, &format!("ae-{i}"));
+        let status = http
+            .put(url)
+            .body(format!("new {i}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    for i in 100..150 {
+        let url = key_url(&cluster, i % 2, &format!("ae-{i}"));
+        let status = http.delete(url).send().await.unwrap().status();
+        assert_eq!(status, StatusCode::OK);
+    }
+    for i in 300..400 {
+        let url = key_url(&cluster, i % 2, &format!("ae-{i}"));
+        let status = http
+            .put(url)
+            .body(format!("fresh {i}"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    let large = common::bytes(7, 3_000_000);
+    let status = http
+        .put(key_url(&cluster, 0, "ae-large"))
+        .body(large.clone())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::CREATED);
+    cluster.restart(2);
+    cluster.wait_converged().await;
+    assert_eq!(cluster.haskey(2, "ae-350").await.0, 0, "node 2 is behind");
+
+    let (ok, out, err) = ringkv_cli(&cluster.nodes[1].id, &["--json", "balance"]);
+    assert!(ok, "{err}");
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        summary["failed"].as_array().unwrap().is_empty(),
+        "{summary}"
+    );
+    // 251 records differ; every pair that involves node 2 moves them, in
+    // either direction, so at least 251 records moved.
+    let moved = summary["pulled"].as_u64().unwrap() + summary["pushed"].as_u64().unwrap();
+    assert!(moved >= 251, "{summary}");
+
+    // Every node now holds every key at the same version, deletes included.
+    let mut keys: Vec<String> = (0..400).map(|i| format!("ae-{i}")).collect();
+    keys.push("ae-large".into());
+    for key in &keys {
+        let held: Vec<(u64, bool)> = [
+            cluster.haskey(0, key).await,
+            cluster.haskey(1, key).await,
+            cluster.haskey(2, key).await,
+        ]
+        .to_vec();
+        assert!(
+            held[0].0 > 0 && held.iter().all(|h| *h == held[0]),
+            "{key}: {held:?}"
+        );
+    }
+    for i in 100..150 {
+        assert!(
+            cluster.haskey(2, &format!("ae-{i}")).await.1,
+            "ae-{i} deleted on node 2"
+        );
+    }
+    let got = http
+        .get(format!("{}?r=1", key_url(&cluster, 2, "ae-large")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got.as_ref() == large.as_slice());
+
+    // In line: the next balance finds nothing to move.
+    let (ok, out, err) = ringkv_cli(&cluster.nodes[2].id, &["balance"]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("0 leaves differing, 0 pulled, 0 pushed"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn periodic_anti_entropy_catches_a_replica_up_alone() {
+    let mut cluster = Cluster::start(Options {
+        flags: vec!["--no-hints".into(), "--repair-interval".into(), "1s".into()],
+        ..Options::default()
+    })
+    .await;
+    let http = cluster.http.clone();
+    cluster.kill(2);
+    for i in 0..50 {
+        let url = key_url(&cluster, i % 2, &format!("tick-{i}"));
+        let status = http.put(url).body("v").send().await.unwrap().status();
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    cluster.restart(2);
+    cluster.wait_converged().await;
+    for i in 0..50 {
+        let key = format!("tick-{i}");
+        let expected = cluster.haskey(0, &key).await;
+        cluster.wait_haskey(2, &key, expected).await;
+    }
+}
