@@ -293,6 +293,19 @@ impl Client {
         read_json(node, response).await
     }
 
+    /// Drops the keys the node no longer owns (`POST /purge`); `all`: every
+    /// member does it.
+    pub async fn purge(&self, all: bool) -> Result<Value> {
+        let (node, response) = self
+            .send(true, |http, base| {
+                Ok(http
+                    .post(format!("{base}/purge"))
+                    .query(&[("all", all.to_string())]))
+            })
+            .await?;
+        read_json(node, response).await
+    }
+
     /// Changes the cluster's replication factor (`POST /replicas?n=`).
     pub async fn set_replicas(&self, n: usize) -> Result<Value> {
         let (node, response) = self

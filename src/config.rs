@@ -51,6 +51,8 @@ pub struct NodeConfig {
     pub hints: bool,
     /// Periodic anti-entropy; `None`: only on demand.
     pub repair_interval: Option<Duration>,
+    /// Purge keys no longer owned once the ring settles.
+    pub auto_purge: bool,
 }
 
 impl NodeConfig {

@@ -392,8 +392,8 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
             StatusCode::METHOD_NOT_ALLOWED,
         ),
         (
-            reqwest::Method::POST,
-            "/purge".into(),
+            reqwest::Method::GET,
+            "/metrics".into(),
             StatusCode::NOT_IMPLEMENTED,
         ),
     ];

@@ -150,3 +150,67 @@ async fn periodic_anti_entropy_catches_a_replica_up_alone() {
         cluster.wait_haskey(2, &key, expected).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn purge_keeps_each_key_only_on_its_owners() {
+    let mut cluster = Cluster::start(Options {
+        flags: vec!["--no-auto-purge".into()],
+        ..Options::default()
+    })
+    .await;
+    let http = cluster.http.clone();
+    let keys: Vec<String> = (0..200).map(|i| format!("purge-{i}")).collect();
+    for (i, key) in keys.iter().enumerate() {
+        let status = http
+            .put(key_url(&cluster, i % 3, key))
+            .body("v")
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, StatusCode::CREATED);
+    }
+    for _ in 0..2 {
+        cluster.spawn(vec![
+            "--no-auto-purge".into(),
+            "--join".into(),
+            cluster.nodes[0].id.clone(),
+        ]);
+        cluster.wait_converged().await;
+    }
+    let holders = |key: String| {
+        let cluster = &cluster;
+        async move {
+            let mut held = Vec::new();
+            for i in 0..cluster.nodes.len() {
+                if cluster.haskey(i, &key).await.0 > 0 {
+                    held.push(cluster.nodes[i].id.clone());
+                }
+            }
+            held.sort();
+            held
+        }
+    };
+    // The joins moved keys to the new nodes; the old copies are still there.
+    let mut surplus = 0;
+    for key in &keys {
+        surplus += holders(key.clone()).await.len() - 3;
+    }
+    assert!(surplus > 0);
+
+    let (ok, out, err) = ringkv_cli(&cluster.nodes[1].id, &["--json", "purge", "--all"]);
+    assert!(ok, "{err}");
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    let nodes = summary["nodes"].as_object().unwrap();
+    assert_eq!(nodes.len(), 5, "{summary}");
+    let dropped: u64 = nodes.values().map(|r| r["dropped"].as_u64().unwrap()).sum();
+    assert_eq!(dropped as usize, surplus, "{summary}");
+    for key in &keys {
+        let url = format!("{}/whereis/{key}", cluster.url(0));
+        let mut owners: Vec<String> = http.get(url).send().await.unwrap().json().await.unwrap();
+        owners.sort();
+        assert_eq!(holders(key.clone()).await, owners, "{key}");
+        let got = http.get(key_url(&cluster, 4, key)).send().await.unwrap();
+        assert_eq!(got.status(), StatusCode::OK, "{key}");
+    }
+}

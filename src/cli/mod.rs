@@ -71,6 +71,8 @@ enum Command {
     Keys(ops::KeysArgs),
     /// Compare every range's replicas (hash trees) and exchange what differs.
     Balance,
+    /// Drop the keys the node no longer owns, once every owner holds them.
+    Purge(ops::PurgeArgs),
     /// Make the node (--node) leave the cluster: it hands its ranges over, then exits.
     Leave,
     /// Remove a dead member for good; its ranges are re-replicated.

@@ -9,6 +9,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::Parser;
 use futures::StreamExt;
+use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::Command;
@@ -50,6 +51,14 @@ pub struct GetArgs {
     /// Read quorum: 1…N or `all`.
     #[arg(short, long)]
     r: Option<String>,
+}
+
+/// `purge [--all]`.
+#[derive(Debug, Parser)]
+pub struct PurgeArgs {
+    /// Every member purges, not just the node asked.
+    #[arg(long)]
+    all: bool,
 }
 
 /// `remove HOST:PORT`.
@@ -251,6 +260,26 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
                 );
                 for failure in summary["failed"].as_array().into_iter().flatten() {
                     println!("failed: {}", failure.as_str().unwrap_or_default());
+                }
+            }
+        }
+        Command::Purge(args) => {
+            let summary = client.purge(args.all).await?;
+            if out.json {
+                print_json(&summary)?;
+            } else {
+                let reports: Vec<(String, Value)> = match summary["nodes"].as_object() {
+                    Some(nodes) => nodes.iter().map(|(n, r)| (n.clone(), r.clone())).collect(),
+                    None => vec![(client.nodes().first().cloned().unwrap_or_default(), summary)],
+                };
+                for (node, report) in reports {
+                    match report["error"].as_str() {
+                        Some(err) => println!("PURGE FAILED {node}: {err}"),
+                        None => println!(
+                            "PURGE OK {node}: {} dropped, {} kept",
+                            report["dropped"], report["kept"]
+                        ),
+                    }
                 }
             }
         }

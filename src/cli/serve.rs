@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// about this often, jittered; `0` only on demand (`ringkv balance`).
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub repair_interval: Duration,
+    /// Keep keys this node no longer owns after a join or a change of N
+    /// until `ringkv purge` (by default they go once every owner holds them).
+    #[arg(long)]
+    pub no_auto_purge: bool,
 }
 
 /// What the first SIGTERM/SIGINT does.
@@ -116,6 +120,7 @@ impl ServeArgs {
             auto_remove_after: self.auto_remove_after,
             hints: !self.no_hints,
             repair_interval: (!self.repair_interval.is_zero()).then_some(self.repair_interval),
+            auto_purge: !self.no_auto_purge,
         }
     }
 }

@@ -34,6 +34,54 @@ pub async fn balance(State(state): State<AppState>) -> ApiResult<Response> {
     .into_response())
 }
 
+/// `?all=` of `/purge`.
+#[derive(Debug, Default, Deserialize)]
+pub struct PurgeParams {
+    /// Every live member purges, not just this node.
+    #[serde(default)]
+    all: bool,
+}
+
+/// `POST /purge`: drops the keys this node no longer owns that every owner
+/// holds; what was dropped and what was kept for now. `?all=true`: every
+/// live member does it (asked over HTTP), each report under its name.
+pub async fn purge(
+    State(state): State<AppState>,
+    query: Result<Query<PurgeParams>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult<Response> {
+    let all = query.map(|Query(q)| q.all).unwrap_or(false);
+    let report = state.lifecycle.purge().await?;
+    if !all {
+        return Ok(axum::Json(report).into_response());
+    }
+    let mut nodes = serde_json::Map::new();
+    nodes.insert(
+        state.node.to_string(),
+        serde_json::to_value(&report).unwrap_or_default(),
+    );
+    let ring = state.coordinator.ring();
+    let others: Vec<String> = ring
+        .members()
+        .filter(|m| m.live && m.id != state.node && m.state != crate::ring::MemberState::Removed)
+        .map(|m| m.id.to_string())
+        .collect();
+    let calls = others.iter().map(|node| async move {
+        let result = match crate::client::Client::new(vec![node.clone()]) {
+            Ok(client) => client.purge(false).await,
+            Err(err) => Err(err),
+        };
+        (node.clone(), result)
+    });
+    for (node, result) in futures::future::join_all(calls).await {
+        let value = match result {
+            Ok(report) => report,
+            Err(err) => serde_json::json!({ "error": err.to_string() }),
+        };
+        nodes.insert(node, value);
+    }
+    Ok(axum::Json(serde_json::json!({ "nodes": nodes })).into_response())
+}
+
 /// `DELETE /ring/{host:port}`: removes a dead member for good.
 pub async fn remove(State(state): State<AppState>, uri: Uri) -> ApiResult<Response> {
     let raw = uri.path().trim_start_matches("/ring/");

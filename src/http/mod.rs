@@ -63,7 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/haskey/{*key}", get(cluster::haskey))
         .route("/health", get(cluster::health))
         .route("/balance", post(admin::balance))
-        .route("/purge", post(not_yet))
+        .route("/purge", post(admin::purge))
         .route("/leave", post(admin::leave))
         .route("/replicas", post(admin::replicas))
         .route("/metrics", get(not_yet))

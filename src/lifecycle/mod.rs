@@ -40,7 +40,7 @@ use crate::ring::{MemberState, NodeId, Ring};
 use crate::rpc::SyncHandler;
 use crate::storage::Store;
 
-pub use self::transfer::Progress;
+pub use self::transfer::{Progress, PurgeReport};
 
 /// How long a driver waits for every live member to see its ring.
 const AGREEMENT_WAIT: Duration = Duration::from_secs(15);
@@ -60,6 +60,9 @@ pub struct LifecycleOptions {
     pub stream_rate: Option<u64>,
     /// Remove members down this long (`--auto-remove-after`).
     pub auto_remove_after: Option<Duration>,
+    /// Purge keys no longer owned once the ring settles (off with
+    /// `--no-auto-purge`).
+    pub auto_purge: bool,
     /// Run anti-entropy on this node's ranges about this often
     /// (`--repair-interval`, jittered ±20 %); `None`: only on demand.
     pub repair_interval: Option<Duration>,
@@ -371,6 +374,18 @@ impl Lifecycle {
         })
     }
 
+    /// Drops the keys this node no longer owns that every owner holds
+    /// (`POST /purge`, F19); refused while the ring is changing.
+    pub async fn purge(&self) -> Result<PurgeReport> {
+        let ring = self.inner.membership.ring();
+        if ring.in_transition() || !self.inner.membership.agreed() {
+            return Err(Error::NotReady {
+                reason: "the ring is changing (or members do not agree on it yet); purge once it has settled".into(),
+            });
+        }
+        transfer::purge(self, &ring).await
+    }
+
     /// Cluster-wide anti-entropy (`POST /balance`): every live member
     /// compares its ranges with their other replicas; the replies summed,
     /// with each member's failures named.
@@ -471,11 +486,15 @@ impl Lifecycle {
                 self.auto_remove(&ring, after).await;
             }
             let settled = !ring.in_transition() && membership.agreed();
-            if settled && purged_digest != Some(ring.digest()) {
+            if self.inner.options.auto_purge && settled && purged_digest != Some(ring.digest()) {
                 match transfer::purge(&self, &ring).await {
-                    Ok(dropped) => {
-                        if dropped > 0 {
-                            tracing::info!(dropped, "dropped keys this node no longer owns");
+                    Ok(report) => {
+                        if report.dropped + report.kept > 0 {
+                            tracing::info!(
+                                dropped = report.dropped,
+                                kept = report.kept,
+                                "purged keys this node no longer owns"
+                            );
                         }
                         purged_digest = Some(ring.digest());
                     }

@@ -284,16 +284,16 @@ fn record_of(store: &crate::storage::Store, key: &str) -> Result<crate::proto::S
 /// of its owners holds in the same or a newer version (an owner that lacks
 /// it is sent this copy first); returns how many. Records some owner cannot
 /// be confirmed to hold stay.
-pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<u64> {
+pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
     let me = &lifecycle.inner.node;
     let store = &lifecycle.inner.store;
     let coordinator = &lifecycle.inner.coordinator;
     let mut after: Option<Vec<u8>> = None;
-    let mut dropped = 0;
+    let mut report = PurgeReport::default();
     loop {
         let batch = store.records_after(after.as_deref(), PURGE_BATCH)?;
         let Some(last) = batch.last() else {
-            return Ok(dropped);
+            return Ok(report);
         };
         after = last.meta.as_ref().map(|m| m.key.clone().into_bytes());
         for record in batch {
@@ -303,7 +303,7 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<u64> {
                 continue;
             }
             let version = meta.version();
-            let mut all_hold = true;
+            let mut unconfirmed = None;
             for owner in &owners {
                 let held = coordinator
                     .replica(owner)
@@ -325,13 +325,45 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<u64> {
                     Err(_) => false,
                 };
                 if !confirmed {
-                    all_hold = false;
+                    unconfirmed = Some(owner.clone());
                     break;
                 }
             }
-            if all_hold && store.drop_if(&meta.key, version)? {
-                dropped += 1;
+            match unconfirmed {
+                None => {
+                    if store.drop_if(&meta.key, version)? {
+                        report.dropped += 1;
+                        if report.dropped_keys.len() < REPORT_KEYS {
+                            report.dropped_keys.push(meta.key);
+                        }
+                    }
+                }
+                Some(owner) => {
+                    report.kept += 1;
+                    if report.kept_keys.len() < REPORT_KEYS {
+                        report.kept_keys.push((
+                            meta.key,
+                            format!("{owner} could not be confirmed to hold it"),
+                        ));
+                    }
+                }
             }
         }
     }
+}
+
+/// Keys named per list in a purge report.
+const REPORT_KEYS: usize = 100;
+
+/// What a purge did.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PurgeReport {
+    /// Records dropped: every owner holds them.
+    pub dropped: u64,
+    /// Records kept for now: some owner could not be confirmed.
+    pub kept: u64,
+    /// The first dropped keys.
+    pub dropped_keys: Vec<String>,
+    /// The first kept keys, with why.
+    pub kept_keys: Vec<(String, String)>,
 }
