@@ -75,6 +75,14 @@ async fn balance_brings_a_replica_that_was_away_in_line() {
     cluster.restart(2);
     cluster.wait_converged().await;
     assert_eq!(cluster.haskey(2, "ae-350").await.0, 0, "node 2 is behind");
+    // `haskey --all-replicas` shows it: one line per replica, node 2 at 0.
+    let (ok, out, err) = ringkv_cli(
+        &cluster.nodes[0].id,
+        &["haskey", "ae-350", "--all-replicas"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().count(), 3, "{out}");
+    assert!(out.contains(&format!("{} 0", cluster.nodes[2].id)), "{out}");
 
     let (ok, out, err) = ringkv_cli(&cluster.nodes[1].id, &["--json", "balance"]);
     assert!(ok, "{err}");
@@ -118,6 +126,16 @@ async fn balance_brings_a_replica_that_was_away_in_line() {
         .await
         .unwrap();
     assert!(got.as_ref() == large.as_slice());
+
+    let (ok, out, _) = ringkv_cli(
+        &cluster.nodes[0].id,
+        &["haskey", "ae-350", "--all-replicas"],
+    );
+    let stamps: Vec<&str> = out.lines().filter_map(|l| l.split(' ').nth(1)).collect();
+    assert!(
+        ok && stamps.len() == 3 && stamps.iter().all(|t| *t == stamps[0] && *t != "0"),
+        "{out}"
+    );
 
     // In line: the next balance finds nothing to move.
     let (ok, out, err) = ringkv_cli(&cluster.nodes[2].id, &["balance"]);

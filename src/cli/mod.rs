@@ -61,8 +61,9 @@ enum Command {
     Get(ops::GetArgs),
     /// Delete a key.
     Del(ops::KeyArgs),
-    /// What the node stores for a key: its timestamp (0 when absent).
-    Haskey(ops::KeyArgs),
+    /// What the node stores for a key: its timestamp (0 when absent);
+    /// `--all-replicas`: each replica's.
+    Haskey(ops::HaskeyArgs),
     /// The replicas of a key, comma separated.
     Whereis(ops::KeyArgs),
     /// The ring: members, states, zones, loads.

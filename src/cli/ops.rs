@@ -53,6 +53,17 @@ pub struct GetArgs {
     r: Option<String>,
 }
 
+/// `haskey KEY [--all-replicas]`.
+#[derive(Debug, Parser)]
+pub struct HaskeyArgs {
+    /// The key.
+    key: String,
+    /// Ask each of the key's replicas, not just the node: one line each,
+    /// `host:port timestamp` (MyDHT's HASKEY across the ring).
+    #[arg(long)]
+    all_replicas: bool,
+}
+
 /// `purge [--all]`.
 #[derive(Debug, Parser)]
 pub struct PurgeArgs {
@@ -161,6 +172,37 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
                 }))?;
             } else {
                 println!("DEL OK {}", reply.key);
+            }
+        }
+        Command::Haskey(args) if args.all_replicas => {
+            let replicas = client.whereis(&args.key).await?;
+            let mut rows = Vec::new();
+            for node in replicas {
+                let answer = match Client::new(vec![node.clone()]) {
+                    Ok(one) => one.haskey(&args.key).await,
+                    Err(err) => Err(err),
+                };
+                rows.push((node, answer));
+            }
+            if out.json {
+                let json: Vec<Value> = rows
+                    .iter()
+                    .map(|(node, answer)| match answer {
+                        Ok(has) => serde_json::json!({
+                            "node": node, "timestamp": has.timestamp, "deleted": has.deleted,
+                        }),
+                        Err(err) => serde_json::json!({ "node": node, "error": err.to_string() }),
+                    })
+                    .collect();
+                print_json(&json)?;
+            } else {
+                for (node, answer) in rows {
+                    match answer {
+                        Ok(has) if has.deleted => println!("{node} {} deleted", has.timestamp),
+                        Ok(has) => println!("{node} {}", has.timestamp),
+                        Err(err) => println!("{node} unreachable: {err}"),
+                    }
+                }
             }
         }
         Command::Haskey(args) => {
