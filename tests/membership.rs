@@ -513,15 +513,7 @@ async fn three_nodes_joining_at_once_end_with_one_ring() {
         for node in whereis(&cluster, 0, &key).await {
             let index = cluster.index_of(&node);
             let url = format!("{}?r=1", key_url(&cluster, index, &key));
-            let body = cluster
-                .http
-                .get(url)
-                .send()
-                .await
-                .unwrap()
-                .bytes()
-                .await
-                .unwrap();
+            let body = cluster.get_bytes(&url).await;
             assert!(
                 body.as_ref() == common::bytes(i as u64, 2_500_000),
                 "{key} via {node}"

@@ -117,14 +117,9 @@ async fn balance_brings_a_replica_that_was_away_in_line() {
             "ae-{i} deleted on node 2"
         );
     }
-    let got = http
-        .get(format!("{}?r=1", key_url(&cluster, 2, "ae-large")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
+    let got = cluster
+        .get_bytes(&format!("{}?r=1", key_url(&cluster, 2, "ae-large")))
+        .await;
     assert!(got.as_ref() == large.as_slice());
 
     let (ok, out, _) = ringkv_cli(

@@ -446,14 +446,15 @@ impl Membership {
             .unwrap_or(MemberState::Joining)
     }
 
+    /// Sets one of this node's gossip keys.
+    async fn publish(&self, key: &str, value: String) {
+        let chitchat = self.handle.chitchat();
+        chitchat.lock().await.self_node_state().set(key, value);
+    }
+
     /// Announces this node's state.
     pub async fn set_state(&self, state: MemberState) {
-        let chitchat = self.handle.chitchat();
-        chitchat
-            .lock()
-            .await
-            .self_node_state()
-            .set(KEY_STATE, state.as_str());
+        self.publish(KEY_STATE, state.as_str().to_string()).await;
         tracing::info!(node = %self.node, state = state.as_str(), "announced");
     }
 
@@ -465,32 +466,18 @@ impl Membership {
 
     /// Publishes this node's transfer progress.
     pub async fn set_transfer(&self, json: String) {
-        let chitchat = self.handle.chitchat();
-        chitchat
-            .lock()
-            .await
-            .self_node_state()
-            .set(KEY_TRANSFER, json);
+        self.publish(KEY_TRANSFER, json).await;
     }
 
     /// Publishes a removal of `node` (whose tokens hash to `tokens_hash`).
     pub async fn publish_removal(&self, node: &NodeId, removal: Removal) {
-        let chitchat = self.handle.chitchat();
-        chitchat
-            .lock()
-            .await
-            .self_node_state()
-            .set(format!("{REMOVAL_PREFIX}{node}"), removal.encode());
+        self.publish(&format!("{REMOVAL_PREFIX}{node}"), removal.encode())
+            .await;
     }
 
     /// Publishes a new replication setting.
     pub async fn publish_replicas(&self, setting: ReplicaSetting) {
-        let chitchat = self.handle.chitchat();
-        chitchat
-            .lock()
-            .await
-            .self_node_state()
-            .set(KEY_REPLICAS, setting.encode());
+        self.publish(KEY_REPLICAS, setting.encode()).await;
     }
 
     /// The winning replication setting as of now.

@@ -240,6 +240,18 @@ impl Cluster {
         .await;
     }
 
+    /// The body of `GET url`.
+    pub async fn get_bytes(&self, url: &str) -> bytes::Bytes {
+        self.http
+            .get(url)
+            .send()
+            .await
+            .expect("get")
+            .bytes()
+            .await
+            .expect("body")
+    }
+
     /// `GET /haskey/{key}` on node `i`: (timestamp, deleted).
     pub async fn haskey(&self, i: usize, key: &str) -> (u64, bool) {
         let url = format!("{}/haskey/{}", self.url(i), ringkv::key::to_url_path(key));
