@@ -132,6 +132,25 @@ async fn balance_brings_a_replica_that_was_away_in_line() {
         "{out}"
     );
 
+    // Each node's last run shows in /ring, and one of them moved records.
+    let moved_in_ring = common::wait_for("repair progress in /ring", common::DEADLINE, || async {
+        let ring = cluster.ring(0).await?;
+        let members = ring["members"].as_array()?;
+        let runs_everywhere = members
+            .iter()
+            .all(|m| m["repair"]["runs"].as_u64().unwrap_or(0) >= 1);
+        let moved: u64 = members
+            .iter()
+            .map(|m| {
+                m["repair"]["pulled"].as_u64().unwrap_or(0)
+                    + m["repair"]["pushed"].as_u64().unwrap_or(0)
+            })
+            .sum();
+        (runs_everywhere && moved > 0).then_some(moved)
+    })
+    .await;
+    assert!(moved_in_ring >= 251);
+
     // In line: the next balance finds nothing to move.
     let (ok, out, err) = ringkv_cli(&cluster.nodes[2].id, &["balance"]);
     assert!(ok, "{err}");

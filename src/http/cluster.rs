@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::{ApiResult, AppState};
 
-/// `GET /ring`: members, their state, zone, load and tokens, transfers in
-/// progress, and the digest each member reports.
+/// `GET /ring`: members, their state, zone, load and tokens, transfers and
+/// anti-entropy in progress, and the digest each member reports.
 pub async fn ring(State(state): State<AppState>) -> Response {
     let ring = state.coordinator.ring();
     let loads = ring.load_shares();
@@ -17,10 +17,11 @@ pub async fn ring(State(state): State<AppState>) -> Response {
     let members: Vec<serde_json::Value> = ring
         .members()
         .map(|m| {
-            let transfer = view
-                .transfers
-                .get(&m.id)
-                .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok());
+            let parsed = |map: &std::collections::BTreeMap<_, String>| {
+                map.get(&m.id)
+                    .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
+            };
+            let (transfer, repair) = (parsed(&view.transfers), parsed(&view.repairs));
             json!({
                 "node": m.id,
                 "state": m.shown_state().as_str(),
@@ -31,6 +32,7 @@ pub async fn ring(State(state): State<AppState>) -> Response {
                 "load": loads.get(&m.id).copied().unwrap_or(0.0),
                 "digest": view.digests.get(&m.id),
                 "transfer": transfer,
+                "repair": repair,
                 "url": format!("http://{}/", m.id),
             })
         })

@@ -107,6 +107,8 @@ struct Inner {
     transfer: transfer::Transfers,
     /// Set while this node is leaving.
     leaving: AtomicBool,
+    /// Anti-entropy progress.
+    repair: std::sync::Mutex<repair::RepairProgress>,
 }
 
 impl Lifecycle {
@@ -128,6 +130,7 @@ impl Lifecycle {
                 options,
                 transfer,
                 leaving: AtomicBool::new(false),
+                repair: std::sync::Mutex::default(),
             }),
         }
     }
@@ -530,16 +533,25 @@ impl Lifecycle {
         }
     }
 
-    /// Publishes transfer progress in gossip while it changes.
+    /// Publishes transfer and anti-entropy progress in gossip while they
+    /// change.
     async fn publish_progress(self) {
-        let mut last = String::new();
+        let (mut last_transfer, mut last_repair) = (String::new(), String::new());
         let mut tick = tokio::time::interval(TICK);
         loop {
             tick.tick().await;
-            let json = serde_json::to_string(&self.progress()).unwrap_or_default();
-            if json != last {
-                self.inner.membership.set_transfer(json.clone()).await;
-                last = json;
+            let transfer = serde_json::to_string(&self.progress()).unwrap_or_default();
+            if transfer != last_transfer {
+                self.inner.membership.set_transfer(transfer.clone()).await;
+                last_transfer = transfer;
+            }
+            let repair = {
+                let progress = self.inner.repair.lock().unwrap_or_else(|p| p.into_inner());
+                serde_json::to_string(&*progress).unwrap_or_default()
+            };
+            if repair != last_repair {
+                self.inner.membership.set_repair(repair.clone()).await;
+                last_repair = repair;
             }
         }
     }

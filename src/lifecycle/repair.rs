@@ -15,13 +15,51 @@ use crate::ring::{NodeId, TokenRange};
 /// Leaf-index bits resolved per round of a tree comparison.
 const FANOUT_BITS: u32 = 4;
 
+/// Anti-entropy on this node, running or last run (shown in `/ring`).
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct RepairProgress {
+    /// A run is under way.
+    pub active: bool,
+    /// Ranges compared so far, of `ranges`.
+    pub ranges_done: u64,
+    /// Ranges this node is a replica of.
+    pub ranges: u64,
+    /// Leaves found differing.
+    pub leaves: u64,
+    /// Records fetched from other replicas.
+    pub pulled: u64,
+    /// Records sent to other replicas.
+    pub pushed: u64,
+    /// Runs finished since the node started.
+    pub runs: u64,
+}
+
 /// Compares every range this node holds with each other live replica and
 /// exchanges what differs.
 pub async fn balance_local(lifecycle: &Lifecycle) -> Result<BalanceReply> {
     let me = &lifecycle.inner.node;
     let ring = lifecycle.inner.membership.ring();
     let mut reply = BalanceReply::default();
-    for (range, replicas) in ring.ranges_of(me) {
+    let ranges = ring.ranges_of(me);
+    let show = |reply: &BalanceReply, active: bool| {
+        let mut progress = lifecycle
+            .inner
+            .repair
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        progress.active = active;
+        progress.ranges = ranges.len() as u64;
+        progress.ranges_done = reply.ranges;
+        progress.leaves = reply.leaves;
+        progress.pulled = reply.pulled;
+        progress.pushed = reply.pushed;
+        if !active {
+            progress.runs += 1;
+        }
+    };
+    for (range, replicas) in &ranges {
+        let (range, replicas) = (*range, replicas);
+        show(&reply, true);
         reply.ranges += 1;
         for peer in replicas.iter().filter(|p| *p != me) {
             if !ring.is_live(peer) {
@@ -35,6 +73,7 @@ pub async fn balance_local(lifecycle: &Lifecycle) -> Result<BalanceReply> {
             }
         }
     }
+    show(&reply, false);
     if reply.pulled + reply.pushed > 0 {
         tracing::info!(
             pulled = reply.pulled,

@@ -3,7 +3,8 @@
 //! same port number as the node's TCP port (F1).
 //!
 //! Each node publishes a few keys about itself ([`KEY_TOKENS`], [`KEY_ZONE`],
-//! [`KEY_STATE`], [`KEY_REPLICAS`], [`KEY_DIGEST`], [`KEY_TRANSFER`], and
+//! [`KEY_STATE`], [`KEY_REPLICAS`], [`KEY_DIGEST`], [`KEY_TRANSFER`],
+//! [`KEY_REPAIR`], and
 //! removal markers under [`REMOVAL_PREFIX`]); a refresh task reads the
 //! converged view, turns it into a [`Ring`] with the pure function
 //! [`ring_from_peers`], and publishes it on a watch channel whenever its
@@ -53,6 +54,8 @@ pub const KEY_REPLICAS: &str = "replicas";
 pub const KEY_DIGEST: &str = "digest";
 /// Gossip key: this node's data transfer progress, JSON.
 pub const KEY_TRANSFER: &str = "transfer";
+/// Gossip key: this node's anti-entropy progress, JSON.
+pub const KEY_REPAIR: &str = "repair";
 /// Gossip key prefix: `remove:host:port` = `tokenhash:removing|removed`.
 pub const REMOVAL_PREFIX: &str = "remove:";
 
@@ -292,6 +295,8 @@ pub struct View {
     pub digests: BTreeMap<NodeId, String>,
     /// Each member's published transfer progress (JSON).
     pub transfers: BTreeMap<NodeId, String>,
+    /// Each member's published anti-entropy progress (JSON).
+    pub repairs: BTreeMap<NodeId, String>,
     /// When each member that is down was last heard from.
     pub down_since: BTreeMap<NodeId, Instant>,
 }
@@ -467,6 +472,11 @@ impl Membership {
     /// Publishes this node's transfer progress.
     pub async fn set_transfer(&self, json: String) {
         self.publish(KEY_TRANSFER, json).await;
+    }
+
+    /// Publishes this node's anti-entropy progress.
+    pub async fn set_repair(&self, json: String) {
+        self.publish(KEY_REPAIR, json).await;
     }
 
     /// Publishes a removal of `node` (whose tokens hash to `tokens_hash`).
@@ -726,7 +736,10 @@ impl Refresh {
                 view.digests.insert(id.clone(), d.clone());
             }
             if let Some(t) = peer.keys.get(KEY_TRANSFER) {
-                view.transfers.insert(id, t.clone());
+                view.transfers.insert(id.clone(), t.clone());
+            }
+            if let Some(r) = peer.keys.get(KEY_REPAIR) {
+                view.repairs.insert(id, r.clone());
             }
         }
         {
