@@ -119,7 +119,17 @@ impl Client {
         &self,
         build: impl FnMut(&reqwest::Client, &str) -> Result<reqwest::RequestBuilder>,
     ) -> Result<T> {
-        let (node, response) = self.send(true, build).await?;
+        self.send_json(true, build).await
+    }
+
+    /// Sends (failing over when `replayable`) and reads a JSON answer, or
+    /// the error the answer carries.
+    async fn send_json<T: serde::de::DeserializeOwned>(
+        &self,
+        replayable: bool,
+        build: impl FnMut(&reqwest::Client, &str) -> Result<reqwest::RequestBuilder>,
+    ) -> Result<T> {
+        let (node, response) = self.send(replayable, build).await?;
         if !response.status().is_success() {
             return Err(error_from(&node, response).await);
         }
@@ -266,10 +276,8 @@ impl Client {
     /// it has handed its ranges over. Never fails over: it is that node
     /// that must leave.
     pub async fn leave(&self) -> Result<Value> {
-        let (node, response) = self
-            .send(false, |http, base| Ok(http.post(format!("{base}/leave"))))
-            .await?;
-        read_json(node, response).await
+        self.send_json(false, |http, base| Ok(http.post(format!("{base}/leave"))))
+            .await
     }
 
     /// Removes a dead member for good (`DELETE /ring/{node}`).
@@ -277,45 +285,35 @@ impl Client {
         let path =
             percent_encoding::utf8_percent_encode(member, percent_encoding::NON_ALPHANUMERIC)
                 .to_string();
-        let (node, response) = self
-            .send(true, |http, base| {
-                Ok(http.delete(format!("{base}/ring/{path}")))
-            })
-            .await?;
-        read_json(node, response).await
+        self.json(|http, base| Ok(http.delete(format!("{base}/ring/{path}"))))
+            .await
     }
 
     /// Cluster-wide anti-entropy (`POST /balance`).
     pub async fn balance(&self) -> Result<Value> {
-        let (node, response) = self
-            .send(true, |http, base| Ok(http.post(format!("{base}/balance"))))
-            .await?;
-        read_json(node, response).await
+        self.json(|http, base| Ok(http.post(format!("{base}/balance"))))
+            .await
     }
 
     /// Drops the keys the node no longer owns (`POST /purge`); `all`: every
     /// member does it.
     pub async fn purge(&self, all: bool) -> Result<Value> {
-        let (node, response) = self
-            .send(true, |http, base| {
-                Ok(http
-                    .post(format!("{base}/purge"))
-                    .query(&[("all", all.to_string())]))
-            })
-            .await?;
-        read_json(node, response).await
+        self.json(|http, base| {
+            Ok(http
+                .post(format!("{base}/purge"))
+                .query(&[("all", all.to_string())]))
+        })
+        .await
     }
 
     /// Changes the cluster's replication factor (`POST /replicas?n=`).
     pub async fn set_replicas(&self, n: usize) -> Result<Value> {
-        let (node, response) = self
-            .send(true, |http, base| {
-                Ok(http
-                    .post(format!("{base}/replicas"))
-                    .query(&[("n", n.to_string())]))
-            })
-            .await?;
-        read_json(node, response).await
+        self.json(|http, base| {
+            Ok(http
+                .post(format!("{base}/replicas"))
+                .query(&[("n", n.to_string())]))
+        })
+        .await
     }
 
     /// `GET /health` of the first node that answers.
@@ -327,18 +325,6 @@ impl Client {
             reason: describe(&e),
         })
     }
-}
-
-/// The JSON body of a successful response, or the error it carries.
-async fn read_json(node: String, response: reqwest::Response) -> Result<Value> {
-    if !response.status().is_success() {
-        return Err(error_from(&node, response).await);
-    }
-    response.json::<Value>().await.map_err(|e| Error::Remote {
-        node,
-        status: 200,
-        message: format!("unreadable JSON reply: {e}"),
-    })
 }
 
 /// The message of a reqwest error, with its causes.

@@ -75,15 +75,7 @@ async fn whereis(cluster: &Cluster, via: usize, key: &str) -> Vec<String> {
         cluster.url(via),
         ringkv::key::to_url_path(key)
     );
-    cluster
-        .http
-        .get(url)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::get_json(&cluster.http, &url).await
 }
 
 /// Waits until, for every key, each replica `/whereis` names (asked of

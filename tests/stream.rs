@@ -32,13 +32,7 @@ fn piece(index: u64) -> Bytes {
 }
 
 async fn health(http: &reqwest::Client, url: &str) -> Value {
-    http.get(format!("{url}/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    common::get_json(http, &format!("{url}/health")).await
 }
 
 #[tokio::test(flavor = "multi_thread")]

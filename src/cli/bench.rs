@@ -137,14 +137,7 @@ pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Re
         "--get-ratio is 0.0–1.0"
     );
     let value = Bytes::from(vec![b'x'; args.value_size as usize]);
-    // Each client starts at its own node and fails over to the others.
-    let clients: Vec<Client> = (0..nodes.len())
-        .map(|i| {
-            let mut order = nodes.clone();
-            order.rotate_left(i);
-            Client::new(order)
-        })
-        .collect::<Result<_, _>>()?;
+    let clients = rotated_clients(&nodes)?;
     eprintln!("prefilling {} keys…", args.keys);
     let per_worker = args.keys.div_ceil(args.concurrency);
     let prefill: Vec<_> = (0..args.concurrency)
@@ -260,6 +253,18 @@ pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Re
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One client per node, each starting at its own node and failing over to
+/// the others.
+pub(super) fn rotated_clients(nodes: &[String]) -> crate::error::Result<Vec<Client>> {
+    (0..nodes.len())
+        .map(|i| {
+            let mut order = nodes.to_vec();
+            order.rotate_left(i);
+            Client::new(order)
+        })
+        .collect()
 }
 
 /// Pseudo-random bytes, generated on the fly, 1 MiB at a time.

@@ -965,13 +965,7 @@ async fn prefill(
         }
         return Ok(());
     }
-    let clients: Vec<Client> = (0..nodes.len())
-        .map(|i| {
-            let mut order = nodes.to_vec();
-            order.rotate_left(i);
-            Client::new(order)
-        })
-        .collect::<Result<_, _>>()?;
+    let clients = super::bench::rotated_clients(nodes)?;
     let per_worker = keys.div_ceil(concurrency);
     let tasks: Vec<_> = (0..concurrency)
         .map(|w| {

@@ -569,10 +569,11 @@ impl SyncHandler for Lifecycle {
                 if ring.digest() == digest {
                     break ring;
                 }
-                if tokio::time::timeout_at(deadline, rings.changed())
-                    .await
-                    .is_err()
-                {
+                // Out of time, or the ring is no longer published (stopping).
+                if !matches!(
+                    tokio::time::timeout_at(deadline, rings.changed()).await,
+                    Ok(Ok(()))
+                ) {
                     return Err(Error::Unavailable {
                         needed: 1,
                         got: 0,

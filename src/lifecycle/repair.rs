@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use super::Lifecycle;
 use crate::error::{Error, Result};
 use crate::merkle::{self, Descent};
-use crate::proto::{BalanceReply, RecordMeta};
+use crate::proto::{BalanceReply, RecordMeta, StoredRecord};
 use crate::ring::{NodeId, TokenRange};
 
 /// Leaf-index bits resolved per round of a tree comparison.
@@ -116,7 +116,8 @@ async fn compare(
     }
     // Both sides' records of the differing leaves, by key.
     let spans: Vec<TokenRange> = leaves.iter().map(|l| merkle::leaf_span(*l)).collect();
-    let mut ours: BTreeMap<String, RecordMeta> = BTreeMap::new();
+    // Ours with the whole record, whose inline value a push sends.
+    let mut ours: BTreeMap<String, (RecordMeta, StoredRecord)> = BTreeMap::new();
     for span in &spans {
         let mut after: Option<Vec<u8>> = None;
         loop {
@@ -124,8 +125,10 @@ async fn compare(
             let Some(last) = batch.last() else { break };
             after = Some(last.cursor.clone());
             for entry in batch.into_iter().filter(|e| range.contains(e.token)) {
-                if let Some(meta) = store.record(&entry.key)?.and_then(|r| r.meta) {
-                    ours.insert(entry.key, meta);
+                if let Some(record) = store.record(&entry.key)?
+                    && let Some(meta) = record.meta.clone()
+                {
+                    ours.insert(entry.key, (meta, record));
                 }
             }
         }
@@ -142,13 +145,10 @@ async fn compare(
         }
     }
     let me = lifecycle.inner.node.clone();
-    for (key, mine) in &ours {
+    for (key, (mine, record)) in &ours {
         let newer_here = theirs.get(key).is_none_or(|t| t.version() < mine.version());
         if newer_here {
-            let value = match store.record(key)? {
-                Some(record) => store.inline_value(&record)?,
-                None => continue,
-            };
+            let value = store.inline_value(record)?;
             coordinator
                 .push_record(peer, mine.clone(), value, std::slice::from_ref(&me))
                 .await?;
@@ -158,7 +158,7 @@ async fn compare(
     for (key, remote_meta) in theirs {
         let newer_there = ours
             .get(&key)
-            .is_none_or(|m| m.version() < remote_meta.version());
+            .is_none_or(|(m, _)| m.version() < remote_meta.version());
         if newer_there {
             coordinator
                 .push_record(&me, remote_meta, None, std::slice::from_ref(peer))

@@ -208,7 +208,7 @@ impl Transfers {
             let meta = item
                 .meta
                 .ok_or_else(|| Error::invalid("scan item without meta"))?;
-            if held_version(store, &meta.key)? >= meta.version() {
+            if store.version_of(&meta.key)?.unwrap_or(Version::ZERO) >= meta.version() {
                 continue;
             }
             let size = if meta.deleted { 0 } else { meta.size };
@@ -265,21 +265,6 @@ impl Transfers {
     }
 }
 
-/// The version this node holds for `key` (zero when none).
-fn held_version(store: &crate::storage::Store, key: &str) -> Result<Version> {
-    Ok(store
-        .record(key)?
-        .and_then(|r| r.meta)
-        .map(|m| m.version())
-        .unwrap_or(Version::ZERO))
-}
-
-fn record_of(store: &crate::storage::Store, key: &str) -> Result<crate::proto::StoredRecord> {
-    store
-        .record(key)?
-        .ok_or_else(|| Error::not_found(format!("key {key:?}")))
-}
-
 /// Drops every record this node holds but does not own in `ring` that each
 /// of its owners holds in the same or a newer version (an owner that lacks
 /// it is sent this copy first); returns how many. Records some owner cannot
@@ -297,7 +282,9 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
         };
         after = last.meta.as_ref().map(|m| m.key.clone().into_bytes());
         for record in batch {
-            let Some(meta) = record.meta else { continue };
+            let Some(meta) = record.meta.clone() else {
+                continue;
+            };
             let owners = ring.target_nodes_of(meta.key.as_bytes());
             if owners.is_empty() || owners.contains(me) {
                 continue;
@@ -317,7 +304,7 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
                         .push_record(
                             owner,
                             meta.clone(),
-                            store.inline_value(&record_of(store, &meta.key)?)?,
+                            store.inline_value(&record)?,
                             std::slice::from_ref(me),
                         )
                         .await

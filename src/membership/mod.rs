@@ -534,9 +534,12 @@ impl Membership {
                 tracing::warn!("members did not all agree on the ring in time; going on");
                 return self.ring();
             }
-            let _ =
-                tokio::time::timeout(Duration::from_millis(REFRESH_INTERVAL_MS), rings.changed())
-                    .await;
+            // Others' digests change without our ring changing: look again
+            // every refresh, or at once when the ring changes.
+            let wait = Duration::from_millis(REFRESH_INTERVAL_MS);
+            if let Ok(Err(_)) = tokio::time::timeout(wait, rings.changed()).await {
+                return self.ring(); // the refresh task stopped: shutting down
+            }
         }
     }
 

@@ -196,13 +196,7 @@ impl LocalReplica {
                     let Some(last) = batch.last() else { break };
                     after = Some(last.cursor.clone());
                     for entry in batch {
-                        let item = match store.record(&entry.key) {
-                            Ok(Some(record)) => scan_item(&store, record, inline_max),
-                            // Dropped since the index was read.
-                            Ok(None) => continue,
-                            Err(err) => Err(err),
-                        };
-                        let item = match item {
+                        let item = match scan_item(&store, &entry.key, inline_max) {
                             Ok(Some(item)) => Ok(item),
                             Ok(None) => continue,
                             Err(err) => Err(err),
@@ -218,13 +212,13 @@ impl LocalReplica {
     }
 }
 
-/// A record as a scan item; `None` for a value that fails its checksum
-/// (not handed on: the other sources of the range serve it).
-fn scan_item(
-    store: &Store,
-    record: crate::proto::StoredRecord,
-    inline_max: u64,
-) -> Result<Option<ScanItem>> {
+/// The record of `key` as a scan item; `None` when it was dropped since
+/// the index was read, or for a value that fails its checksum (not handed
+/// on: the other sources of the range serve it).
+fn scan_item(store: &Store, key: &str, inline_max: u64) -> Result<Option<ScanItem>> {
+    let Some(record) = store.record(key)? else {
+        return Ok(None);
+    };
     let Some(meta) = record.meta.clone() else {
         return Ok(None);
     };

@@ -263,10 +263,15 @@ impl Store {
         Ok(out)
     }
 
+    /// The version held for `key`, if any.
+    pub fn version_of(&self, key: &str) -> Result<Option<Version>> {
+        Ok(self.record(key)?.and_then(|r| r.meta).map(|m| m.version()))
+    }
+
     /// Whether the committed record of `key` is exactly `version` (false
     /// when it cannot be read).
     fn holds_version(&self, key: &str, version: Version) -> bool {
-        matches!(self.record(key), Ok(Some(r)) if r.meta.as_ref().map(|m| m.version()) == Some(version))
+        matches!(self.version_of(key), Ok(Some(v)) if v == version)
     }
 
     /// Deletes chunks of streamed writes that never committed.

@@ -380,6 +380,17 @@ pub async fn wait_converged(http: &reqwest::Client, urls: &[String], expected: u
     .await;
 }
 
+/// The JSON body of `GET url`.
+pub async fn get_json<T: serde::de::DeserializeOwned>(http: &reqwest::Client, url: &str) -> T {
+    http.get(url)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("JSON body")
+}
+
 /// Runs the `ringkv` CLI against `node`: (success, stdout, stderr).
 pub fn ringkv_cli(node: &str, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(RINGKV)
