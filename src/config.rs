@@ -53,6 +53,8 @@ pub struct NodeConfig {
     pub repair_interval: Option<Duration>,
     /// Purge keys no longer owned once the ring settles.
     pub auto_purge: bool,
+    /// Age after which tombstones every replica holds are dropped.
+    pub tombstone_grace: Duration,
 }
 
 impl NodeConfig {

@@ -10,6 +10,7 @@
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -191,6 +192,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let id = NodeId::parse(&format!("{}:{}", config.host, local_addr.port()))?;
     let data_dir = config.data_dir_for(local_addr.port());
     let identity = load_identity(data_dir.as_deref(), &id)?;
+    let (had_tokens, bootstrapped) = (identity.tokens.is_some(), identity.bootstrapped);
     let keep: crate::membership::IdentitySink = {
         let (dir, id) = (data_dir.clone(), id.clone());
         Arc::new(move |tokens: Option<&[Token]>, bootstrapped| {
@@ -224,9 +226,24 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     );
     let membership_for_serve = membership.clone();
     let clock = Arc::new(Clock::new(id.hash64()));
+    // Back after longer than the tombstone grace period: re-sync before
+    // serving reads (lifecycle/gc.rs).
+    let away = data_dir
+        .as_deref()
+        .and_then(crate::lifecycle::alive::away_for);
+    let catching_up = Arc::new(AtomicBool::new(
+        had_tokens && bootstrapped && away.is_some_and(|a| a > config.tombstone_grace),
+    ));
+    if let Some(away) = away.filter(|_| catching_up.load(Ordering::Relaxed)) {
+        tracing::warn!(
+            away_seconds = away.as_secs(),
+            "this node was away longer than the tombstone grace period"
+        );
+    }
     let local = LocalReplica {
         store: store.clone(),
         clock,
+        catching_up: catching_up.clone(),
     };
     let peers = Peers::new(RpcOptions {
         timeout: config.rpc_timeout,
@@ -251,6 +268,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             auto_remove_after: config.auto_remove_after,
             repair_interval: config.repair_interval,
             auto_purge: config.auto_purge,
+            tombstone_grace: config.tombstone_grace,
+            data_dir: data_dir.clone(),
+            catching_up,
         },
     );
     let grpc = tonic::service::Routes::new(

@@ -16,42 +16,6 @@ use serde_json::Value;
 /// What the issue allows for failure detection (F7).
 const DETECTION: Duration = Duration::from_secs(5);
 
-/// State of `member` in node `observer`'s `/ring`.
-async fn state_seen(cluster: &Cluster, observer: usize, member: &str) -> Option<String> {
-    let ring = cluster.ring(observer).await?;
-    ring["members"]
-        .as_array()?
-        .iter()
-        .find(|m| m["node"] == member)
-        .and_then(|m| m["state"].as_str().map(str::to_string))
-}
-
-/// Waits until every node in `observers` shows `member` in `state`;
-/// returns how long that took.
-async fn wait_state(
-    cluster: &Cluster,
-    observers: &[usize],
-    member: &str,
-    state: &str,
-    limit: Duration,
-) -> Duration {
-    let started = Instant::now();
-    wait_for(
-        &format!("{member} to be {state} everywhere"),
-        limit,
-        || async {
-            for &i in observers {
-                if state_seen(cluster, i, member).await.as_deref() != Some(state) {
-                    return None;
-                }
-            }
-            Some(())
-        },
-    )
-    .await;
-    started.elapsed()
-}
-
 /// Writes `count` keys `{prefix}{i}` through rotating nodes of `through`.
 async fn write_keys(cluster: &Cluster, through: &[usize], prefix: &str, count: usize) {
     for i in 0..count {
@@ -135,20 +99,28 @@ async fn killed_and_frozen_nodes_are_seen_down_and_back() {
     let victim = cluster.nodes[3].id.clone();
 
     cluster.kill(3);
-    let took = wait_state(&cluster, &[0, 1, 2], &victim, "down", DETECTION).await;
+    let took = cluster
+        .wait_state(&[0, 1, 2], &victim, "down", DETECTION)
+        .await;
     eprintln!("SIGKILL seen down everywhere after {took:?}");
     let (ok, out, _) = ringkv_cli(&cluster.nodes[0].id, &["ring"]);
     assert!(ok && out.contains(&victim) && out.contains("down"), "{out}");
     cluster.restart(3);
-    let took = wait_state(&cluster, &[0, 1, 2, 3], &victim, "normal", DETECTION).await;
+    let took = cluster
+        .wait_state(&[0, 1, 2, 3], &victim, "normal", DETECTION)
+        .await;
     eprintln!("restart seen normal everywhere after {took:?}");
 
     let victim = cluster.nodes[2].id.clone();
     cluster.freeze(2);
-    let took = wait_state(&cluster, &[0, 1, 3], &victim, "down", DETECTION).await;
+    let took = cluster
+        .wait_state(&[0, 1, 3], &victim, "down", DETECTION)
+        .await;
     eprintln!("SIGSTOP seen down everywhere after {took:?}");
     cluster.thaw(2);
-    let took = wait_state(&cluster, &[0, 1, 2, 3], &victim, "normal", DETECTION).await;
+    let took = cluster
+        .wait_state(&[0, 1, 2, 3], &victim, "normal", DETECTION)
+        .await;
     eprintln!("SIGCONT seen normal everywhere after {took:?}");
 
     assert_clean(&checker.stop().await);
@@ -167,7 +139,9 @@ async fn a_joining_node_streams_its_ranges_before_turning_normal() {
         "4KB".into(),
     ]);
     let id = cluster.nodes[joiner].id.clone();
-    wait_state(&cluster, &[0, 1, 2], &id, "joining", DEADLINE).await;
+    cluster
+        .wait_state(&[0, 1, 2], &id, "joining", DEADLINE)
+        .await;
     // While joining it owns nothing yet: no key names it as a replica,
     // and its transfer shows in /ring.
     for key in keys("boot-", 50) {
@@ -217,7 +191,7 @@ async fn sigterm_makes_a_node_hand_its_ranges_over_and_exit_zero() {
     eprintln!("node left in {:?}", started.elapsed());
     for i in 0..4 {
         assert_eq!(
-            state_seen(&cluster, i, &leaver).await.as_deref(),
+            cluster.state_seen(i, &leaver).await.as_deref(),
             Some("removed")
         );
     }
@@ -251,7 +225,9 @@ async fn a_second_signal_exits_at_once() {
     write_keys(&cluster, &[0, 1, 2, 3], "sig-", 200).await;
     let leaver = cluster.nodes[3].id.clone();
     cluster.signal(3, libc::SIGTERM);
-    wait_state(&cluster, &[0, 1, 2], &leaver, "leaving", DEADLINE).await;
+    cluster
+        .wait_state(&[0, 1, 2], &leaver, "leaving", DEADLINE)
+        .await;
     cluster.signal(3, libc::SIGINT);
     let code = cluster.wait_exit(3, DEADLINE);
     assert_eq!(code, Some(130));
@@ -282,7 +258,9 @@ async fn hints_reach_a_node_that_comes_back_and_remove_re_replicates() {
     assert!(!missed.is_empty());
     // ...and reach it from the hints when it is back, before any read.
     cluster.restart(4);
-    wait_state(&cluster, &[0, 1, 2, 3], &down, "normal", DEADLINE).await;
+    cluster
+        .wait_state(&[0, 1, 2, 3], &down, "normal", DEADLINE)
+        .await;
     for key in &missed {
         wait_for(&format!("the hint for {key}"), DEADLINE, || async {
             (cluster.haskey(4, key).await.0 > 0).then_some(())
@@ -308,11 +286,15 @@ async fn hints_reach_a_node_that_comes_back_and_remove_re_replicates() {
 
     // Removed for good: its ranges come back to N copies on the others.
     cluster.kill(4);
-    wait_state(&cluster, &[0, 1, 2, 3], &down, "down", DEADLINE).await;
+    cluster
+        .wait_state(&[0, 1, 2, 3], &down, "down", DEADLINE)
+        .await;
     let (ok, out, err) = ringkv_cli(&cluster.nodes[0].id, &["remove", &down]);
     assert!(ok, "{out}{err}");
     assert_eq!(out.trim(), format!("REMOVE OK {down}"));
-    wait_state(&cluster, &[0, 1, 2, 3], &down, "removed", DEADLINE).await;
+    cluster
+        .wait_state(&[0, 1, 2, 3], &down, "removed", DEADLINE)
+        .await;
     let report = checker.stop().await;
     assert_clean(&report);
     let mut all = keys("hint-", 200);
@@ -336,7 +318,9 @@ async fn a_node_down_too_long_is_removed_automatically() {
     let checker = Checker::start(vec![cluster.url(0), cluster.url(1)], "auto-live-", 30);
     let down = cluster.nodes[3].id.clone();
     cluster.kill(3);
-    wait_state(&cluster, &[0, 1, 2], &down, "removed", DEADLINE).await;
+    cluster
+        .wait_state(&[0, 1, 2], &down, "removed", DEADLINE)
+        .await;
     let report = checker.stop().await;
     assert_clean(&report);
     let mut all = keys("auto-", 150);

@@ -78,6 +78,10 @@ pub struct ServeArgs {
     /// about this often, jittered; `0` only on demand (`ringkv balance`).
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub repair_interval: Duration,
+    /// Drop tombstones this old once every replica of their range holds
+    /// them (F13); a node away longer re-syncs its ranges when it returns.
+    #[arg(long, value_parser = parse_duration, default_value = "10d")]
+    pub tombstone_grace: Duration,
     /// Keep keys this node no longer owns after a join or a change of N
     /// until `ringkv purge` (by default they go once every owner holds them).
     #[arg(long)]
@@ -121,6 +125,7 @@ impl ServeArgs {
             hints: !self.no_hints,
             repair_interval: (!self.repair_interval.is_zero()).then_some(self.repair_interval),
             auto_purge: !self.no_auto_purge,
+            tombstone_grace: self.tombstone_grace,
         }
     }
 }

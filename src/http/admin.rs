@@ -29,6 +29,7 @@ pub async fn balance(State(state): State<AppState>) -> ApiResult<Response> {
         "leaves_differing": reply.leaves,
         "pulled": reply.pulled,
         "pushed": reply.pushed,
+        "tombstones_dropped": reply.tombstones_dropped,
         "failed": reply.failed,
     }))
     .into_response())

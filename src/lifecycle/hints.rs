@@ -3,7 +3,9 @@
 //! is up again. A hint with its value is written as is; one without (a
 //! large value) is copied from a replica that holds that version. Hints for
 //! removed members are dropped; a hint superseded by a newer version on
-//! the target is dropped when the target refuses it as older.
+//! the target is dropped when the target refuses it as older. A hint older
+//! than the tombstone grace period is dropped undelivered: a delete of its
+//! key may have been collected everywhere since (see `gc.rs`).
 
 use std::ops::Bound;
 use std::time::Duration;
@@ -67,6 +69,15 @@ async fn deliver_round(lifecycle: &Lifecycle, ring: &Ring) -> Result<u64> {
                     break;
                 }
                 Some(_) => {}
+            }
+            let grace = lifecycle.inner.options.tombstone_grace;
+            if record
+                .meta
+                .as_ref()
+                .is_none_or(|m| super::gc::expired(m.version(), grace))
+            {
+                store.remove_hint(raw)?;
+                continue;
             }
             match deliver(lifecycle, ring, &node, record).await {
                 Ok(()) => {

@@ -19,6 +19,8 @@
 //! it is issued again. A source that fails midway is skipped if another
 //! replica of the same range answered.
 
+pub mod alive;
+mod gc;
 mod hints;
 mod repair;
 mod transfer;
@@ -66,6 +68,15 @@ pub struct LifecycleOptions {
     /// Run anti-entropy on this node's ranges about this often
     /// (`--repair-interval`, jittered ±20 %); `None`: only on demand.
     pub repair_interval: Option<Duration>,
+    /// Age after which tombstones every replica holds are dropped
+    /// (`--tombstone-grace`, see `gc.rs`).
+    pub tombstone_grace: Duration,
+    /// The data dir, where `alive.rs` records that the node runs.
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Set while the node re-syncs after an absence longer than the grace
+    /// period; its replica then refuses reads and tree comparisons (shared
+    /// with its `LocalReplica`).
+    pub catching_up: Arc<AtomicBool>,
 }
 
 /// What a leave, removal or change of N did.
@@ -138,6 +149,7 @@ impl Lifecycle {
     /// Starts bootstrap (when joining), hint delivery, purge of ranges no
     /// longer owned, automatic removal and progress publishing.
     pub fn spawn_tasks(&self) {
+        tokio::spawn(self.clone().catch_up());
         tokio::spawn(self.clone().bootstrap());
         tokio::spawn(hints::deliver_forever(self.clone()));
         tokio::spawn(self.clone().watch_ring());
@@ -154,7 +166,11 @@ impl Lifecycle {
             let jitter = 0.8 + 0.4 * rand::random::<f64>();
             tokio::time::sleep(every.mul_f64(jitter)).await;
             let membership = &self.inner.membership;
-            if !membership.is_ready() || self.is_leaving() || membership.ring().in_transition() {
+            if !membership.is_ready()
+                || self.is_leaving()
+                || self.is_catching_up()
+                || membership.ring().in_transition()
+            {
                 continue;
             }
             if let Err(err) = repair::balance_local(&self).await {
@@ -166,6 +182,51 @@ impl Lifecycle {
     /// Transfer progress into this node.
     pub fn progress(&self) -> Progress {
         self.inner.transfer.progress()
+    }
+
+    /// Whether this node re-syncs after a long absence.
+    pub fn is_catching_up(&self) -> bool {
+        self.inner.options.catching_up.load(Ordering::Acquire)
+    }
+
+    /// Back after longer than the tombstone grace period: re-reads every
+    /// range from the other replicas (dropping own expired copies none of
+    /// them holds, see `gc.rs`) before the node serves reads again; then
+    /// records, as every running node does, that it is alive.
+    async fn catch_up(self) {
+        let membership = &self.inner.membership;
+        if self.is_catching_up() {
+            let mut rings = membership.subscribe();
+            while !membership.is_ready() {
+                if rings.changed().await.is_err() {
+                    return;
+                }
+            }
+            tracing::warn!(
+                "this node was away longer than the tombstone grace period: re-syncing its ranges \
+                 before serving reads"
+            );
+            loop {
+                let ring = membership.ring();
+                match self.inner.transfer.resync(&self, &ring).await {
+                    Ok(reply) => {
+                        tracing::info!(keys = reply.keys, bytes = reply.bytes, "re-sync done");
+                        break;
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, "re-sync failed; retrying");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                }
+            }
+            self.inner
+                .options
+                .catching_up
+                .store(false, Ordering::Release);
+        }
+        if let Some(dir) = self.inner.options.data_dir.clone() {
+            alive::keep_touching(dir, self.inner.options.tombstone_grace).await;
+        }
     }
 
     /// Whether this node is leaving.
@@ -417,6 +478,7 @@ impl Lifecycle {
                     total.leaves += reply.leaves;
                     total.pulled += reply.pulled;
                     total.pushed += reply.pushed;
+                    total.tombstones_dropped += reply.tombstones_dropped;
                     total
                         .failed
                         .extend(reply.failed.into_iter().map(|f| format!("{member}: {f}")));

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::Lifecycle;
+use super::{Lifecycle, gc};
 use crate::error::{Error, Result};
 use crate::merkle::{self, Descent};
 use crate::proto::{BalanceReply, RecordMeta, StoredRecord};
@@ -37,6 +37,11 @@ pub struct RepairProgress {
 /// Compares every range this node holds with each other live replica and
 /// exchanges what differs.
 pub async fn balance_local(lifecycle: &Lifecycle) -> Result<BalanceReply> {
+    if lifecycle.is_catching_up() {
+        return Err(Error::NotReady {
+            reason: "re-syncing after an absence longer than the tombstone grace period".into(),
+        });
+    }
     let me = &lifecycle.inner.node;
     let ring = lifecycle.inner.membership.ring();
     let mut reply = BalanceReply::default();
@@ -61,15 +66,25 @@ pub async fn balance_local(lifecycle: &Lifecycle) -> Result<BalanceReply> {
         let (range, replicas) = (*range, replicas);
         show(&reply, true);
         reply.ranges += 1;
+        let mut in_line = true;
         for peer in replicas.iter().filter(|p| *p != me) {
             if !ring.is_live(peer) {
                 reply.failed.push(format!("{peer}: down"));
+                in_line = false;
                 continue;
             }
             reply.pairs += 1;
             if let Err(err) = compare(lifecycle, range, peer, &mut reply).await {
                 tracing::warn!(%peer, %err, "anti-entropy with a replica failed");
                 reply.failed.push(format!("{peer}: {err}"));
+                in_line = false;
+            }
+        }
+        // Tombstones go only from a range every replica was compared on.
+        if in_line {
+            match gc::collect(lifecycle, range, replicas).await {
+                Ok(dropped) => reply.tombstones_dropped += dropped,
+                Err(err) => tracing::warn!(%err, "tombstone collection failed"),
             }
         }
     }
@@ -145,8 +160,15 @@ async fn compare(
         }
     }
     let me = lifecycle.inner.node.clone();
+    let grace = lifecycle.inner.options.tombstone_grace;
+    // An expired tombstone is not handed to a replica holding nothing: it
+    // may have collected it already (see gc.rs).
+    let expired_tombstone = |m: &RecordMeta| m.deleted && gc::expired(m.version(), grace);
     for (key, (mine, record)) in &ours {
-        let newer_here = theirs.get(key).is_none_or(|t| t.version() < mine.version());
+        let newer_here = match theirs.get(key) {
+            Some(t) => t.version() < mine.version(),
+            None => !expired_tombstone(mine),
+        };
         if newer_here {
             let value = store.inline_value(record)?;
             coordinator
@@ -156,9 +178,10 @@ async fn compare(
         }
     }
     for (key, remote_meta) in theirs {
-        let newer_there = ours
-            .get(&key)
-            .is_none_or(|(m, _)| m.version() < remote_meta.version());
+        let newer_there = match ours.get(&key) {
+            Some((m, _)) => m.version() < remote_meta.version(),
+            None => !expired_tombstone(&remote_meta),
+        };
         if newer_there {
             coordinator
                 .push_record(&me, remote_meta, None, std::slice::from_ref(peer))

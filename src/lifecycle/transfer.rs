@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::Lifecycle;
 use crate::error::{Error, Result};
 use crate::proto::{RecordMeta, SyncReply};
-use crate::ring::{NodeId, Ring, TokenRange};
+use crate::ring::{NodeId, Ring, Token, TokenRange};
 use crate::storage::INLINE_MAX_BYTES;
 use crate::version::Version;
 
@@ -40,6 +40,12 @@ pub struct Progress {
     pub seconds: f64,
     /// Bytes per second so far.
     pub rate: f64,
+}
+
+/// A range to fetch and the replicas to read it from.
+struct Wanted {
+    range: TokenRange,
+    sources: Vec<NodeId>,
 }
 
 /// Transfer state of one node: progress and the `--stream-rate` throttle.
@@ -100,13 +106,45 @@ impl Transfers {
     /// current replica of it, keeping the newest version of each key.
     /// Fails when some range could be read from none of its replicas.
     pub async fn receive(&self, lifecycle: &Lifecycle, ring: &Ring) -> Result<SyncReply> {
-        let _running = self.running.lock().await;
         let me = &lifecycle.inner.node;
-        let mine: Vec<_> = ring
+        let mine: Vec<Wanted> = ring
             .movements()
             .into_iter()
             .filter(|m| m.gainer == *me)
+            .map(|m| Wanted {
+                range: m.range,
+                sources: m.sources,
+            })
             .collect();
+        self.fetch(lifecycle, ring, mine).await
+    }
+
+    /// Re-reads every range this node holds from its other replicas, as
+    /// a node back from longer than the tombstone grace period does.
+    pub async fn resync(&self, lifecycle: &Lifecycle, ring: &Ring) -> Result<SyncReply> {
+        let me = &lifecycle.inner.node;
+        let mine: Vec<Wanted> = ring
+            .ranges_of(me)
+            .into_iter()
+            .map(|(range, replicas)| Wanted {
+                range,
+                sources: replicas.into_iter().filter(|r| r != me).collect(),
+            })
+            .filter(|w| !w.sources.is_empty())
+            .collect();
+        self.fetch(lifecycle, ring, mine).await
+    }
+
+    /// Fetches each wanted range from its live sources, newest version
+    /// winning; fails when some range could be read from none of them.
+    async fn fetch(
+        &self,
+        lifecycle: &Lifecycle,
+        ring: &Ring,
+        mine: Vec<Wanted>,
+    ) -> Result<SyncReply> {
+        let _running = self.running.lock().await;
+        let me = &lifecycle.inner.node;
         let mut per_source: BTreeMap<NodeId, Vec<TokenRange>> = BTreeMap::new();
         for movement in &mine {
             for source in &movement.sources {
@@ -130,10 +168,21 @@ impl Transfers {
                 Some(started),
             );
         }
+        // This node's own copies older than the tombstone grace period in
+        // the ranges it gains: those no current replica holds may be
+        // deleted keys whose tombstones were collected (see `gc.rs`).
+        let grace = lifecycle.inner.options.tombstone_grace;
+        let mut stale = BTreeMap::new();
+        for movement in &mine {
+            stale.extend(expired_copies(lifecycle, movement.range, grace)?);
+        }
         let mut answered: Vec<NodeId> = Vec::new();
         let mut failures: Vec<(NodeId, String)> = Vec::new();
         for (source, ranges) in &per_source {
-            match self.receive_from(lifecycle, source, ranges).await {
+            match self
+                .receive_from(lifecycle, source, ranges, &mut stale)
+                .await
+            {
                 Ok(()) => answered.push(source.clone()),
                 Err(err) => {
                     tracing::warn!(%source, %err, "could not fetch ranges from a replica");
@@ -148,6 +197,24 @@ impl Transfers {
             p.seconds = elapsed;
         });
         let progress = self.progress();
+        // Dropped only where every current replica was read.
+        let store = &lifecycle.inner.store;
+        let mut dropped = 0;
+        for (key, (token, version)) in stale {
+            let read_all = mine
+                .iter()
+                .filter(|m| m.range.contains(token))
+                .all(|m| m.sources.iter().all(|s| s == me || answered.contains(s)));
+            if read_all && store.drop_if(&key, version)? {
+                dropped += 1;
+            }
+        }
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "dropped own copies older than the tombstone grace period that no replica holds"
+            );
+        }
         if let Some(missed) = mine
             .iter()
             .find(|m| !m.sources.iter().any(|s| answered.contains(s)))
@@ -181,13 +248,17 @@ impl Transfers {
         })
     }
 
-    /// Stores every record of `ranges` that `source` holds newer than here.
+    /// Stores every record of `ranges` that `source` holds newer than here
+    /// (an expired tombstone only over an older copy), and strikes the keys
+    /// it holds from `stale`.
     async fn receive_from(
         &self,
         lifecycle: &Lifecycle,
         source: &NodeId,
         ranges: &[TokenRange],
+        stale: &mut BTreeMap<String, (Token, Version)>,
     ) -> Result<()> {
+        let grace = lifecycle.inner.options.tombstone_grace;
         let coordinator = &lifecycle.inner.coordinator;
         let store = &lifecycle.inner.store;
         let local = coordinator.replica(&lifecycle.inner.node);
@@ -208,7 +279,11 @@ impl Transfers {
             let meta = item
                 .meta
                 .ok_or_else(|| Error::invalid("scan item without meta"))?;
-            if store.version_of(&meta.key)?.unwrap_or(Version::ZERO) >= meta.version() {
+            stale.remove(&meta.key);
+            let held = store.version_of(&meta.key)?;
+            if held.unwrap_or(Version::ZERO) >= meta.version()
+                || (held.is_none() && meta.deleted && super::gc::expired(meta.version(), grace))
+            {
                 continue;
             }
             let size = if meta.deleted { 0 } else { meta.size };
@@ -265,16 +340,43 @@ impl Transfers {
     }
 }
 
+/// This node's records in `range` older than `grace`, with their token
+/// and version.
+fn expired_copies(
+    lifecycle: &Lifecycle,
+    range: TokenRange,
+    grace: Duration,
+) -> Result<BTreeMap<String, (Token, Version)>> {
+    let store = &lifecycle.inner.store;
+    let mut out = BTreeMap::new();
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let batch = store.keys_in_range(range, after.as_deref(), PURGE_BATCH)?;
+        let Some(last) = batch.last() else {
+            return Ok(out);
+        };
+        after = Some(last.cursor.clone());
+        for entry in batch {
+            if super::gc::expired(entry.version, grace) {
+                out.insert(entry.key, (entry.token, entry.version));
+            }
+        }
+    }
+}
+
 /// Drops every record this node holds but does not own in `ring` that each
 /// of its owners holds in the same or a newer version (an owner that lacks
 /// it is sent this copy first); returns how many. Records some owner cannot
-/// be confirmed to hold stay.
+/// be confirmed to hold stay. Past the tombstone grace period an owner that
+/// holds nothing is not sent anything (see `gc.rs`): an expired tombstone
+/// is dropped, an expired value is kept and reported.
 pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
     let me = &lifecycle.inner.node;
     let store = &lifecycle.inner.store;
     let coordinator = &lifecycle.inner.coordinator;
     let mut after: Option<Vec<u8>> = None;
     let mut report = PurgeReport::default();
+    let grace = lifecycle.inner.options.tombstone_grace;
     loop {
         let batch = store.records_after(after.as_deref(), PURGE_BATCH)?;
         let Some(last) = batch.last() else {
@@ -290,6 +392,7 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
                 continue;
             }
             let version = meta.version();
+            let expired = super::gc::expired(version, grace);
             let mut unconfirmed = None;
             for owner in &owners {
                 let held = coordinator
@@ -299,6 +402,14 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
                     .map(|r| r.meta.map(|m| m.version()).unwrap_or(Version::ZERO));
                 let confirmed = match held {
                     Ok(v) if v >= version => true,
+                    Ok(Version::ZERO) if expired && meta.deleted => true,
+                    Ok(Version::ZERO) if expired => {
+                        unconfirmed = Some(format!(
+                            "{owner} holds nothing and this copy is older than the \
+                             tombstone grace period (it may have been deleted)"
+                        ));
+                        break;
+                    }
                     // An owner that lacks it gets this copy first.
                     Ok(_) => coordinator
                         .push_record(
@@ -312,7 +423,7 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
                     Err(_) => false,
                 };
                 if !confirmed {
-                    unconfirmed = Some(owner.clone());
+                    unconfirmed = Some(format!("{owner} could not be confirmed to hold it"));
                     break;
                 }
             }
@@ -325,13 +436,10 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
                         }
                     }
                 }
-                Some(owner) => {
+                Some(why) => {
                     report.kept += 1;
                     if report.kept_keys.len() < REPORT_KEYS {
-                        report.kept_keys.push((
-                            meta.key,
-                            format!("{owner} could not be confirmed to hold it"),
-                        ));
+                        report.kept_keys.push((meta.key, why));
                     }
                 }
             }

@@ -3,6 +3,7 @@
 //! call these, so a local replica behaves exactly like a remote one.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -29,6 +30,22 @@ pub struct LocalReplica {
     pub store: Store,
     /// The node's clock, moved forward by the versions it stores.
     pub clock: Arc<Clock>,
+    /// Set while the node re-syncs after a long absence (see
+    /// `lifecycle/alive.rs`): its copies may be deleted keys, so it serves
+    /// neither reads nor tree comparisons.
+    pub catching_up: Arc<AtomicBool>,
+}
+
+impl LocalReplica {
+    /// Fails while the node re-syncs after a long absence.
+    fn serving(&self) -> Result<()> {
+        if self.catching_up.load(Ordering::Acquire) {
+            return Err(Error::NotReady {
+                reason: "re-syncing after an absence longer than the tombstone grace period".into(),
+            });
+        }
+        Ok(())
+    }
 }
 
 fn reply(outcome: WriteOutcome) -> WriteReply {
@@ -83,6 +100,7 @@ impl LocalReplica {
     /// `inline_max` bytes and stored inline.
     pub async fn read(&self, key: &str, inline_max: u64) -> Result<ReadReply> {
         crate::key::validate(key)?;
+        self.serving()?;
         let Some(record) = self.store.record(key)? else {
             return Ok(ReadReply::default());
         };
@@ -107,6 +125,7 @@ impl LocalReplica {
         length: u64,
     ) -> Result<mpsc::Receiver<Result<Bytes>>> {
         crate::key::validate(&key)?;
+        self.serving()?;
         let record = self
             .store
             .record(&key)?
@@ -158,6 +177,7 @@ impl LocalReplica {
     /// Hashes of hash-tree nodes of `range` at `level` as this replica
     /// holds it.
     pub fn tree(&self, range: TokenRange, level: u32, nodes: &[usize]) -> Result<Vec<u64>> {
+        self.serving()?;
         if level > crate::merkle::LEAF_BITS {
             return Err(Error::invalid(format!(
                 "tree level {level} is past the leaves"

@@ -33,7 +33,7 @@ mod engine;
 
 use std::ops::Bound;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -99,6 +99,9 @@ struct Inner {
     /// Hash-tree leaves of everything held (see `merkle.rs`), kept up to
     /// date by every commit and rebuilt from the token index at open.
     leaves: Vec<AtomicU64>,
+    /// Tombstones held per hash-tree leaf, so that tombstone collection
+    /// visits only the leaves that have some.
+    tombstones: Vec<AtomicU32>,
 }
 
 impl Store {
@@ -117,6 +120,7 @@ impl Store {
                 locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
                 syncer,
                 leaves: (0..merkle::LEAVES).map(|_| AtomicU64::new(0)).collect(),
+                tombstones: (0..merkle::LEAVES).map(|_| AtomicU32::new(0)).collect(),
             }),
         };
         store.clean_pending()?;
@@ -139,18 +143,36 @@ impl Store {
             };
             after = Some(last.cursor.clone());
             for entry in batch {
-                self.toggle_leaf(&entry.key, entry.version, entry.deleted);
+                self.toggle_leaf(&entry.key, entry.version, entry.deleted, true);
             }
         }
     }
 
-    /// XORs an entry into (or out of) its leaf.
-    fn toggle_leaf(&self, key: &str, version: Version, deleted: bool) {
+    /// XORs an entry into (`added`) or out of its leaf, and counts the
+    /// leaf's tombstones.
+    fn toggle_leaf(&self, key: &str, version: Version, deleted: bool, added: bool) {
         let leaf = merkle::leaf_of(Token::of_key(key.as_bytes()));
-        self.inner.leaves[leaf].fetch_xor(
-            merkle::entry_hash(key, version, deleted),
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        self.inner.leaves[leaf]
+            .fetch_xor(merkle::entry_hash(key, version, deleted), Ordering::Relaxed);
+        if deleted {
+            let count = &self.inner.tombstones[leaf];
+            if added {
+                count.fetch_add(1, Ordering::Relaxed);
+            } else {
+                // Never below zero, whatever the order of racing updates.
+                let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+                    Some(c.saturating_sub(1))
+                });
+            }
+        }
+    }
+
+    /// The hash-tree leaves of `range` holding at least one tombstone.
+    pub fn leaves_with_tombstones(&self, range: TokenRange) -> Vec<usize> {
+        merkle::leaves_of(range)
+            .into_iter()
+            .filter(|leaf| self.inner.tombstones[*leaf].load(Ordering::Relaxed) > 0)
+            .collect()
     }
 
     /// The hash-tree leaves of `range` as this store holds it: leaves wholly
@@ -160,7 +182,7 @@ impl Store {
         let mut out = merkle::LeafHashes::default();
         for leaf in merkle::leaves_of(range) {
             let hash = if merkle::leaf_inside(leaf, range) {
-                self.inner.leaves[leaf].load(std::sync::atomic::Ordering::Relaxed)
+                self.inner.leaves[leaf].load(Ordering::Relaxed)
             } else {
                 let mut hash = 0;
                 let mut after: Option<Vec<u8>> = None;
@@ -459,9 +481,9 @@ impl Store {
         let deleted = meta.deleted;
         self.inner.engine.apply(ops)?;
         if let Some(old) = existing_meta {
-            self.toggle_leaf(&key, old.version(), old.deleted);
+            self.toggle_leaf(&key, old.version(), old.deleted, false);
         }
-        self.toggle_leaf(&key, version, deleted);
+        self.toggle_leaf(&key, version, deleted, true);
         Ok(WriteOutcome {
             applied: true,
             current: version,
@@ -486,7 +508,7 @@ impl Store {
         ops.push(Op::Delete(Space::ByToken, token_key(key)));
         let deleted = record.meta.as_ref().is_some_and(|m| m.deleted);
         self.inner.engine.apply(ops)?;
-        self.toggle_leaf(key, version, deleted);
+        self.toggle_leaf(key, version, deleted, false);
         Ok(true)
     }
 

@@ -230,6 +230,42 @@ impl Cluster {
         wait_converged(&self.http, &urls, self.nodes.len()).await;
     }
 
+    /// State of `member` in node `observer`'s `/ring`.
+    pub async fn state_seen(&self, observer: usize, member: &str) -> Option<String> {
+        let ring = self.ring(observer).await?;
+        ring["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["node"] == member)
+            .and_then(|m| m["state"].as_str().map(str::to_string))
+    }
+
+    /// Waits until every node in `observers` shows `member` in `state`;
+    /// returns how long that took.
+    pub async fn wait_state(
+        &self,
+        observers: &[usize],
+        member: &str,
+        state: &str,
+        limit: Duration,
+    ) -> Duration {
+        let started = std::time::Instant::now();
+        wait_for(
+            &format!("{member} to be {state} everywhere"),
+            limit,
+            || async {
+                for &i in observers {
+                    if self.state_seen(i, member).await.as_deref() != Some(state) {
+                        return None;
+                    }
+                }
+                Some(())
+            },
+        )
+        .await;
+        started.elapsed()
+    }
+
     /// Waits until node `i` answers `/health` with ready.
     pub async fn wait_ready(&self, i: usize) {
         let url = format!("{}/health", self.url(i));
