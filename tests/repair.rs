@@ -246,3 +246,118 @@ async fn purge_keeps_each_key_only_on_its_owners() {
         assert_eq!(got.status(), StatusCode::OK, "{key}");
     }
 }
+
+/// Runs `f` on each of `items`, 32 at a time, in any order.
+async fn each<T, F, Fut>(items: impl IntoIterator<Item = T>, f: F)
+where
+    F: Fn(T) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(items)
+        .map(f)
+        .buffer_unordered(32)
+        .collect::<Vec<()>>()
+        .await;
+}
+
+/// Writes key `cu-{i}` through node `i % 2`.
+async fn put_numbered(cluster: &Cluster, i: usize, body: String) {
+    let key = format!("cu-{i}");
+    let status = cluster
+        .http
+        .put(key_url(cluster, i % 2, &key))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, StatusCode::CREATED, "{key}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_away_during_ten_thousand_writes_catches_up() {
+    let mut cluster = Cluster::start(Options {
+        flags: vec!["--no-hints".into(), "--repair-interval".into(), "0".into()],
+        ..Options::default()
+    })
+    .await;
+    let key = |i: usize| format!("cu-{i}");
+    each(0..2_000, |i| {
+        put_numbered(&cluster, i, format!("first {i}"))
+    })
+    .await;
+
+    // Node 2 misses 10,000 writes (2,000 updates, 8,000 new keys) and
+    // 1,000 deletes (of updated and of new keys).
+    cluster.kill(2);
+    each(0..10_000, |i| {
+        put_numbered(&cluster, i, format!("second {i}"))
+    })
+    .await;
+    let deleted = 1_500..2_500;
+    each(deleted.clone(), |i| {
+        let cluster = &cluster;
+        async move {
+            let url = key_url(cluster, i % 2, &key(i));
+            let status = cluster.http.delete(url).send().await.unwrap().status();
+            assert_eq!(status, StatusCode::OK, "{}", key(i));
+        }
+    })
+    .await;
+    cluster.restart(2);
+    cluster.wait_converged().await;
+
+    let (ok, out, err) = ringkv_cli(&cluster.nodes[0].id, &["--json", "balance"]);
+    assert!(ok, "{err}");
+    let summary: Value = serde_json::from_str(&out).unwrap();
+    assert!(
+        summary["failed"].as_array().unwrap().is_empty(),
+        "{summary}"
+    );
+    let moved = summary["pulled"].as_u64().unwrap() + summary["pushed"].as_u64().unwrap();
+    assert!(moved >= 10_000, "{summary}");
+
+    // Identical trees: the next balance compares the roots only.
+    let (ok, out, err) = ringkv_cli(&cluster.nodes[1].id, &["--json", "balance"]);
+    assert!(ok, "{err}");
+    let again: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(again["leaves_differing"], 0, "{again}");
+    assert_eq!(again["pulled"], 0, "{again}");
+    assert_eq!(again["pushed"], 0, "{again}");
+    assert_eq!(again["hashes_compared"], again["pairs"], "{again}");
+
+    // Every replica holds every key at the same version; deleted keys are
+    // tombstones and unreadable, the others read back their newest value
+    // from node 2 alone.
+    let cluster = &cluster;
+    each(0..10_000, |i| {
+        let deleted = deleted.contains(&i);
+        async move {
+            let k = key(i);
+            let held = [
+                cluster.haskey(0, &k).await,
+                cluster.haskey(1, &k).await,
+                cluster.haskey(2, &k).await,
+            ];
+            assert!(
+                held[0].0 > 0 && held.iter().all(|h| *h == held[0]),
+                "{k}: {held:?}"
+            );
+            assert_eq!(held[0].1, deleted, "{k}");
+            let response = cluster
+                .http
+                .get(format!("{}?r=1", key_url(cluster, 2, &k)))
+                .send()
+                .await
+                .unwrap();
+            if deleted {
+                assert_eq!(response.status(), StatusCode::NOT_FOUND, "{k}");
+            } else {
+                assert_eq!(response.status(), StatusCode::OK, "{k}");
+                assert_eq!(response.text().await.unwrap(), format!("second {i}"));
+            }
+        }
+    })
+    .await;
+}
