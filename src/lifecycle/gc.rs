@@ -20,7 +20,7 @@
 //!   `server::Alive`) re-syncs its ranges as if joining, and drops its own
 //!   expired copies that no current replica holds.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
@@ -70,13 +70,12 @@ pub async fn collect(lifecycle: &Lifecycle, range: TokenRange, replicas: &[NodeI
                 }
             }
             if batch.len() >= BATCH {
-                dropped +=
-                    collect_batch(lifecycle, range, &others, std::mem::take(&mut batch)).await?;
+                dropped += collect_batch(lifecycle, &others, std::mem::take(&mut batch)).await?;
             }
         }
     }
     if !batch.is_empty() {
-        dropped += collect_batch(lifecycle, range, &others, batch).await?;
+        dropped += collect_batch(lifecycle, &others, batch).await?;
     }
     if dropped > 0 {
         tracing::info!(dropped, ?range, "collected expired tombstones");
@@ -84,39 +83,53 @@ pub async fn collect(lifecycle: &Lifecycle, range: TokenRange, replicas: &[NodeI
     Ok(dropped)
 }
 
+/// The versions `peer` holds of `keys` (absent: it holds nothing), in one
+/// `Scan` of their hash-tree leaves rather than a call per key.
+pub async fn versions_held<'a>(
+    lifecycle: &Lifecycle,
+    peer: &NodeId,
+    keys: impl IntoIterator<Item = &'a String>,
+) -> Result<HashMap<String, Version>> {
+    let mut wanted: HashSet<&str> = HashSet::new();
+    let mut leaves = BTreeSet::new();
+    for key in keys {
+        wanted.insert(key);
+        leaves.insert(merkle::leaf_of(Token::of_key(key.as_bytes())));
+    }
+    let spans: Vec<TokenRange> = leaves.into_iter().map(merkle::leaf_span).collect();
+    let mut held = HashMap::new();
+    if spans.is_empty() {
+        return Ok(held);
+    }
+    let mut items = lifecycle
+        .inner
+        .coordinator
+        .replica(peer)
+        .scan(&spans, 0)
+        .await?;
+    while let Some(item) = items.next().await {
+        let meta = item?
+            .meta
+            .ok_or_else(|| Error::invalid("scan item without meta"))?;
+        if wanted.contains(meta.key.as_str()) {
+            let version = meta.version();
+            held.insert(meta.key, version);
+        }
+    }
+    Ok(held)
+}
+
 /// Checks `tombstones` with each of `others` and drops those every one of
 /// them holds (or lacks entirely).
 async fn collect_batch(
     lifecycle: &Lifecycle,
-    range: TokenRange,
     others: &[&NodeId],
     mut tombstones: BTreeMap<String, Version>,
 ) -> Result<u64> {
-    let coordinator = &lifecycle.inner.coordinator;
-    let spans: Vec<TokenRange> = tombstones
-        .keys()
-        .map(|k| merkle::leaf_of(Token::of_key(k.as_bytes())))
-        .collect::<BTreeSet<_>>()
-        .into_iter()
-        .map(merkle::leaf_span)
-        .collect();
     for peer in others {
-        let mut items = coordinator.replica(peer).scan(&spans, 0).await?;
-        while let Some(item) = items.next().await {
-            let meta = item?
-                .meta
-                .ok_or_else(|| Error::invalid("scan item without meta"))?;
-            if !range.contains(Token::of_key(meta.key.as_bytes())) {
-                continue;
-            }
-            // Older than the tombstone: that replica still needs it.
-            if tombstones
-                .get(&meta.key)
-                .is_some_and(|v| meta.version() < *v)
-            {
-                tombstones.remove(&meta.key);
-            }
-        }
+        let held = versions_held(lifecycle, peer, tombstones.keys()).await?;
+        // Older than the tombstone: that replica still needs it.
+        tombstones.retain(|key, version| held.get(key).is_none_or(|v| v >= version));
     }
     let store = &lifecycle.inner.store;
     let mut dropped = 0;

@@ -2,7 +2,7 @@
 //! their current replicas (throttled, with progress), and purging what a
 //! node no longer owns once every owner holds it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -367,7 +367,8 @@ fn expired_copies(
 /// Drops every record this node holds but does not own in `ring` that each
 /// of its owners holds in the same or a newer version (an owner that lacks
 /// it is sent this copy first); returns how many. Records some owner cannot
-/// be confirmed to hold stay. Past the tombstone grace period an owner that
+/// be confirmed to hold stay. What the owners hold is asked in one `Scan`
+/// per owner and batch of records. Past the tombstone grace period an owner that
 /// holds nothing is not sent anything (see `gc.rs`): an expired tombstone
 /// is dropped, an expired value is kept and reported.
 pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
@@ -383,6 +384,9 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
             return Ok(report);
         };
         after = last.meta.as_ref().map(|m| m.key.clone().into_bytes());
+        // The records this node does not own, with their owners.
+        let mut candidates = Vec::new();
+        let mut per_owner: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
         for record in batch {
             let Some(meta) = record.meta.clone() else {
                 continue;
@@ -391,15 +395,31 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
             if owners.is_empty() || owners.contains(me) {
                 continue;
             }
+            for owner in &owners {
+                per_owner
+                    .entry(owner.clone())
+                    .or_default()
+                    .push(meta.key.clone());
+            }
+            candidates.push((meta, record, owners));
+        }
+        // What each owner holds of them: one scan per owner and batch.
+        let mut held: BTreeMap<NodeId, Result<HashMap<String, Version>>> = BTreeMap::new();
+        for (owner, keys) in &per_owner {
+            let versions = super::gc::versions_held(lifecycle, owner, keys).await;
+            held.insert(owner.clone(), versions);
+        }
+        for (meta, record, owners) in candidates {
             let version = meta.version();
             let expired = super::gc::expired(version, grace);
             let mut unconfirmed = None;
             for owner in &owners {
-                let held = coordinator
-                    .replica(owner)
-                    .read(&meta.key, 0)
-                    .await
-                    .map(|r| r.meta.map(|m| m.version()).unwrap_or(Version::ZERO));
+                let held = match held.get(owner) {
+                    Some(Ok(versions)) => {
+                        Ok(versions.get(&meta.key).copied().unwrap_or(Version::ZERO))
+                    }
+                    _ => Err(()),
+                };
                 let confirmed = match held {
                     Ok(v) if v >= version => true,
                     Ok(Version::ZERO) if expired && meta.deleted => true,

@@ -406,7 +406,8 @@ pub async fn wait_converged(http: &reqwest::Client, urls: &[String], expected: u
                 .ok()?;
             let members = ring["members"].as_array()?;
             let normal = members.iter().filter(|m| m["state"] == "normal").count();
-            if members.len() != expected || normal != expected {
+            // `agreed`: it also sees every member publish that digest.
+            if members.len() != expected || normal != expected || ring["agreed"] != true {
                 return None;
             }
             digests.push(ring["digest"].as_str()?.to_string());
