@@ -46,14 +46,15 @@ pub fn expired(version: Version, grace: Duration) -> bool {
 
 /// Drops this node's expired tombstones of `range` that every other
 /// replica in `replicas` holds (or no longer holds anything for); returns
-/// how many. Does nothing while one of them is down.
+/// how many. Does nothing while one of them is down or the ring changes.
 pub async fn collect(lifecycle: &Lifecycle, range: TokenRange, replicas: &[NodeId]) -> Result<u64> {
     let me = &lifecycle.inner.node;
     let store = &lifecycle.inner.store;
     let ring = lifecycle.inner.membership.ring();
     let grace = lifecycle.inner.options.tombstone_grace;
     let others: Vec<&NodeId> = replicas.iter().filter(|r| *r != me).collect();
-    if others.iter().any(|r| !ring.is_live(r)) {
+    // While the ring changes, nodes gaining the range are not all listed.
+    if ring.in_transition() || others.iter().any(|r| !ring.is_live(r)) {
         return Ok(0);
     }
     let mut dropped = 0;
