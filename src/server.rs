@@ -374,6 +374,15 @@ async fn serve(
         tracing::warn!("some connections did not finish in time");
     }
     membership.shutdown();
+    // Tables instead of a journal to replay: a faster next start.
+    let flushing = store.clone();
+    match tokio::task::spawn_blocking(move || flushing.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => {
+            tracing::warn!(%err, "could not flush the store; the next start replays its journal")
+        }
+        Err(err) => tracing::warn!(%err, "the store flush did not finish"),
+    }
     store.persist()?;
     tracing::info!("stopped");
     outcome
