@@ -250,6 +250,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             stream_rate: config.stream_rate,
             auto_remove_after: config.auto_remove_after,
             repair_interval: config.repair_interval,
+            scrub_interval: config.scrub_interval,
+            scrub_rate: config.scrub_rate,
             auto_purge: config.auto_purge,
         },
     );
