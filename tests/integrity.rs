@@ -202,7 +202,12 @@ async fn the_scrub_finds_and_repairs_a_corrupt_copy_without_a_read() {
     .await;
     let values = write_values(&cluster).await;
     corrupt_node_2(&mut cluster, &values).await;
-    cluster.nodes[2].flags = flags("1s");
+    let flags = &mut cluster.nodes[2].flags;
+    let at = flags
+        .iter()
+        .position(|f| f == "--scrub-interval")
+        .expect("scrub flag");
+    flags[at + 1] = "1s".into();
     cluster.restart(2);
     cluster.wait_converged().await;
 
