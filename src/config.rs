@@ -51,6 +51,10 @@ pub struct NodeConfig {
     pub hints: bool,
     /// Periodic anti-entropy; `None`: only on demand.
     pub repair_interval: Option<Duration>,
+    /// Periodic scrub of this node's data; `None`: never.
+    pub scrub_interval: Option<Duration>,
+    /// Bytes per second the scrub reads; `None`: no limit.
+    pub scrub_rate: Option<u64>,
     /// Purge keys no longer owned once the ring settles.
     pub auto_purge: bool,
     /// Age after which tombstones every replica holds are dropped.

@@ -196,6 +196,11 @@ async fn a_removed_node_back_after_the_grace_period_resurrects_nothing() {
     // them to the owners, who hold nothing: they may be deletes.
     cluster.restart(2);
     cluster.wait_ready(2).await;
+    common::wait_for("node 2 to agree on the ring", common::DEADLINE, || async {
+        let ring = cluster.ring(2).await?;
+        (ring["agreed"] == true && ring["in_transition"] == false).then_some(())
+    })
+    .await;
     for key in &stale {
         assert!(cluster.haskey(2, key).await.0 > 0, "{key} still on node 2");
     }

@@ -82,6 +82,14 @@ pub struct ServeArgs {
     /// them (F13); a node away longer re-syncs its ranges when it returns.
     #[arg(long, value_parser = parse_duration, default_value = "10d")]
     pub tombstone_grace: Duration,
+    /// Read back and check every value this node stores about this often,
+    /// jittered; a corrupt copy is dropped and fetched again from another
+    /// replica. `0` turns the scrub off (reads still check what they read).
+    #[arg(long, value_parser = parse_duration, default_value = "24h")]
+    pub scrub_interval: Duration,
+    /// Most bytes per second the scrub reads (e.g. 32MB); `0` unlimited.
+    #[arg(long, value_parser = parse_size, default_value = "32MB")]
+    pub scrub_rate: u64,
     /// Keep keys this node no longer owns after a join or a change of N
     /// until `ringkv purge` (by default they go once every owner holds them).
     #[arg(long)]
@@ -124,6 +132,8 @@ impl ServeArgs {
             auto_remove_after: self.auto_remove_after,
             hints: !self.no_hints,
             repair_interval: (!self.repair_interval.is_zero()).then_some(self.repair_interval),
+            scrub_interval: (!self.scrub_interval.is_zero()).then_some(self.scrub_interval),
+            scrub_rate: (self.scrub_rate > 0).then_some(self.scrub_rate),
             auto_purge: !self.no_auto_purge,
             tombstone_grace: self.tombstone_grace,
         }

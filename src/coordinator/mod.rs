@@ -17,7 +17,12 @@
 //! The coordinator asks all N replicas for the key's record (with the value
 //! when small), answers from the newest of the first R replies, and keeps
 //! listening to the rest in the background: every replica seen holding an
-//! older version (or nothing) is sent the newest one (read repair).
+//! older version (or nothing) is sent the newest one (read repair). A
+//! replica whose copy fails its checksums answers `Corrupt` (and drops the
+//! copy): it counts as a failed answer, the read is served by the others,
+//! and it is sent the newest version like a stale one. A large value whose
+//! source fails as corrupt midway is resumed from the next source, and the
+//! failed source is sent the value in the background.
 //!
 //! # What is not guaranteed
 //! - A failed write (503) may still have been stored by some replicas and
@@ -461,7 +466,7 @@ impl Coordinator {
                 async move { (node, handle.read(&key, INLINE_MAX_BYTES as u64).await) }.boxed()
             })
             .collect();
-        let (answers, failed) = gather(&mut calls, needed).await;
+        let (mut answers, failed) = gather(&mut calls, needed).await;
         if answers.len() < needed {
             return Err(quorum_error(
                 needed,
@@ -469,6 +474,13 @@ impl Coordinator {
                 failed,
             ));
         }
+        // Replicas whose copy was corrupt have dropped it: for read repair
+        // they hold nothing (they are not among the answers that make R).
+        let corrupt: Vec<(NodeId, ReadReply)> = failed
+            .into_iter()
+            .filter(|(_, err)| matches!(err, Error::Corrupt { .. }))
+            .map(|(node, _)| (node, ReadReply::default()))
+            .collect();
         let newest = answers
             .iter()
             .filter_map(|(_, reply)| reply.meta.as_ref())
@@ -492,6 +504,7 @@ impl Coordinator {
             .unwrap_or_default();
         // Prefer reading large values from this node.
         sources.sort_by_key(|n| *n != self.inner.node);
+        answers.extend(corrupt);
         if let Some(newest) = &newest {
             self.spawn_read_repair(
                 newest.clone(),
@@ -511,8 +524,9 @@ impl Coordinator {
         }
     }
 
-    /// Sends the newest record to every replica seen holding an older one,
-    /// including those that answer after the quorum was met.
+    /// Sends the newest record to every replica seen holding an older one
+    /// (or a corrupt one, now dropped), including those that answer after
+    /// the quorum was met.
     fn spawn_read_repair(
         &self,
         newest: RecordMeta,
@@ -528,8 +542,10 @@ impl Coordinator {
             while let Ok(Some((node, result))) =
                 tokio::time::timeout_at(deadline, rest.next()).await
             {
-                if let Ok(reply) = result {
-                    seen.push((node, reply));
+                match result {
+                    Ok(reply) => seen.push((node, reply)),
+                    Err(Error::Corrupt { .. }) => seen.push((node, ReadReply::default())),
+                    Err(_) => {}
                 }
             }
             let version = newest.version();
@@ -573,6 +589,67 @@ impl Coordinator {
         self.write_pieces(target, &meta, stream).await
     }
 
+    /// Makes `target`, a node that dropped its copy of `key` as corrupt,
+    /// hold the newest version the key's other replicas hold (asked all at
+    /// once, newest wins, the value fetched from one holding it). False
+    /// when none of them answered with a record, or when `target` is no
+    /// replica of the key (a surplus copy is better gone).
+    pub async fn repair_copy(&self, target: &NodeId, key: &str) -> Result<bool> {
+        let ring = self.ring();
+        let replicas = ring.nodes_of(key.as_bytes());
+        if !replicas.contains(target) && !ring.pending_of(key.as_bytes()).contains(target) {
+            return Ok(false);
+        }
+        let reads = replicas.iter().filter(|n| *n != target).map(|node| {
+            let (handle, node) = (self.replica(node), node.clone());
+            async move { (node, handle.read(key, INLINE_MAX_BYTES as u64).await) }
+        });
+        let mut answers: Vec<(NodeId, ReadReply)> = Vec::new();
+        for (node, result) in futures::future::join_all(reads).await {
+            match result {
+                Ok(reply) if reply.meta.is_some() => answers.push((node, reply)),
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(%key, replica = %node, %err, "no copy from this replica")
+                }
+            }
+        }
+        let Some(newest) = answers
+            .iter()
+            .filter_map(|(_, r)| r.meta.as_ref())
+            .max_by_key(|m| m.version())
+            .cloned()
+        else {
+            return Ok(false);
+        };
+        let holding: Vec<&(NodeId, ReadReply)> = answers
+            .iter()
+            .filter(|(_, r)| r.meta.as_ref().map(|m| m.version()) == Some(newest.version()))
+            .collect();
+        let value = holding.iter().find_map(|(_, r)| r.value.clone());
+        let sources: Vec<NodeId> = holding.iter().map(|(n, _)| n.clone()).collect();
+        self.push_record(target, newest, value, &sources).await?;
+        Ok(true)
+    }
+
+    /// Sends `meta`'s version to `target`, a source of it that failed as
+    /// corrupt (and dropped its copy), from the other `sources`; in the
+    /// background.
+    fn spawn_source_repair(&self, target: NodeId, meta: RecordMeta, sources: Vec<NodeId>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let good: Vec<NodeId> = sources.into_iter().filter(|n| *n != target).collect();
+            match this.push_record(&target, meta.clone(), None, &good).await {
+                Ok(()) => {
+                    tracing::info!(key = %meta.key, replica = %target, "repaired a corrupt copy")
+                }
+                Err(err) => {
+                    tracing::warn!(key = %meta.key, replica = %target, %err, "could not repair a corrupt copy")
+                }
+            }
+        });
+    }
+
     /// Streams the value `pieces` carries to `target` as `meta`'s version;
     /// the target checks size and checksum before it commits.
     pub async fn write_pieces(
@@ -607,7 +684,9 @@ impl Coordinator {
 
     /// The bytes `offset..offset+length` (0 = to the end) of the value
     /// `meta` describes, read from the first of `sources` that serves them
-    /// and resumed from the next one if a source fails midway.
+    /// and resumed from the next one if a source fails midway. A source
+    /// that fails as corrupt is sent the value from the others in the
+    /// background.
     pub async fn open_value(
         &self,
         meta: &RecordMeta,
@@ -620,28 +699,14 @@ impl Coordinator {
         } else {
             offset + length
         };
-        let handles: Vec<ReplicaHandle> = sources.iter().map(|n| self.replica(n)).collect();
-        let key = meta.key.clone();
-        let version = meta.version();
+        let source = OpenSources {
+            coordinator: self.clone(),
+            meta: meta.clone(),
+            nodes: sources.to_vec(),
+        };
         // Open the first stream now so that "no source at all" is an error
         // before the response starts.
-        let mut last_error = None;
-        let mut opened = None;
-        for (i, handle) in handles.iter().enumerate() {
-            match handle
-                .read_stream(&key, version, offset, end - offset)
-                .await
-            {
-                Ok(stream) => {
-                    opened = Some((i, stream));
-                    break;
-                }
-                Err(err) => last_error = Some(err),
-            }
-        }
-        let Some((mut index, mut stream)) = opened else {
-            return Err(last_error.unwrap_or_else(|| Error::not_found(format!("{key:?}"))));
-        };
+        let (mut index, mut stream) = source.open_from(0, offset, end).await?;
         Ok(async_stream::try_stream! {
             let mut position = offset;
             while position < end {
@@ -653,21 +718,77 @@ impl Coordinator {
                     }
                     failure => {
                         let reason = match failure {
-                            Ok(Some(Err(err))) => err.to_string(),
+                            Ok(Some(Err(err))) => {
+                                source.repair_if_corrupt(index, &err);
+                                err.to_string()
+                            }
                             Ok(None) => "stream ended early".to_string(),
                             _ => "timed out".to_string(),
                         };
-                        tracing::warn!(key = %key, %reason, "value stream failed; trying another replica");
-                        index += 1;
-                        let handle = handles.get(index).ok_or_else(|| Error::Aborted {
-                            reason: format!("no replica could finish streaming {key:?}: {reason}"),
-                        })?;
-                        stream = handle.read_stream(&key, version, position, end - position).await?;
+                        tracing::warn!(key = %source.meta.key, %reason, "value stream failed; trying another replica");
+                        (index, stream) = source
+                            .open_from(index + 1, position, end)
+                            .await
+                            .map_err(|err| Error::Aborted {
+                                reason: format!(
+                                    "no replica could finish streaming {:?}: {reason}; {err}",
+                                    source.meta.key
+                                ),
+                            })?;
                     }
                 }
             }
         }
         .boxed())
+    }
+}
+
+/// The replicas a value is streamed from, in order of preference.
+struct OpenSources {
+    /// Opens the streams and repairs corrupt sources.
+    coordinator: Coordinator,
+    /// The value's record.
+    meta: RecordMeta,
+    /// Nodes holding exactly `meta`'s version.
+    nodes: Vec<NodeId>,
+}
+
+impl OpenSources {
+    /// Opens `start..end` of the value on the first source from `first` on
+    /// that serves it: its index and the stream.
+    async fn open_from(
+        &self,
+        first: usize,
+        start: u64,
+        end: u64,
+    ) -> Result<(usize, BoxStream<'static, Result<Bytes>>)> {
+        let mut last_error = None;
+        for (index, node) in self.nodes.iter().enumerate().skip(first) {
+            let handle = self.coordinator.replica(node);
+            match handle
+                .read_stream(&self.meta.key, self.meta.version(), start, end - start)
+                .await
+            {
+                Ok(stream) => return Ok((index, stream)),
+                Err(err) => {
+                    self.repair_if_corrupt(index, &err);
+                    last_error = Some(err);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::not_found(format!("{:?}", self.meta.key))))
+    }
+
+    /// Sends the value to source `index` from the others when `err` says
+    /// its copy is corrupt.
+    fn repair_if_corrupt(&self, index: usize, err: &Error) {
+        if let (Error::Corrupt { .. }, Some(node)) = (err, self.nodes.get(index)) {
+            self.coordinator.spawn_source_repair(
+                node.clone(),
+                self.meta.clone(),
+                self.nodes.clone(),
+            );
+        }
     }
 }
 

@@ -8,8 +8,8 @@ use serde_json::json;
 
 use super::{ApiResult, AppState};
 
-/// `GET /ring`: members, their state, zone, load and tokens, transfers and
-/// anti-entropy in progress, and the digest each member reports.
+/// `GET /ring`: members, their state, zone, load and tokens, transfers,
+/// anti-entropy and scrub in progress, and the digest each member reports.
 pub async fn ring(State(state): State<AppState>) -> Response {
     let ring = state.coordinator.ring();
     let loads = ring.load_shares();
@@ -22,6 +22,7 @@ pub async fn ring(State(state): State<AppState>) -> Response {
                     .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
             };
             let (transfer, repair) = (parsed(&view.transfers), parsed(&view.repairs));
+            let scrub = parsed(&view.scrubs);
             json!({
                 "node": m.id,
                 "state": m.shown_state().as_str(),
@@ -33,6 +34,7 @@ pub async fn ring(State(state): State<AppState>) -> Response {
                 "digest": view.digests.get(&m.id),
                 "transfer": transfer,
                 "repair": repair,
+                "scrub": scrub,
                 "url": format!("http://{}/", m.id),
             })
         })

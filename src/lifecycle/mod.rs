@@ -1,7 +1,8 @@
 //! A node's part in membership changes: bootstrap (F18), graceful leave
 //! (F4), removal of a dead node (F8), changes of the replication factor
-//! (F10), hinted handoff (F15, `hints.rs`) and dropping what the node no
-//! longer owns once its owners hold it.
+//! (F10), hinted handoff (F15, `hints.rs`), dropping what the node no
+//! longer owns once its owners hold it, anti-entropy (F17, `repair.rs`)
+//! and the scrub that finds and repairs corrupt copies (F26, `scrub.rs`).
 //!
 //! Every change is a *transition* of the ring ([`Ring::movements`]): the
 //! node that starts it announces it in gossip (its own state, a removal
@@ -23,6 +24,8 @@ pub mod alive;
 mod gc;
 mod hints;
 mod repair;
+mod scrub;
+mod throttle;
 mod transfer;
 
 use std::collections::BTreeSet;
@@ -42,6 +45,7 @@ use crate::ring::{MemberState, NodeId, Ring};
 use crate::rpc::SyncHandler;
 use crate::storage::Store;
 
+pub use self::scrub::ScrubProgress;
 pub use self::transfer::{Progress, PurgeReport};
 
 /// How long a driver waits for every live member to see its ring.
@@ -77,6 +81,11 @@ pub struct LifecycleOptions {
     /// period; its replica then refuses reads and tree comparisons (shared
     /// with its `LocalReplica`).
     pub catching_up: Arc<AtomicBool>,
+    /// Read back and check every record this node holds about this often
+    /// (`--scrub-interval`, jittered ±20 %); `None`: never.
+    pub scrub_interval: Option<Duration>,
+    /// Bytes per second the scrub reads (`--scrub-rate`); `None`: no limit.
+    pub scrub_rate: Option<u64>,
 }
 
 /// What a leave, removal or change of N did.
@@ -120,6 +129,8 @@ struct Inner {
     leaving: AtomicBool,
     /// Anti-entropy progress.
     repair: std::sync::Mutex<repair::RepairProgress>,
+    /// Scrub progress (its `quarantined` is filled in when read).
+    scrub: std::sync::Mutex<ScrubProgress>,
 }
 
 impl Lifecycle {
@@ -142,12 +153,14 @@ impl Lifecycle {
                 transfer,
                 leaving: AtomicBool::new(false),
                 repair: std::sync::Mutex::default(),
+                scrub: std::sync::Mutex::default(),
             }),
         }
     }
 
     /// Starts bootstrap (when joining), hint delivery, purge of ranges no
-    /// longer owned, automatic removal and progress publishing.
+    /// longer owned, automatic removal, progress publishing, and periodic
+    /// anti-entropy and scrub.
     pub fn spawn_tasks(&self) {
         tokio::spawn(self.clone().catch_up());
         tokio::spawn(self.clone().bootstrap());
@@ -157,6 +170,37 @@ impl Lifecycle {
         if let Some(every) = self.inner.options.repair_interval {
             tokio::spawn(self.clone().repair_forever(every));
         }
+        if let Some(every) = self.inner.options.scrub_interval {
+            tokio::spawn(self.clone().scrub_forever(every));
+        }
+    }
+
+    /// Periodic scrub, jittered so that replicas do not all read their
+    /// disks at once.
+    async fn scrub_forever(self, every: Duration) {
+        let throttle = Arc::new(throttle::Throttle::new(self.inner.options.scrub_rate));
+        loop {
+            let jitter = 0.8 + 0.4 * rand::random::<f64>();
+            tokio::time::sleep(every.mul_f64(jitter)).await;
+            if !self.inner.membership.is_ready() || self.is_leaving() {
+                continue;
+            }
+            if let Err(err) = scrub::scrub_local(&self, &throttle).await {
+                tracing::warn!(%err, "scrub failed");
+            }
+        }
+    }
+
+    /// Scrub progress of this node.
+    pub fn scrub_progress(&self) -> ScrubProgress {
+        let mut progress = self
+            .inner
+            .scrub
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        progress.quarantined = self.inner.store.quarantined();
+        progress
     }
 
     /// Periodic anti-entropy, jittered so that nodes do not all compare at
@@ -595,10 +639,11 @@ impl Lifecycle {
         }
     }
 
-    /// Publishes transfer and anti-entropy progress in gossip while they
-    /// change.
+    /// Publishes transfer, anti-entropy and scrub progress in gossip while
+    /// they change.
     async fn publish_progress(self) {
         let (mut last_transfer, mut last_repair) = (String::new(), String::new());
+        let mut last_scrub = String::new();
         let mut tick = tokio::time::interval(TICK);
         loop {
             tick.tick().await;
@@ -614,6 +659,11 @@ impl Lifecycle {
             if repair != last_repair {
                 self.inner.membership.set_repair(repair.clone()).await;
                 last_repair = repair;
+            }
+            let scrub = serde_json::to_string(&self.scrub_progress()).unwrap_or_default();
+            if scrub != last_scrub {
+                self.inner.membership.set_scrub(scrub.clone()).await;
+                last_scrub = scrub;
             }
         }
     }

@@ -140,7 +140,16 @@ async fn compare(
             let Some(last) = batch.last() else { break };
             after = Some(last.cursor.clone());
             for entry in batch.into_iter().filter(|e| range.contains(e.token)) {
-                if let Some(record) = store.record(&entry.key)?
+                // A corrupt copy is dropped and then pulled like a missing one.
+                let record = match store.record(&entry.key) {
+                    Err(Error::Corrupt { reason }) => {
+                        tracing::warn!(key = %entry.key, %reason, "corrupt copy found by anti-entropy");
+                        store.quarantine(&entry.key, Some(entry.version))?;
+                        continue;
+                    }
+                    other => other?,
+                };
+                if let Some(record) = record
                     && let Some(meta) = record.meta.clone()
                 {
                     ours.insert(entry.key, (meta, record));
@@ -170,7 +179,14 @@ async fn compare(
             None => !expired_tombstone(mine),
         };
         if newer_here {
-            let value = store.inline_value(record)?;
+            let value = match store.inline_value(record) {
+                Err(Error::Corrupt { reason }) => {
+                    tracing::warn!(%key, %reason, "corrupt copy found by anti-entropy");
+                    store.quarantine(key, Some(mine.version()))?;
+                    continue;
+                }
+                other => other?,
+            };
             coordinator
                 .push_record(peer, mine.clone(), value, std::slice::from_ref(&me))
                 .await?;

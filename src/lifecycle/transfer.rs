@@ -11,6 +11,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::Lifecycle;
+use super::throttle::Throttle;
 use crate::error::{Error, Result};
 use crate::proto::{RecordMeta, SyncReply};
 use crate::ring::{NodeId, Ring, Token, TokenRange};
@@ -50,12 +51,10 @@ struct Wanted {
 
 /// Transfer state of one node: progress and the `--stream-rate` throttle.
 pub struct Transfers {
-    /// Bytes per second allowed, if limited.
-    rate: Option<u64>,
+    /// `--stream-rate`.
+    throttle: Throttle,
     /// Progress, and when the current transfer started.
     progress: Mutex<(Progress, Option<Instant>)>,
-    /// When the throttle lets the next byte through.
-    next_free: Mutex<Instant>,
     /// One transfer at a time.
     running: tokio::sync::Mutex<()>,
 }
@@ -63,9 +62,8 @@ pub struct Transfers {
 impl Transfers {
     pub fn new(rate: Option<u64>) -> Transfers {
         Transfers {
-            rate: rate.filter(|r| *r > 0),
+            throttle: Throttle::new(rate),
             progress: Mutex::new((Progress::default(), None)),
-            next_free: Mutex::new(Instant::now()),
             running: tokio::sync::Mutex::new(()),
         }
     }
@@ -89,17 +87,7 @@ impl Transfers {
 
     /// Waits as long as `--stream-rate` asks before `bytes` more.
     async fn throttle(&self, bytes: usize) {
-        let Some(rate) = self.rate else { return };
-        let wait = {
-            let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
-            start.saturating_duration_since(now)
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
+        self.throttle.wait(bytes as u64).await;
     }
 
     /// Fetches every range this node gains in `ring` from each live
@@ -378,30 +366,49 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
     let mut after: Option<Vec<u8>> = None;
     let mut report = PurgeReport::default();
     let grace = lifecycle.inner.options.tombstone_grace;
+    // The token index, not the records: only the keys not owned are read,
+    // and a corrupt record stops nothing but itself.
+    let whole = TokenRange {
+        start: Token(0),
+        end: Token(0),
+    };
     loop {
-        let batch = store.records_after(after.as_deref(), PURGE_BATCH)?;
+        let batch = store.keys_in_range(whole, after.as_deref(), PURGE_BATCH)?;
         let Some(last) = batch.last() else {
             return Ok(report);
         };
-        after = last.meta.as_ref().map(|m| m.key.clone().into_bytes());
+        after = Some(last.cursor.clone());
         // The records this node does not own, with their owners.
         let mut candidates = Vec::new();
         let mut per_owner: BTreeMap<NodeId, Vec<String>> = BTreeMap::new();
-        for record in batch {
-            let Some(meta) = record.meta.clone() else {
-                continue;
-            };
-            let owners = ring.target_nodes_of(meta.key.as_bytes());
+        for entry in batch {
+            let owners = ring.target_nodes_of(entry.key.as_bytes());
             if owners.is_empty() || owners.contains(me) {
                 continue;
             }
+            // A corrupt copy of a key this node does not own just goes.
+            let checked = store
+                .record(&entry.key)
+                .map(|r| r.map(|r| (store.inline_value(&r), r)));
+            let (value, record) = match checked {
+                Ok(Some((Ok(value), record))) => (value, record),
+                Ok(None) => continue,
+                Ok(Some((Err(Error::Corrupt { .. }), _))) | Err(Error::Corrupt { .. }) => {
+                    store.quarantine(&entry.key, Some(entry.version))?;
+                    continue;
+                }
+                Ok(Some((Err(err), _))) | Err(err) => return Err(err),
+            };
+            let Some(meta) = record.meta else {
+                continue;
+            };
             for owner in &owners {
                 per_owner
                     .entry(owner.clone())
                     .or_default()
                     .push(meta.key.clone());
             }
-            candidates.push((meta, record, owners));
+            candidates.push((meta, value, owners));
         }
         // What each owner holds of them: one scan per owner and batch.
         let mut held: BTreeMap<NodeId, Result<HashMap<String, Version>>> = BTreeMap::new();
@@ -409,7 +416,7 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
             let versions = super::gc::versions_held(lifecycle, owner, keys).await;
             held.insert(owner.clone(), versions);
         }
-        for (meta, record, owners) in candidates {
+        for (meta, value, owners) in candidates {
             let version = meta.version();
             let expired = super::gc::expired(version, grace);
             let mut unconfirmed = None;
@@ -432,12 +439,7 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
                     }
                     // An owner that lacks it gets this copy first.
                     Ok(_) => coordinator
-                        .push_record(
-                            owner,
-                            meta.clone(),
-                            store.inline_value(&record)?,
-                            std::slice::from_ref(me),
-                        )
+                        .push_record(owner, meta.clone(), value.clone(), std::slice::from_ref(me))
                         .await
                         .is_ok(),
                     Err(_) => false,

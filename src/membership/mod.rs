@@ -4,7 +4,7 @@
 //!
 //! Each node publishes a few keys about itself ([`KEY_TOKENS`], [`KEY_ZONE`],
 //! [`KEY_STATE`], [`KEY_REPLICAS`], [`KEY_DIGEST`], [`KEY_TRANSFER`],
-//! [`KEY_REPAIR`], and
+//! [`KEY_REPAIR`], [`KEY_SCRUB`], and
 //! removal markers under [`REMOVAL_PREFIX`]); a refresh task reads the
 //! converged view, turns it into a [`Ring`] with the pure function
 //! [`ring_from_peers`], and publishes it on a watch channel whenever its
@@ -56,6 +56,8 @@ pub const KEY_DIGEST: &str = "digest";
 pub const KEY_TRANSFER: &str = "transfer";
 /// Gossip key: this node's anti-entropy progress, JSON.
 pub const KEY_REPAIR: &str = "repair";
+/// Gossip key: this node's scrub progress, JSON.
+pub const KEY_SCRUB: &str = "scrub";
 /// Gossip key prefix: `remove:host:port` = `tokenhash:removing|removed`.
 pub const REMOVAL_PREFIX: &str = "remove:";
 
@@ -297,6 +299,8 @@ pub struct View {
     pub transfers: BTreeMap<NodeId, String>,
     /// Each member's published anti-entropy progress (JSON).
     pub repairs: BTreeMap<NodeId, String>,
+    /// Each member's published scrub progress (JSON).
+    pub scrubs: BTreeMap<NodeId, String>,
     /// When each member that is down was last heard from.
     pub down_since: BTreeMap<NodeId, Instant>,
 }
@@ -477,6 +481,11 @@ impl Membership {
     /// Publishes this node's anti-entropy progress.
     pub async fn set_repair(&self, json: String) {
         self.publish(KEY_REPAIR, json).await;
+    }
+
+    /// Publishes this node's scrub progress.
+    pub async fn set_scrub(&self, json: String) {
+        self.publish(KEY_SCRUB, json).await;
     }
 
     /// Publishes a removal of `node` (whose tokens hash to `tokens_hash`).
@@ -742,7 +751,10 @@ impl Refresh {
                 view.transfers.insert(id.clone(), t.clone());
             }
             if let Some(r) = peer.keys.get(KEY_REPAIR) {
-                view.repairs.insert(id, r.clone());
+                view.repairs.insert(id.clone(), r.clone());
+            }
+            if let Some(s) = peer.keys.get(KEY_SCRUB) {
+                view.scrubs.insert(id, s.clone());
             }
         }
         {

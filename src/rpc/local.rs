@@ -97,21 +97,35 @@ impl LocalReplica {
     }
 
     /// What this replica holds for `key`, with the value when it is at most
-    /// `inline_max` bytes and stored inline.
+    /// `inline_max` bytes and stored inline. A copy that fails its checks
+    /// is dropped ([`Store::quarantine`]) and answered with `Corrupt`: the
+    /// coordinator reads the other replicas and repairs this one.
     pub async fn read(&self, key: &str, inline_max: u64) -> Result<ReadReply> {
         crate::key::validate(key)?;
         self.serving()?;
-        let Some(record) = self.store.record(key)? else {
-            return Ok(ReadReply::default());
+        let record = match self.store.record(key) {
+            Ok(Some(record)) => record,
+            Ok(None) => return Ok(ReadReply::default()),
+            Err(err) => return Err(self.dropping_corrupt(key, None, err)),
         };
         let meta = record.meta.clone();
         let size = meta.as_ref().map(|m| m.size).unwrap_or(0);
         let value = if size <= inline_max {
-            self.store.inline_value(&record)?
+            let version = meta.as_ref().map(|m| m.version());
+            self.store
+                .inline_value(&record)
+                .map_err(|err| self.dropping_corrupt(key, version, err))?
         } else {
             None
         };
         Ok(ReadReply { meta, value })
+    }
+
+    /// Passes `err` on, first dropping the copy of `key` (at `version`, if
+    /// known) when `err` says it is corrupt.
+    fn dropping_corrupt(&self, key: &str, version: Option<Version>, err: Error) -> Error {
+        quarantine_if_corrupt(&self.store, key, version, &err);
+        err
     }
 
     /// The bytes `offset..offset+length` (length 0: to the end) of `key` at
@@ -128,7 +142,8 @@ impl LocalReplica {
         self.serving()?;
         let record = self
             .store
-            .record(&key)?
+            .record(&key)
+            .map_err(|err| self.dropping_corrupt(&key, None, err))?
             .ok_or_else(|| Error::not_found(format!("key {key:?}")))?;
         let meta = record.meta.clone().unwrap_or_default();
         if meta.version() != version || meta.deleted {
@@ -143,7 +158,11 @@ impl LocalReplica {
             offset.saturating_add(length).min(meta.size)
         };
         let (tx, rx) = mpsc::channel(READ_AHEAD_CHUNKS);
-        if let Some(value) = self.store.inline_value(&record)? {
+        let inline = self
+            .store
+            .inline_value(&record)
+            .map_err(|err| self.dropping_corrupt(&key, Some(version), err))?;
+        if let Some(value) = inline {
             let piece = value.slice(offset as usize..end as usize);
             let _ = tx.try_send(Ok(piece));
             return Ok(rx);
@@ -162,6 +181,17 @@ impl LocalReplica {
                     }
                     Ok(data.slice(start_in_chunk..stop))
                 });
+                // A chunk missing under the committed record is a broken
+                // copy too (a newer write removing it is not).
+                let piece = piece.map_err(|err| match err {
+                    Error::NotFound { .. } if store.holds_version(&key, version) => {
+                        Error::corrupt(format!("{key:?} chunk {index} is missing"))
+                    }
+                    other => other,
+                });
+                if let Err(err) = &piece {
+                    quarantine_if_corrupt(&store, &key, Some(version), err);
+                }
                 let failed = piece.is_err();
                 if let Ok(p) = &piece {
                     position += p.len() as u64;
@@ -232,12 +262,30 @@ impl LocalReplica {
     }
 }
 
+/// Drops the copy of `key` (at `version`, if known) when `err` says it is
+/// corrupt; logs when even that fails.
+fn quarantine_if_corrupt(store: &Store, key: &str, version: Option<Version>, err: &Error) {
+    if !matches!(err, Error::Corrupt { .. }) {
+        return;
+    }
+    tracing::warn!(%key, %err, "corrupt copy found by a read");
+    if let Err(drop_err) = store.quarantine(key, version) {
+        tracing::warn!(%key, %drop_err, "could not drop a corrupt copy");
+    }
+}
+
 /// The record of `key` as a scan item; `None` when it was dropped since
-/// the index was read, or for a value that fails its checksum (not handed
-/// on: the other sources of the range serve it).
+/// the index was read, or for a copy that fails its checks (dropped, and
+/// not handed on: the other sources of the range serve it).
 fn scan_item(store: &Store, key: &str, inline_max: u64) -> Result<Option<ScanItem>> {
-    let Some(record) = store.record(key)? else {
-        return Ok(None);
+    let record = match store.record(key) {
+        Ok(Some(record)) => record,
+        Ok(None) => return Ok(None),
+        Err(err @ Error::Corrupt { .. }) => {
+            quarantine_if_corrupt(store, key, None, &err);
+            return Ok(None);
+        }
+        Err(err) => return Err(err),
     };
     let Some(meta) = record.meta.clone() else {
         return Ok(None);
@@ -246,7 +294,7 @@ fn scan_item(store: &Store, key: &str, inline_max: u64) -> Result<Option<ScanIte
         match store.inline_value(&record) {
             Ok(v) => v,
             Err(err) => {
-                tracing::warn!(key = %meta.key, %err, "not streaming a corrupt value");
+                quarantine_if_corrupt(store, key, Some(meta.version()), &err);
                 return Ok(None);
             }
         }

@@ -30,6 +30,8 @@ const CHUNK_MEMTABLE_BYTES: u64 = 4 << 20;
 const MAX_SEALED_CHUNK_MEMTABLES: usize = 1;
 /// Block cache for reads (records and index blocks; chunks are read once).
 const BLOCK_CACHE_BYTES: u64 = 8 << 20;
+/// How often a shutdown flush checks whether the memtables are written.
+const FLUSH_POLL: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// The maps a store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -68,10 +70,26 @@ pub trait Engine: Send + Sync + 'static {
         start: Bound<Vec<u8>>,
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Bytes)>>;
+    /// Up to `limit` keys starting with `prefix` after `start`, in order,
+    /// without reading their values: chunks live in blob files, so a key
+    /// scan neither loads megabytes nor fails on a value whose bytes are
+    /// corrupt.
+    fn scan_keys(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        start: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>>;
     /// Applies every op or none.
     fn apply(&self, ops: Vec<Op>) -> Result<()>;
     /// Makes every applied batch durable against power loss (fsync).
     fn persist(&self) -> Result<()>;
+    /// Writes the memtables out to the engine's tables (shutdown), so that
+    /// the next start has no journal to replay; waits at most `deadline`.
+    fn flush(&self, _deadline: std::time::Duration) -> Result<()> {
+        Ok(())
+    }
     /// Bytes the engine uses on disk (0 in memory).
     fn disk_bytes(&self) -> u64;
     /// Whether chunk writes are ahead of the engine's flushes. fjall keeps
@@ -188,6 +206,31 @@ impl Engine for FjallEngine {
         Ok(out)
     }
 
+    fn scan_keys(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        start: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let start = match start {
+            Bound::Unbounded => Bound::Included(prefix.to_vec()),
+            other => other,
+        };
+        let mut out = Vec::new();
+        for guard in self
+            .keyspace(space)
+            .range::<Vec<u8>, _>((start, Bound::Unbounded))
+        {
+            let key = guard.key().map_err(Error::from_storage)?;
+            if !key.starts_with(prefix) || out.len() >= limit {
+                break;
+            }
+            out.push(key.to_vec());
+        }
+        Ok(out)
+    }
+
     fn apply(&self, ops: Vec<Op>) -> Result<()> {
         let mut batch = self.db.batch();
         for op in ops {
@@ -204,6 +247,32 @@ impl Engine for FjallEngine {
         self.db
             .persist(PersistMode::SyncData)
             .map_err(Error::from_storage)
+    }
+
+    fn flush(&self, deadline: std::time::Duration) -> Result<()> {
+        // fjall 3.1 has no public flush; `rotate_memtable` (public, hidden
+        // from its docs) seals the active memtable and queues its flush,
+        // which its workers run; we wait until nothing sealed is left.
+        let started = std::time::Instant::now();
+        let spaces = [
+            &self.meta,
+            &self.chunks,
+            &self.pending,
+            &self.hints,
+            &self.by_token,
+        ];
+        for keyspace in spaces {
+            keyspace.rotate_memtable().map_err(Error::from_storage)?;
+        }
+        while spaces.iter().any(|k| k.sealed_memtable_count() > 0) {
+            if started.elapsed() > deadline {
+                return Err(Error::Timeout {
+                    what: "flushing the memtables".into(),
+                });
+            }
+            std::thread::sleep(FLUSH_POLL);
+        }
+        Ok(())
     }
 
     fn disk_bytes(&self) -> u64 {
@@ -249,6 +318,17 @@ impl Engine for MemoryEngine {
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())
+    }
+
+    fn scan_keys(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        start: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        let entries = self.scan(space, prefix, start, limit)?;
+        Ok(entries.into_iter().map(|(k, _)| k).collect())
     }
 
     fn apply(&self, ops: Vec<Op>) -> Result<()> {
@@ -303,12 +383,18 @@ mod tests {
         assert_eq!(after[0].0, b"a/2");
         let limited = engine.scan(Space::Meta, b"", Bound::Unbounded, 2).unwrap();
         assert_eq!(limited.len(), 2);
+        let keys = engine
+            .scan_keys(Space::Meta, b"a/", Bound::Excluded(b"a/1".to_vec()), 10)
+            .unwrap();
+        assert_eq!(keys, [b"a/2".to_vec()]);
         engine
             .apply(vec![Op::Delete(Space::Meta, b"a/1".to_vec())])
             .unwrap();
         assert!(engine.get(Space::Meta, b"a/1").unwrap().is_none());
         assert!(engine.get(Space::Chunks, b"a/1").unwrap().is_some());
         engine.persist().unwrap();
+        engine.flush(std::time::Duration::from_secs(30)).unwrap();
+        assert!(engine.get(Space::Meta, b"a/2").unwrap().is_some());
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub const INLINE_MAX_BYTES: usize = 64 * 1024;
 /// Bytes per stored chunk of a large value: 1 MiB keeps each engine write
 /// and each RPC message well under the 4 MiB gRPC default.
 pub const CHUNK_SIZE_BYTES: usize = 1024 * 1024;
+/// Longest [`Store::flush`] waits for the engine to write its memtables.
+const FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Longest a streamed write waits for flushes before going ahead anyway.
 const BACKLOG_MAX_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// How often a waiting streamed write checks the flush backlog.
@@ -102,6 +104,9 @@ struct Inner {
     /// Tombstones held per hash-tree leaf, so that tombstone collection
     /// visits only the leaves that have some.
     tombstones: Vec<AtomicU32>,
+    /// Corrupt copies dropped by [`Store::quarantine`] since the store
+    /// opened (found by reads, writes or the scrub), for progress reports.
+    quarantined: AtomicU64,
 }
 
 impl Store {
@@ -121,6 +126,7 @@ impl Store {
                 syncer,
                 leaves: (0..merkle::LEAVES).map(|_| AtomicU64::new(0)).collect(),
                 tombstones: (0..merkle::LEAVES).map(|_| AtomicU32::new(0)).collect(),
+                quarantined: AtomicU64::new(0),
             }),
         };
         store.clean_pending()?;
@@ -207,13 +213,18 @@ impl Store {
     /// Builds the token index of a data dir written before it existed.
     fn index_if_missing(&self) -> Result<()> {
         let engine = &self.inner.engine;
-        let has_records = !engine
-            .scan(Space::Meta, b"", Bound::Unbounded, 1)?
-            .is_empty();
+        // The index first: with one, the records are not read at all, so a
+        // corrupt block among them cannot keep the node from starting.
         let has_index = !engine
             .scan(Space::ByToken, b"", Bound::Unbounded, 1)?
             .is_empty();
-        if !has_records || has_index {
+        if has_index {
+            return Ok(());
+        }
+        let has_records = !engine
+            .scan(Space::Meta, b"", Bound::Unbounded, 1)?
+            .is_empty();
+        if !has_records {
             return Ok(());
         }
         tracing::info!("building the token index of this data dir");
@@ -292,7 +303,7 @@ impl Store {
 
     /// Whether the committed record of `key` is exactly `version` (false
     /// when it cannot be read).
-    fn holds_version(&self, key: &str, version: Version) -> bool {
+    pub fn holds_version(&self, key: &str, version: Version) -> bool {
         matches!(self.version_of(key), Ok(Some(v)) if v == version)
     }
 
@@ -323,15 +334,27 @@ impl Store {
     }
 
     fn chunk_deletes_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Op>> {
-        let mut ops = Vec::new();
+        Ok(self
+            .chunk_keys_with_prefix(prefix)?
+            .into_iter()
+            .map(|k| Op::Delete(Space::Chunks, k))
+            .collect())
+    }
+
+    /// Keys of the chunks under `prefix` (their values are not read).
+    fn chunk_keys_with_prefix(&self, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let mut keys = Vec::new();
         let mut start = Bound::Unbounded;
         loop {
-            let batch = self.inner.engine.scan(Space::Chunks, prefix, start, 256)?;
-            let Some((last, _)) = batch.last() else {
-                return Ok(ops);
+            let batch = self
+                .inner
+                .engine
+                .scan_keys(Space::Chunks, prefix, start, 256)?;
+            let Some(last) = batch.last() else {
+                return Ok(keys);
             };
             start = Bound::Excluded(last.clone());
-            ops.extend(batch.into_iter().map(|(k, _)| Op::Delete(Space::Chunks, k)));
+            keys.extend(batch);
         }
     }
 
@@ -427,7 +450,16 @@ impl Store {
         let key = meta.key.clone();
         let version = meta.version();
         let _guard = self.lock(&key);
-        let existing = self.record(&key)?;
+        let existing = match self.record(&key) {
+            // An unreadable copy must not block every later write of the
+            // key (repair included): drop it, then write as onto nothing.
+            Err(Error::Corrupt { reason }) => {
+                tracing::warn!(%key, %reason, "the held copy is corrupt; dropping it before this write");
+                self.quarantine_locked(&key, None)?;
+                None
+            }
+            other => other?,
+        };
         let current = existing
             .as_ref()
             .and_then(|r| r.meta.as_ref())
@@ -510,6 +542,150 @@ impl Store {
         self.inner.engine.apply(ops)?;
         self.toggle_leaf(key, version, deleted, false);
         Ok(true)
+    }
+
+    /// Drops whatever this store holds for `key` because its copy is
+    /// corrupt: the record, its token-index entry, its chunks (except those
+    /// of a streamed write still in flight, which has a pending marker) and
+    /// its share of the hash-tree leaves. Works when the record itself
+    /// cannot be read: the leaves are corrected from the token-index entry.
+    /// With `expected`, only if the key is still held at that version (a
+    /// good write may have replaced the bad copy since it was found).
+    ///
+    /// Afterwards the node holds nothing for the key, so ordinary repair
+    /// (read repair, anti-entropy, a push) stores the good version, even
+    /// when it is the very version of the bad copy (a write of a version
+    /// already held is a no-op, which is why the copy must go). Tells
+    /// whether anything was dropped.
+    pub fn quarantine(&self, key: &str, expected: Option<Version>) -> Result<bool> {
+        let _guard = self.lock(key);
+        self.quarantine_locked(key, expected)
+    }
+
+    /// [`Store::quarantine`] with `key`'s lock held.
+    fn quarantine_locked(&self, key: &str, expected: Option<Version>) -> Result<bool> {
+        let engine = &self.inner.engine;
+        let record = self.record(key);
+        let index = engine
+            .get(Space::ByToken, &token_key(key))
+            .map(|entry| entry.and_then(|e| decode_token_entry(&e)));
+        if matches!((&record, &index), (Ok(None), Ok(None))) {
+            return Ok(false);
+        }
+        // What the leaves hold for the key: its index entry, written in the
+        // record's batch; else the record, if that can be read.
+        let held = match &index {
+            Ok(Some(entry)) => Some(*entry),
+            _ => record
+                .as_ref()
+                .ok()
+                .and_then(|r| r.as_ref())
+                .and_then(|r| r.meta.as_ref())
+                .map(|m| (m.version(), m.deleted)),
+        };
+        if let (Some(expected), Some((version, _))) = (expected, held)
+            && version != expected
+        {
+            return Ok(false);
+        }
+        let prefix = key_prefix(key);
+        let in_flight =
+            self.inner
+                .engine
+                .scan_keys(Space::Pending, &prefix, Bound::Unbounded, usize::MAX)?;
+        let mut ops: Vec<Op> = self
+            .chunk_keys_with_prefix(&prefix)?
+            .into_iter()
+            .filter(|chunk| {
+                let marker = &chunk[..chunk.len().saturating_sub(4)];
+                !in_flight.iter().any(|m| m.as_slice() == marker)
+            })
+            .map(|chunk| Op::Delete(Space::Chunks, chunk))
+            .collect();
+        let chunks = ops.len();
+        ops.push(Op::Delete(Space::Meta, key.as_bytes().to_vec()));
+        ops.push(Op::Delete(Space::ByToken, token_key(key)));
+        engine.apply(ops)?;
+        match held {
+            Some((version, deleted)) => self.toggle_leaf(key, version, deleted, false),
+            None => tracing::warn!(
+                %key,
+                "neither the record nor the token index of a corrupt copy could be read; \
+                 its hash-tree leaf is corrected at the next start"
+            ),
+        }
+        self.inner
+            .quarantined
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::warn!(
+            %key,
+            version = ?held.map(|(v, _)| v),
+            chunks,
+            "dropped a corrupt copy; repair brings the good one from another replica"
+        );
+        Ok(true)
+    }
+
+    /// Corrupt copies dropped since the store opened.
+    pub fn quarantined(&self) -> u64 {
+        self.inner
+            .quarantined
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Reads `key`'s record and every byte of its value and checks them:
+    /// the inline value against its blake3, each chunk against its own
+    /// checksum, and the chunks together against the value's size and
+    /// blake3. Returns the value bytes checked, `None` when the key is no
+    /// longer held at `version`, and `Corrupt` when anything fails (a chunk
+    /// missing under a committed record included). `pace` is called with
+    /// the bytes of each piece read (a throttle may sleep in it). Reads the
+    /// whole value from disk: call it off the async threads.
+    pub fn verify(
+        &self,
+        key: &str,
+        version: Version,
+        mut pace: impl FnMut(u64),
+    ) -> Result<Option<u64>> {
+        let Some(record) = self.record(key)? else {
+            return Ok(None);
+        };
+        let Some(meta) = record.meta.as_ref() else {
+            return Err(Error::corrupt(format!("record of {key:?} without meta")));
+        };
+        if meta.version() != version {
+            return Ok(None);
+        }
+        if meta.deleted {
+            return Ok(Some(0));
+        }
+        if let Some(value) = self.inline_value(&record)? {
+            pace(value.len() as u64);
+            return Ok(Some(value.len() as u64));
+        }
+        let mut hasher = blake3::Hasher::new();
+        let mut size = 0u64;
+        for index in 0..record.chunk_count {
+            let data = match self.read_chunk(key, version, index) {
+                Ok(data) => data,
+                Err(Error::NotFound { .. }) if !self.holds_version(key, version) => {
+                    return Ok(None);
+                }
+                Err(Error::NotFound { .. }) => {
+                    return Err(Error::corrupt(format!("{key:?} chunk {index} is missing")));
+                }
+                Err(err) => return Err(err),
+            };
+            hasher.update(&data);
+            size += data.len() as u64;
+            pace(data.len() as u64);
+        }
+        if size != meta.size || hasher.finalize().as_bytes()[..] != meta.checksum[..] {
+            return Err(Error::corrupt(format!(
+                "chunks of {key:?} do not add up to its size and checksum"
+            )));
+        }
+        Ok(Some(size))
     }
 
     fn lock(&self, key: &str) -> std::sync::MutexGuard<'_, ()> {
@@ -649,6 +825,12 @@ impl Store {
         self.inner.engine.persist()
     }
 
+    /// Writes the engine's memtables to its tables, so that the next start
+    /// replays no journal (shutdown). Blocks for up to 30 s.
+    pub fn flush(&self) -> Result<()> {
+        self.inner.engine.flush(FLUSH_DEADLINE)
+    }
+
     /// Waits (at most [`BACKLOG_MAX_WAIT`]) while the engine's flushes are
     /// behind streamed writes: backpressure that bounds memory per node.
     pub async fn wait_for_flush_room(&self) {
@@ -702,11 +884,23 @@ impl Engine for SharedEngine {
     ) -> Result<Vec<(Vec<u8>, Bytes)>> {
         self.0.scan(space, prefix, start, limit)
     }
+    fn scan_keys(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        start: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        self.0.scan_keys(space, prefix, start, limit)
+    }
     fn apply(&self, ops: Vec<Op>) -> Result<()> {
         self.0.apply(ops)
     }
     fn persist(&self) -> Result<()> {
         self.0.persist()
+    }
+    fn flush(&self, deadline: std::time::Duration) -> Result<()> {
+        self.0.flush(deadline)
     }
     fn disk_bytes(&self) -> u64 {
         self.0.disk_bytes()
@@ -983,6 +1177,16 @@ fn token_key(key: &str) -> Vec<u8> {
     out.extend_from_slice(&Token::of_key(key.as_bytes()).0.to_be_bytes());
     out.extend_from_slice(key.as_bytes());
     out
+}
+
+/// The version and tombstone flag of a token-index value.
+fn decode_token_entry(value: &[u8]) -> Option<(Version, bool)> {
+    if value.len() != 17 {
+        return None;
+    }
+    let timestamp = u64::from_be_bytes(value[..8].try_into().ok()?);
+    let writer = u64::from_be_bytes(value[8..16].try_into().ok()?);
+    Some((Version { timestamp, writer }, value[16] == 1))
 }
 
 /// `timestamp ++ writer ++ deleted`.
@@ -1325,6 +1529,199 @@ mod tests {
             assert!(store.record("big").unwrap().is_none());
             assert!(space_is_empty(&store, Space::Chunks));
             assert!(!store.drop_if("big", v(5)).unwrap());
+        }
+    }
+
+    /// Every leaf hash of the whole ring, as kept and as recomputed.
+    fn leaves_match(store: &Store) -> bool {
+        let whole = TokenRange {
+            start: Token(3),
+            end: Token(3),
+        };
+        store.leaf_hashes(whole).unwrap() == leaves_by_brute_force(store, whole)
+    }
+
+    fn v(ts: u64) -> Version {
+        Version {
+            timestamp: ts,
+            writer: 1,
+        }
+    }
+
+    /// A large value of `len` bytes written whole at `ts`.
+    fn write_big(store: &Store, key: &str, ts: u64, value: &[u8]) {
+        let mut m = meta(key, ts, value);
+        m.size = value.len() as u64;
+        store.write_whole(m, Bytes::copy_from_slice(value)).unwrap();
+    }
+
+    #[test]
+    fn quarantine_drops_a_copy_whose_record_cannot_be_read() {
+        for (store, _dir) in stores() {
+            store
+                .write_whole(meta("k", 5, b"good"), Bytes::from_static(b"good"))
+                .unwrap();
+            store
+                .write_whole(meta("other", 5, b"o"), Bytes::from_static(b"o"))
+                .unwrap();
+            // Bytes changed behind the store's back: the record is unreadable.
+            store
+                .inner
+                .engine
+                .apply(vec![Op::Put(
+                    Space::Meta,
+                    b"k".to_vec(),
+                    Bytes::from_static(&[RECORD_FORMAT_V1, 0xff, 0xff]),
+                )])
+                .unwrap();
+            assert!(matches!(store.record("k"), Err(Error::Corrupt { .. })));
+            assert!(matches!(
+                store.verify("k", v(5), |_| {}),
+                Err(Error::Corrupt { .. })
+            ));
+            // Another version than the index names: left alone.
+            assert!(!store.quarantine("k", Some(v(4))).unwrap());
+            assert!(store.quarantine("k", Some(v(5))).unwrap());
+            assert_eq!(store.quarantined(), 1);
+            assert!(store.record("k").unwrap().is_none());
+            let whole = TokenRange {
+                start: Token(0),
+                end: Token(0),
+            };
+            let keys: Vec<String> = store
+                .keys_in_range(whole, None, 10)
+                .unwrap()
+                .into_iter()
+                .map(|e| e.key)
+                .collect();
+            assert_eq!(keys, ["other"]);
+            assert!(leaves_match(&store));
+            // Nothing left to drop; and the same version is accepted again.
+            assert!(!store.quarantine("k", None).unwrap());
+            assert!(
+                store
+                    .write_whole(meta("k", 5, b"good"), Bytes::from_static(b"good"))
+                    .unwrap()
+                    .applied
+            );
+            assert_eq!(store.verify("k", v(5), |_| {}).unwrap(), Some(4));
+            assert!(leaves_match(&store));
+        }
+    }
+
+    #[test]
+    fn quarantine_drops_a_large_value_with_a_corrupt_chunk() {
+        for (store, _dir) in stores() {
+            let value = big(CHUNK_SIZE_BYTES * 2 + 77);
+            write_big(&store, "big", 7, &value);
+            let mut paced = 0;
+            assert_eq!(
+                store.verify("big", v(7), |n| paced += n).unwrap(),
+                Some(value.len() as u64)
+            );
+            assert_eq!(paced, value.len() as u64);
+            // A flipped byte in chunk 1.
+            let key = chunk_key("big", v(7), 1);
+            let raw = store
+                .inner
+                .engine
+                .get(Space::Chunks, &key)
+                .unwrap()
+                .unwrap();
+            let mut bad = raw.to_vec();
+            bad[10] ^= 0x40;
+            store
+                .inner
+                .engine
+                .apply(vec![Op::Put(Space::Chunks, key, Bytes::from(bad))])
+                .unwrap();
+            assert!(matches!(
+                store.verify("big", v(7), |_| {}),
+                Err(Error::Corrupt { .. })
+            ));
+            assert!(store.quarantine("big", Some(v(7))).unwrap());
+            assert!(store.record("big").unwrap().is_none());
+            assert!(space_is_empty(&store, Space::Chunks));
+            assert!(space_is_empty(&store, Space::ByToken));
+            assert!(leaves_match(&store));
+            // The good copy of the same version goes in again.
+            write_big(&store, "big", 7, &value);
+            assert_eq!(read_back(&store, "big"), value);
+            assert!(leaves_match(&store));
+        }
+    }
+
+    #[test]
+    fn verify_reports_a_missing_chunk_and_skips_a_replaced_value() {
+        for (store, _dir) in stores() {
+            let value = big(CHUNK_SIZE_BYTES + 5);
+            write_big(&store, "big", 7, &value);
+            assert_eq!(store.verify("big", v(6), |_| {}).unwrap(), None);
+            store
+                .inner
+                .engine
+                .apply(vec![Op::Delete(Space::Chunks, chunk_key("big", v(7), 1))])
+                .unwrap();
+            assert!(matches!(
+                store.verify("big", v(7), |_| {}),
+                Err(Error::Corrupt { .. })
+            ));
+            assert_eq!(store.verify("absent", v(7), |_| {}).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn a_write_over_an_unreadable_record_drops_it_first() {
+        for (store, _dir) in stores() {
+            store
+                .write_whole(meta("k", 5, b"old"), Bytes::from_static(b"old"))
+                .unwrap();
+            store
+                .inner
+                .engine
+                .apply(vec![Op::Put(
+                    Space::Meta,
+                    b"k".to_vec(),
+                    Bytes::from_static(b"\x07garbage"),
+                )])
+                .unwrap();
+            let outcome = store
+                .write_whole(meta("k", 5, b"old"), Bytes::from_static(b"old"))
+                .unwrap();
+            assert!(outcome.applied);
+            assert_eq!(store.quarantined(), 1);
+            let rec = store.record("k").unwrap().unwrap();
+            assert_eq!(store.inline_value(&rec).unwrap().unwrap(), "old");
+            assert!(leaves_match(&store));
+        }
+    }
+
+    #[test]
+    fn quarantine_keeps_the_chunks_of_a_write_in_flight() {
+        for (store, _dir) in stores() {
+            let old = big(CHUNK_SIZE_BYTES + 9);
+            write_big(&store, "big", 7, &old);
+            let new = big(CHUNK_SIZE_BYTES * 2 + 3);
+            let mut header = meta("big", 8, b"");
+            header.checksum.clear();
+            header.size = 0;
+            let mut writer = store.begin_stream(header).unwrap();
+            writer.write(&new[..CHUNK_SIZE_BYTES + 1]).unwrap();
+            assert!(store.quarantine("big", None).unwrap());
+            writer.write(&new[CHUNK_SIZE_BYTES + 1..]).unwrap();
+            let sum = blake3::hash(&new);
+            assert!(
+                writer
+                    .finish(new.len() as u64, sum.as_bytes())
+                    .unwrap()
+                    .applied
+            );
+            assert_eq!(read_back(&store, "big"), new);
+            assert_eq!(
+                store.verify("big", v(8), |_| {}).unwrap(),
+                Some(new.len() as u64)
+            );
+            assert!(leaves_match(&store));
         }
     }
 
