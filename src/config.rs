@@ -51,6 +51,8 @@ pub struct NodeConfig {
     pub hints: bool,
     /// Periodic anti-entropy; `None`: only on demand.
     pub repair_interval: Option<Duration>,
+    /// Bytes per second of records anti-entropy may move; `None`: no limit.
+    pub repair_rate: Option<u64>,
     /// Purge keys no longer owned once the ring settles.
     pub auto_purge: bool,
 }

@@ -250,6 +250,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             stream_rate: config.stream_rate,
             auto_remove_after: config.auto_remove_after,
             repair_interval: config.repair_interval,
+            repair_rate: config.repair_rate,
             auto_purge: config.auto_purge,
         },
     );

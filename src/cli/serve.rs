@@ -78,6 +78,11 @@ pub struct ServeArgs {
     /// about this often, jittered; `0` only on demand (`ringkv balance`).
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
     pub repair_interval: Duration,
+    /// Most bytes per second of records this node's anti-entropy pushes to
+    /// or pulls from other replicas (e.g. 10MB), so that a large repair
+    /// leaves room for client requests; unlimited when unset or 0.
+    #[arg(long, value_parser = parse_size)]
+    pub repair_rate: Option<u64>,
     /// Keep keys this node no longer owns after a join or a change of N
     /// until `ringkv purge` (by default they go once every owner holds them).
     #[arg(long)]
@@ -120,6 +125,7 @@ impl ServeArgs {
             auto_remove_after: self.auto_remove_after,
             hints: !self.no_hints,
             repair_interval: (!self.repair_interval.is_zero()).then_some(self.repair_interval),
+            repair_rate: self.repair_rate.filter(|r| *r > 0),
             auto_purge: !self.no_auto_purge,
         }
     }

@@ -39,6 +39,7 @@ use crate::proto::{BalanceReply, SyncReply};
 use crate::ring::{MemberState, NodeId, Ring};
 use crate::rpc::SyncHandler;
 use crate::storage::Store;
+use crate::throttle::Throttle;
 
 pub use self::transfer::{Progress, PurgeReport};
 
@@ -66,6 +67,9 @@ pub struct LifecycleOptions {
     /// Run anti-entropy on this node's ranges about this often
     /// (`--repair-interval`, jittered ±20 %); `None`: only on demand.
     pub repair_interval: Option<Duration>,
+    /// Bytes per second of records anti-entropy may move (`--repair-rate`);
+    /// `None`: no limit.
+    pub repair_rate: Option<u64>,
 }
 
 /// What a leave, removal or change of N did.
@@ -109,6 +113,9 @@ struct Inner {
     leaving: AtomicBool,
     /// Anti-entropy progress.
     repair: std::sync::Mutex<repair::RepairProgress>,
+    /// `--repair-rate`: paces the records anti-entropy moves; shared with
+    /// other background checks of stored data ([`Lifecycle::repair_throttle`]).
+    repair_throttle: Arc<Throttle>,
 }
 
 impl Lifecycle {
@@ -121,6 +128,7 @@ impl Lifecycle {
     ) -> Lifecycle {
         let node = membership.node().clone();
         let transfer = transfer::Transfers::new(options.stream_rate);
+        let repair_throttle = Arc::new(Throttle::new(options.repair_rate));
         Lifecycle {
             inner: Arc::new(Inner {
                 node,
@@ -131,6 +139,7 @@ impl Lifecycle {
                 transfer,
                 leaving: AtomicBool::new(false),
                 repair: std::sync::Mutex::default(),
+                repair_throttle,
             }),
         }
     }
@@ -161,6 +170,13 @@ impl Lifecycle {
                 tracing::warn!(%err, "periodic anti-entropy failed");
             }
         }
+    }
+
+    /// The `--repair-rate` throttle, for every background task that moves
+    /// records to repair replicas (anti-entropy, scrub): together they stay
+    /// under the rate.
+    pub fn repair_throttle(&self) -> Arc<Throttle> {
+        self.inner.repair_throttle.clone()
     }
 
     /// Transfer progress into this node.

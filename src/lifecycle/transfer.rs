@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::proto::{RecordMeta, SyncReply};
 use crate::ring::{NodeId, Ring, TokenRange};
 use crate::storage::INLINE_MAX_BYTES;
+use crate::throttle::Throttle;
 use crate::version::Version;
 
 /// Longest wait for the next record or chunk of a source before giving up
@@ -44,12 +45,10 @@ pub struct Progress {
 
 /// Transfer state of one node: progress and the `--stream-rate` throttle.
 pub struct Transfers {
-    /// Bytes per second allowed, if limited.
-    rate: Option<u64>,
+    /// `--stream-rate`.
+    throttle: Throttle,
     /// Progress, and when the current transfer started.
     progress: Mutex<(Progress, Option<Instant>)>,
-    /// When the throttle lets the next byte through.
-    next_free: Mutex<Instant>,
     /// One transfer at a time.
     running: tokio::sync::Mutex<()>,
 }
@@ -57,9 +56,8 @@ pub struct Transfers {
 impl Transfers {
     pub fn new(rate: Option<u64>) -> Transfers {
         Transfers {
-            rate: rate.filter(|r| *r > 0),
+            throttle: Throttle::new(rate),
             progress: Mutex::new((Progress::default(), None)),
-            next_free: Mutex::new(Instant::now()),
             running: tokio::sync::Mutex::new(()),
         }
     }
@@ -83,17 +81,7 @@ impl Transfers {
 
     /// Waits as long as `--stream-rate` asks before `bytes` more.
     async fn throttle(&self, bytes: usize) {
-        let Some(rate) = self.rate else { return };
-        let wait = {
-            let mut next = self.next_free.lock().unwrap_or_else(|p| p.into_inner());
-            let now = Instant::now();
-            let start = (*next).max(now);
-            *next = start + Duration::from_secs_f64(bytes as f64 / rate as f64);
-            start.saturating_duration_since(now)
-        };
-        if !wait.is_zero() {
-            tokio::time::sleep(wait).await;
-        }
+        self.throttle.take(bytes as u64).await;
     }
 
     /// Fetches every range this node gains in `ring` from each live
