@@ -292,13 +292,15 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
                 print_json(&summary)?;
             } else {
                 println!(
-                    "BALANCE OK: {} ranges, {} replica pairs, {} hashes compared, {} leaves differing, {} pulled, {} pushed",
+                    "BALANCE OK: {} ranges, {} replica pairs, {} hashes compared, {} leaves differing, {} pulled, {} pushed, {} bytes exchanged",
                     summary["ranges"],
                     summary["pairs"],
                     summary["hashes_compared"],
                     summary["leaves_differing"],
                     summary["pulled"],
-                    summary["pushed"]
+                    summary["pushed"],
+                    summary["bytes_sent"].as_u64().unwrap_or(0)
+                        + summary["bytes_received"].as_u64().unwrap_or(0)
                 );
                 for failure in summary["failed"].as_array().into_iter().flatten() {
                     println!("failed: {}", failure.as_str().unwrap_or_default());

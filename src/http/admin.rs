@@ -29,6 +29,8 @@ pub async fn balance(State(state): State<AppState>) -> ApiResult<Response> {
         "leaves_differing": reply.leaves,
         "pulled": reply.pulled,
         "pushed": reply.pushed,
+        "bytes_sent": reply.bytes_sent,
+        "bytes_received": reply.bytes_received,
         "failed": reply.failed,
     }))
     .into_response())

@@ -433,6 +433,8 @@ impl Lifecycle {
                     total.leaves += reply.leaves;
                     total.pulled += reply.pulled;
                     total.pushed += reply.pushed;
+                    total.bytes_sent += reply.bytes_sent;
+                    total.bytes_received += reply.bytes_received;
                     total
                         .failed
                         .extend(reply.failed.into_iter().map(|f| format!("{member}: {f}")));
