@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::merkle::{self, Descent};
 use crate::proto::{BalanceReply, RecordMeta, ScanRequest, StoredRecord, TreeReply, TreeRequest};
 use crate::ring::{NodeId, TokenRange};
+use crate::storage::INLINE_MAX_BYTES;
 
 /// Leaf-index bits resolved per round of a tree comparison.
 const FANOUT_BITS: u32 = 4;
@@ -177,14 +178,42 @@ async fn compare(
         if newer_there {
             let bytes = record_bytes(&remote_meta, None);
             throttle.take(bytes).await;
-            coordinator
-                .push_record(&me, remote_meta, None, std::slice::from_ref(peer))
-                .await?;
+            pull(lifecycle, peer, remote_meta).await?;
             reply.pulled += 1;
             reply.bytes_received += bytes;
         }
     }
     Ok(())
+}
+
+/// Stores `peer`'s record `meta` here: a tombstone as it is, a small value
+/// with one `Read` (the value comes inline, whatever version the peer holds
+/// by then: newest wins anyway), a large one streamed replica to replica.
+/// One `Read` instead of a `ReadStream` into a streamed local write is what
+/// keeps a repair of many small records fast.
+async fn pull(lifecycle: &Lifecycle, peer: &NodeId, meta: RecordMeta) -> Result<()> {
+    let coordinator = &lifecycle.inner.coordinator;
+    let me = &lifecycle.inner.node;
+    if !meta.deleted && meta.size <= INLINE_MAX_BYTES as u64 {
+        let read = coordinator
+            .replica(peer)
+            .read(&meta.key, INLINE_MAX_BYTES as u64)
+            .await?;
+        // The peer may hold a newer version by now, even a tombstone.
+        let value = match (&read.meta, read.value) {
+            (Some(held), _) if held.deleted => Some(bytes::Bytes::new()),
+            (_, value) => value,
+        };
+        if let (Some(held), Some(value)) = (read.meta, value)
+            && held.key == meta.key
+        {
+            coordinator.replica(me).write(held, value).await?;
+            return Ok(());
+        }
+    }
+    coordinator
+        .push_record(me, meta, None, std::slice::from_ref(peer))
+        .await
 }
 
 /// gRPC's prefix in front of every message: a compression flag and a
