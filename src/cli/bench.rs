@@ -87,17 +87,19 @@ pub struct BenchArgs {
     /// seconds, and checks that a second balance finds nothing.
     #[arg(long, conflicts_with_all = ["placement", "stream", "join_speed", "convergence"])]
     repair_cost: bool,
-    /// Keys each replica holds for --repair-cost.
-    #[arg(long, default_value_t = 1_000_000)]
-    repair_keys: usize,
+    /// Keys each replica holds for --repair-cost (default 1,000,000), or
+    /// the keys the third node lacks for --repair-load (default 20,000).
+    #[arg(long)]
+    repair_keys: Option<usize>,
     /// Differing keys per --repair-cost case (comma separated).
     #[arg(long, value_delimiter = ',', default_value = "10,1000,100000")]
     repair_diffs: Vec<usize>,
     /// Instead of driving a cluster, start 3 local nodes (N = 3) holding
-    /// --keys records (written offline) and run the put/get mix with
-    /// --concurrency clients: for --duration with all replicas in line,
-    /// then while a full repair fills a third node that starts empty,
-    /// without and with --repair-rate; prints p50/p99 per case.
+    /// --keys records for the mix and --repair-keys others (written
+    /// offline) and run the put/get mix with --concurrency clients: for
+    /// --duration with all replicas in line, then while a full repair
+    /// copies the --repair-keys records to the third node, which lacks
+    /// them, without and with --repair-rate; prints p50/p99 per case.
     #[arg(long, conflicts_with_all = ["placement", "stream", "join_speed", "convergence", "repair_cost"])]
     repair_load: bool,
     /// --repair-rate of the nodes in the throttled --repair-load case.
@@ -145,7 +147,7 @@ pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Re
         let cost = super::bench_repair::RepairCost {
             base_port: args.base_port,
             tokens: args.tokens,
-            keys: args.repair_keys,
+            keys: args.repair_keys.unwrap_or(1_000_000),
             value_size: args.value_size,
             diffs: args.repair_diffs,
         };
@@ -156,6 +158,7 @@ pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Re
             base_port: args.base_port,
             tokens: args.tokens,
             keys: args.keys,
+            repair_keys: args.repair_keys.unwrap_or(20_000),
             value_size: args.value_size,
             concurrency: args.concurrency,
             get_ratio: args.get_ratio,

@@ -25,10 +25,12 @@
 //!   failed some pair, more run, at most [`SETTLE_ROUNDS`], and the row
 //!   says how many it took).
 //! - repair load: three nodes, N = 3, `--concurrency` clients running the
-//!   put/get mix of `ringkv bench` on the `--keys` keys; client latency with
-//!   all replicas in line (for `--duration`), then while a full repair runs
-//!   (the third node starts with an empty store and is filled by one
-//!   `POST /balance`), without and with `--repair-rate`.
+//!   put/get mix of `ringkv bench` on the `--keys` keys `bench/K`; client
+//!   latency with all replicas in line (for `--duration`), then while a
+//!   full repair runs, without and with `--repair-rate`: the third node
+//!   lacks all `--repair-keys` keys `repair/K` (which the mix never
+//!   touches, so its writes and read repairs do none of the repair's work)
+//!   and one `POST /balance` copies them.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -87,8 +89,12 @@ pub struct RepairLoad {
     pub base_port: u16,
     /// Tokens per node.
     pub tokens: usize,
-    /// Keys every replica holds (the third none, for the repair cases).
+    /// `bench/K` keys of the client mix, held by every replica.
     pub keys: usize,
+    /// `repair/K` keys, held by every replica except the third in the
+    /// repair cases (so that the mix's own writes and read repairs do not
+    /// do the repair's work).
+    pub repair_keys: usize,
     /// Bytes per value.
     pub value_size: u64,
     /// Concurrent clients.
@@ -156,9 +162,15 @@ fn open_store(dir: &Path) -> anyhow::Result<Store> {
     .with_context(|| format!("cannot open the store in {}", dir.display()))
 }
 
-/// Writes `bench/0` … `bench/{keys-1}` at `version` into the store of data
-/// dir `dir`, on [`FILL_THREADS`] threads, and flushes it.
-fn fill(dir: &Path, keys: usize, value_size: u64, version: Version) -> anyhow::Result<()> {
+/// Writes `{prefix}0` … `{prefix}{keys-1}` at `version` into the store of
+/// data dir `dir`, on [`FILL_THREADS`] threads, and flushes it.
+fn fill(
+    dir: &Path,
+    prefix: &str,
+    keys: usize,
+    value_size: u64,
+    version: Version,
+) -> anyhow::Result<()> {
     let store = open_store(dir)?;
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..FILL_THREADS)
@@ -167,7 +179,7 @@ fn fill(dir: &Path, keys: usize, value_size: u64, version: Version) -> anyhow::R
                 scope.spawn(move || -> anyhow::Result<()> {
                     for k in (t..keys).step_by(FILL_THREADS) {
                         let value = value_of(k, value_size);
-                        let meta = meta_of(format!("bench/{k}"), version, &value);
+                        let meta = meta_of(format!("{prefix}{k}"), version, &value);
                         store.write_whole(meta, value)?;
                     }
                     Ok(())
@@ -283,22 +295,19 @@ fn ports(base_port: u16, count: usize) -> anyhow::Result<Vec<u16>> {
         .collect()
 }
 
-/// Prepares the data dirs of `cluster`'s first nodes: each gets the base
-/// store's files when `full[i]` (else an empty store) and a `node.json`
-/// with its share of evenly spread tokens.
+/// Prepares the data dirs of `cluster`'s first nodes: node i gets a copy
+/// of the store in data dir `sources[i]` and a `node.json` with its share
+/// of evenly spread tokens.
 fn prepare_dirs(
     cluster: &LocalCluster,
-    base: &Path,
+    sources: &[&Path],
     ports: &[u16],
-    full: &[bool],
     tokens: usize,
 ) -> anyhow::Result<()> {
     let spread = spread_tokens(ports.len(), tokens);
-    for ((port, full), tokens) in ports.iter().zip(full).zip(spread) {
+    for ((port, source), tokens) in ports.iter().zip(sources).zip(spread) {
         let dir = cluster.data_dir(*port);
-        if *full {
-            copy_dir(&base.join("engine"), &dir.join("engine"))?;
-        }
+        copy_dir(&source.join("engine"), &dir.join("engine"))?;
         let id = NodeId::parse(&format!("127.0.0.1:{port}"))?;
         crate::server::write_identity(&dir, &id, &tokens)?;
     }
@@ -438,13 +447,22 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1 << 20) as f64
 }
 
-/// Fills the base store, timing it.
-async fn fill_base(keys: usize, value_size: u64, base: Version) -> anyhow::Result<TempDir> {
+/// Fills a base store with `keys` records per prefix of `sets`, timing it.
+async fn fill_base(
+    sets: &[(&'static str, usize)],
+    value_size: u64,
+    base: Version,
+) -> anyhow::Result<TempDir> {
     let dir = TempDir::new("repair-base")?;
     let started = Instant::now();
-    eprintln!("writing {keys} records of {value_size} B into a base store…");
+    let sets = sets.to_vec();
+    eprintln!("writing {sets:?} records of {value_size} B into a base store…");
     let path = dir.0.clone();
-    tokio::task::spawn_blocking(move || fill(&path, keys, value_size, base)).await??;
+    tokio::task::spawn_blocking(move || {
+        sets.iter()
+            .try_for_each(|(prefix, keys)| fill(&path, prefix, *keys, value_size, base))
+    })
+    .await??;
     eprintln!(
         "base store written in {:.1} s",
         started.elapsed().as_secs_f64()
@@ -467,7 +485,7 @@ fn base_version() -> Version {
 pub async fn repair_cost(args: RepairCost, out: Output) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.keys >= 1, "need keys");
     let base = base_version();
-    let base_dir = fill_base(args.keys, args.value_size, base).await?;
+    let base_dir = fill_base(&[("bench/", args.keys)], args.value_size, base).await?;
     let http = reqwest::Client::builder().build().context("http client")?;
     let mut rows = Vec::new();
     for &count in &args.diffs {
@@ -480,7 +498,7 @@ pub async fn repair_cost(args: RepairCost, out: Output) -> anyhow::Result<ExitCo
                 .to_vec(),
         })?;
         let ports = ports(args.base_port, 2)?;
-        prepare_dirs(&cluster, &base_dir.0, &ports, &[true, true], args.tokens)?;
+        prepare_dirs(&cluster, &[&base_dir.0, &base_dir.0], &ports, args.tokens)?;
         let changed = {
             let dir = cluster.data_dir(ports[1]);
             let (keys, size) = (args.keys, args.value_size);
@@ -610,8 +628,8 @@ pub async fn repair_cost(args: RepairCost, out: Output) -> anyhow::Result<ExitCo
 struct LoadCase {
     /// What it shows.
     name: String,
-    /// Nodes 1..3 start with the data (false: the third starts empty and a
-    /// balance fills it).
+    /// The third node starts with the `repair/` keys too (false: it lacks
+    /// them and a balance copies them).
     third_full: bool,
     /// `--repair-rate` of every node.
     rate: Option<u64>,
@@ -624,7 +642,9 @@ pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCo
         "need keys and clients"
     );
     let base = base_version();
-    let base_dir = fill_base(args.keys, args.value_size, base).await?;
+    let mixed = [("bench/", args.keys), ("repair/", args.repair_keys)];
+    let full = fill_base(&mixed, args.value_size, base).await?;
+    let partial = fill_base(&mixed[..1], args.value_size, base).await?;
     let http = reqwest::Client::builder().build().context("http client")?;
     let value = Bytes::from(vec![b'x'; args.value_size as usize]);
     let cases = [
@@ -662,13 +682,8 @@ pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCo
             flags,
         })?;
         let ports = ports(args.base_port, 3)?;
-        prepare_dirs(
-            &cluster,
-            &base_dir.0,
-            &ports,
-            &[true, true, case.third_full],
-            args.tokens,
-        )?;
+        let third = if case.third_full { &full.0 } else { &partial.0 };
+        prepare_dirs(&cluster, &[&full.0, &full.0, third], &ports, args.tokens)?;
         let running = cluster.start_nodes(3).await?;
         let ids: Vec<String> = running.into_iter().collect();
         let clients = rotated_clients(&ids)?;
@@ -697,9 +712,9 @@ pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCo
         stop.store(true, Ordering::Relaxed);
         let (puts, gets) = load.await??;
         let elapsed = started.elapsed().as_secs_f64();
-        let third = ids.get(2).cloned().unwrap_or_default();
+        let third_id = ids.get(2).cloned().unwrap_or_default();
         let held = match &repair {
-            Some(_) => count_keys(&http, &third).await.ok(),
+            Some(_) => count_keys(&http, &third_id, "repair/").await.ok(),
             None => None,
         };
         cluster.stop().await;
@@ -731,8 +746,9 @@ pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCo
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "ringkv bench --repair-load: 3 nodes, N = 3, {} keys of {} B, {} clients, {:.0}% gets",
+        "ringkv bench --repair-load: 3 nodes, N = 3, {} mix keys + {} repair keys of {} B, {} clients, {:.0}% gets",
         args.keys,
+        args.repair_keys,
         args.value_size,
         args.concurrency,
         args.get_ratio * 100.0
@@ -774,14 +790,14 @@ pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCo
     Ok(ExitCode::SUCCESS)
 }
 
-/// Keys `node` stores (`GET /keys`, paged).
-async fn count_keys(http: &reqwest::Client, node: &str) -> anyhow::Result<u64> {
+/// Keys starting with `prefix` that `node` stores (`GET /keys`, paged).
+async fn count_keys(http: &reqwest::Client, node: &str, prefix: &str) -> anyhow::Result<u64> {
     let mut after: Option<String> = None;
     let mut count = 0u64;
     loop {
         let mut request = http
             .get(format!("http://{node}/keys"))
-            .query(&[("limit", "1000")]);
+            .query(&[("limit", "1000"), ("prefix", prefix)]);
         if let Some(after) = &after {
             request = request.query(&[("after", after.as_str())]);
         }
