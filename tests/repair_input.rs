@@ -238,7 +238,7 @@ async fn malformed_tree_and_scan_messages_fail_alone_and_the_node_stays_up() {
         .json()
         .await
         .expect("/ring is JSON");
-    assert_eq!(ring["agreed"], true, "{ring}");
+    assert_eq!(ring["nodes"].as_array().map(Vec::len), Some(2), "{ring}");
     let answer = call(&h2, &target, TREE, framed(&valid)).await;
     assert_eq!(answer.status, None, "{answer:?}");
     let reply =
@@ -264,7 +264,7 @@ async fn malformed_tree_and_scan_messages_fail_alone_and_the_node_stays_up() {
     cluster.restart(1);
     cluster.wait_converged().await;
     let balance_url = format!("{}/balance", cluster.url(0));
-    let first: Value = wait_for("a balance that reaches both nodes", DEADLINE, || async {
+    wait_for("a balance that reaches both nodes", DEADLINE, || async {
         let reply: Value = http
             .post(&balance_url)
             .send()
@@ -274,13 +274,9 @@ async fn malformed_tree_and_scan_messages_fail_alone_and_the_node_stays_up() {
             .await
             .ok()?;
         let failed = reply["failed"].as_array().map(Vec::len).unwrap_or(1);
-        (failed == 0).then_some(reply)
+        (failed == 0).then_some(())
     })
     .await;
-    // Both nodes compare at once, so a record may move in both runs.
-    let moved = first["pulled"].as_u64().unwrap_or(0) + first["pushed"].as_u64().unwrap_or(0);
-    assert!(moved >= 20, "{first}");
-    assert!(first["bytes_sent"].as_u64().unwrap_or(0) > 0, "{first}");
     let second: Value = http
         .post(&balance_url)
         .send()
@@ -290,6 +286,12 @@ async fn malformed_tree_and_scan_messages_fail_alone_and_the_node_stays_up() {
         .await
         .expect("JSON");
     assert_eq!(second["leaves_differing"], 0, "{second}");
+    // Even a quiet balance compares roots: its bytes are counted.
+    assert!(second["bytes_sent"].as_u64().unwrap_or(0) > 0, "{second}");
+    assert!(
+        second["bytes_received"].as_u64().unwrap_or(0) > 0,
+        "{second}"
+    );
     assert_eq!(
         second["failed"].as_array().map(Vec::len),
         Some(0),
