@@ -2,7 +2,12 @@
 //! other live replica of it, top down through the hash trees
 //! (`merkle::Descent`, `Tree` RPC), lists the keys of the differing leaves
 //! on both sides (`Scan` without values) and moves only those records,
-//! newest version winning, tombstones included.
+//! newest version winning, tombstones included. The records moved are paced
+//! by the node's `--repair-rate` throttle, and the bytes of every exchange
+//! are counted in the [`BalanceReply`]. A peer's answer that does not fit
+//! the question (a `Tree` reply with another number of hashes, a `Scan`
+//! item without metadata or with an invalid key) fails that comparison
+//! only.
 
 use std::collections::BTreeMap;
 
