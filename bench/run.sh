@@ -13,6 +13,10 @@
 #   6. data movement: a 4th node joins 3 holding 10,000 x 100 B, then 3
 #      holding 1 GiB (16 x 64 MiB); seconds until it is normal everywhere,
 #      keys and MB moved into it, MB/s
+#   7. anti-entropy cost: 2 replicas of 1,000,000 keys differing in 10,
+#      1,000 and 100,000 keys; bytes exchanged and seconds of one balance
+#   8. client latency while a full repair runs, with and without
+#      --repair-rate
 # Usage: bench/run.sh [DURATION]   (default 10s per mix run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -75,3 +79,10 @@ echo
 echo "== 6. data movement: a 4th node joins 3 holding 10,000 x 100 B, then 1 GiB; MB/s into it"
 "$ringkv" bench --join-speed --keys 10000 --value-size 100 --base-port 21000
 "$ringkv" bench --join-speed --keys 16 --value-size 64MiB --base-port 21000
+echo
+echo "== 7. anti-entropy: 2 replicas of 1,000,000 keys differ in 10 / 1,000 / 100,000 keys; bytes and seconds"
+"$ringkv" bench --repair-cost --base-port 21000
+echo
+echo "== 8. client p50/p99 while a full repair runs, without and with --repair-rate"
+"$ringkv" bench --repair-load --keys 10000 --repair-keys 10000 --concurrency 8 \
+    --repair-rate 64KiB --duration "$duration" --base-port 21000

@@ -55,6 +55,8 @@ pub struct NodeConfig {
     pub scrub_interval: Option<Duration>,
     /// Bytes per second the scrub reads; `None`: no limit.
     pub scrub_rate: Option<u64>,
+    /// Bytes per second of records anti-entropy may move; `None`: no limit.
+    pub repair_rate: Option<u64>,
     /// Purge keys no longer owned once the ring settles.
     pub auto_purge: bool,
     /// Age after which tombstones every replica holds are dropped.

@@ -3,7 +3,8 @@
 //! Layers, bottom-up (see ARCHITECTURE.md for the flows through them):
 //!
 //! - [`error`], [`version`], [`ring`], [`key`], [`proto`], [`storage`]: pure
-//!   data, placement and the local store; no networking.
+//!   data, placement and the local store; no networking. [`throttle`]
+//!   paces background byte transfers (`--stream-rate`, `--repair-rate`).
 //! - [`membership`] (gossip) and [`rpc`] (the node-to-node gRPC service).
 //! - [`coordinator`]: quorum reads and writes, read repair, streaming.
 //! - [`http`]: the public API; [`server`] wires a node together.
@@ -24,4 +25,5 @@ pub mod ring;
 pub mod rpc;
 pub mod server;
 pub mod storage;
+pub mod throttle;
 pub mod version;

@@ -144,8 +144,25 @@ impl Descent {
         (self.level + step, nodes)
     }
 
-    /// Keeps the nodes of the round whose hashes differ.
-    pub fn advance(&mut self, level: u32, nodes: Vec<usize>, a: &[u64], b: &[u64]) {
+    /// Keeps the nodes of the round whose hashes differ. `a` and `b` must
+    /// hold one hash per node of `nodes`: a side that answered with more or
+    /// fewer (a truncated or malformed reply) is an error, and the descent
+    /// is left as it was.
+    pub fn advance(
+        &mut self,
+        level: u32,
+        nodes: Vec<usize>,
+        a: &[u64],
+        b: &[u64],
+    ) -> Result<(), HashCountMismatch> {
+        for got in [a.len(), b.len()] {
+            if got != nodes.len() {
+                return Err(HashCountMismatch {
+                    asked: nodes.len(),
+                    got,
+                });
+            }
+        }
         self.compared += nodes.len();
         self.differing = nodes
             .into_iter()
@@ -154,6 +171,7 @@ impl Descent {
             .map(|(i, _)| i)
             .collect();
         self.level = level;
+        Ok(())
     }
 
     /// The differing leaves, once done.
@@ -166,25 +184,41 @@ impl Descent {
     }
 }
 
+/// A side of a tree comparison answered with a different number of hashes
+/// than nodes asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashCountMismatch {
+    /// Nodes whose hashes were asked.
+    pub asked: usize,
+    /// Hashes received.
+    pub got: usize,
+}
+
+impl std::fmt::Display for HashCountMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} tree hashes for {} nodes", self.got, self.asked)
+    }
+}
+
 /// The leaves where two replicas differ, found top down with [`Descent`];
 /// `hashes_a` and `hashes_b` answer a level and node indexes with those
 /// nodes' hashes. Returns the differing leaves and how many hashes were
-/// compared.
+/// compared, or the first answer with the wrong number of hashes.
 pub fn differing_leaves(
     fanout_bits: u32,
     mut hashes_a: impl FnMut(u32, &[usize]) -> Vec<u64>,
     mut hashes_b: impl FnMut(u32, &[usize]) -> Vec<u64>,
-) -> (Vec<usize>, usize) {
+) -> Result<(Vec<usize>, usize), HashCountMismatch> {
     if hashes_a(0, &[0]) == hashes_b(0, &[0]) {
-        return (Vec::new(), 1);
+        return Ok((Vec::new(), 1));
     }
     let mut descent = Descent::new(fanout_bits);
     while !descent.done() {
         let (level, nodes) = descent.next_nodes();
         let (a, b) = (hashes_a(level, &nodes), hashes_b(level, &nodes));
-        descent.advance(level, nodes, &a, &b);
+        descent.advance(level, nodes, &a, &b)?;
     }
-    (descent.differing().to_vec(), descent.compared)
+    Ok((descent.differing().to_vec(), descent.compared))
 }
 
 #[cfg(test)]
@@ -247,6 +281,38 @@ mod tests {
         assert_eq!(leaves.node(1, 1), 0b1000);
     }
 
+    #[test]
+    fn a_side_answering_too_few_or_too_many_hashes_is_an_error() {
+        let mut ours = LeafHashes::default();
+        ours.0.insert(7, 1);
+        for short_by in [1usize, 16] {
+            let result = differing_leaves(
+                4,
+                |level, idx| idx.iter().map(|i| ours.node(level, *i)).collect(),
+                |_, idx| vec![9; idx.len().saturating_sub(short_by)],
+            );
+            let asked = 16;
+            assert_eq!(
+                result,
+                Err(HashCountMismatch {
+                    asked,
+                    got: asked - short_by
+                })
+            );
+        }
+        let mut descent = Descent::new(4);
+        let (level, nodes) = descent.next_nodes();
+        let ours = vec![0; nodes.len()];
+        let too_many = vec![1; nodes.len() + 1];
+        let before = descent.clone();
+        assert!(descent.advance(level, nodes, &ours, &too_many).is_err());
+        assert_eq!(descent.next_nodes(), before.next_nodes());
+        // A root answer with no hash at all differs from ours: the first
+        // round then meets the mismatch instead of indexing past the end.
+        let result = differing_leaves(4, |_, idx| vec![0; idx.len()], |_, _| Vec::new());
+        assert_eq!(result, Err(HashCountMismatch { asked: 16, got: 0 }));
+    }
+
     proptest! {
         /// Exactly the leaves whose sets differ are found, comparing far
         /// fewer hashes than there are leaves when few differ.
@@ -275,7 +341,7 @@ mod tests {
                 4,
                 |level, idx| idx.iter().map(|i| a.node(level, *i)).collect(),
                 |level, idx| idx.iter().map(|i| b.node(level, *i)).collect(),
-            );
+            ).expect("both sides answer every node");
             prop_assert_eq!(found.into_iter().collect::<std::collections::BTreeSet<_>>(), expected.clone());
             prop_assert!(compared <= 1 + expected.len() * 16 * 4);
         }

@@ -9,8 +9,12 @@
 //! - `--placement NODES`: token balance, computed locally.
 //! - `--convergence NODES` and `--join-speed`: membership changes on local
 //!   clusters the bench starts itself (`bench_membership.rs`).
+//! - `--repair-cost` and `--repair-load`: anti-entropy's bytes and time, and
+//!   client latency while it runs, on local nodes (`bench_repair.rs`).
 
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -71,19 +75,45 @@ pub struct BenchArgs {
     /// transfer object) and MB/s. 1 GiB: --keys 16 --value-size 64MiB.
     #[arg(long, conflicts_with_all = ["placement", "stream"])]
     join_speed: bool,
-    /// First port of the local nodes of --convergence and --join-speed
-    /// (TCP and UDP, on 127.0.0.1; the nodes take the following ports).
+    /// First port of the local nodes of --convergence, --join-speed,
+    /// --repair-cost and --repair-load (TCP and UDP, on 127.0.0.1; the
+    /// nodes take the following ports).
     #[arg(long, default_value_t = 21000)]
     base_port: u16,
+    /// Instead of driving a cluster, start 2 local nodes (N = 2) holding
+    /// the same --repair-keys records (written offline), make one differ in
+    /// each count of --repair-diffs keys, and time one POST /balance per
+    /// case; prints bytes exchanged (encoded messages and TCP payload) and
+    /// seconds, and checks that a second balance finds nothing.
+    #[arg(long, conflicts_with_all = ["placement", "stream", "join_speed", "convergence"])]
+    repair_cost: bool,
+    /// Keys each replica holds for --repair-cost (default 1,000,000), or
+    /// the keys the third node lacks for --repair-load (default 20,000).
+    #[arg(long)]
+    repair_keys: Option<usize>,
+    /// Differing keys per --repair-cost case (comma separated).
+    #[arg(long, value_delimiter = ',', default_value = "10,1000,100000")]
+    repair_diffs: Vec<usize>,
+    /// Instead of driving a cluster, start 3 local nodes (N = 3) holding
+    /// --keys records for the mix and --repair-keys others (written
+    /// offline) and run the put/get mix with --concurrency clients: for
+    /// --duration with all replicas in line, then while a full repair
+    /// copies the --repair-keys records to the third node, which lacks
+    /// them, without and with --repair-rate; prints p50/p99 per case.
+    #[arg(long, conflicts_with_all = ["placement", "stream", "join_speed", "convergence", "repair_cost"])]
+    repair_load: bool,
+    /// --repair-rate of the nodes in the throttled --repair-load case.
+    #[arg(long, value_parser = parse_size, default_value = "2MiB")]
+    repair_rate: u64,
 }
 
 /// Latencies of one operation kind, in microseconds.
 #[derive(Default)]
-struct Samples {
-    /// Successful operations' latencies.
-    micros: Vec<u32>,
+pub(super) struct Samples {
+    /// Successful operations' latencies (sorted once [`mix`] returns).
+    pub(super) micros: Vec<u32>,
     /// Failed operations.
-    errors: u64,
+    pub(super) errors: u64,
 }
 
 impl Samples {
@@ -92,7 +122,8 @@ impl Samples {
         self.errors += other.errors;
     }
 
-    fn percentile(sorted: &[u32], p: f64) -> f64 {
+    /// The `p`th percentile of `sorted` latencies, in milliseconds.
+    pub(super) fn percentile(sorted: &[u32], p: f64) -> f64 {
         if sorted.is_empty() {
             return 0.0;
         }
@@ -110,7 +141,32 @@ pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Re
         base_port: args.base_port,
         replicas: args.replicas,
         tokens: args.tokens,
+        flags: Vec::new(),
     };
+    if args.repair_cost {
+        let cost = super::bench_repair::RepairCost {
+            base_port: args.base_port,
+            tokens: args.tokens,
+            keys: args.repair_keys.unwrap_or(1_000_000),
+            value_size: args.value_size,
+            diffs: args.repair_diffs,
+        };
+        return super::bench_repair::repair_cost(cost, out).await;
+    }
+    if args.repair_load {
+        let load = super::bench_repair::RepairLoad {
+            base_port: args.base_port,
+            tokens: args.tokens,
+            keys: args.keys,
+            repair_keys: args.repair_keys.unwrap_or(20_000),
+            value_size: args.value_size,
+            concurrency: args.concurrency,
+            get_ratio: args.get_ratio,
+            duration: args.duration,
+            repair_rate: args.repair_rate,
+        };
+        return super::bench_repair::repair_load(load, out).await;
+    }
     if let Some(count) = args.convergence {
         return super::bench_membership::convergence(local, count, args.changes, out).await;
     }
@@ -165,49 +221,25 @@ pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Re
         args.concurrency, args.duration
     );
     let started = Instant::now();
-    let deadline = started + args.duration;
-    let workers: Vec<_> = (0..args.concurrency)
-        .map(|w| {
-            let client = clients[w % clients.len()].clone();
-            let value = value.clone();
-            let (keys, get_ratio) = (args.keys, args.get_ratio);
-            tokio::spawn(async move {
-                let (mut puts, mut gets) = (Samples::default(), Samples::default());
-                let mut seed = (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                while Instant::now() < deadline {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let key = format!("bench/{}", seed % keys as u64);
-                    let is_get = ((seed >> 32) as f64 / u32::MAX as f64) < get_ratio;
-                    let begin = Instant::now();
-                    let ok = if is_get {
-                        client.get_bytes(&key).await.is_ok()
-                    } else {
-                        client
-                            .put(&key, Upload::Bytes(value.clone()), None, None)
-                            .await
-                            .is_ok()
-                    };
-                    let samples = if is_get { &mut gets } else { &mut puts };
-                    if ok {
-                        samples
-                            .micros
-                            .push(begin.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    } else {
-                        samples.errors += 1;
-                    }
-                }
-                (puts, gets)
-            })
+    let stop = Arc::new(AtomicBool::new(false));
+    let timer = {
+        let stop = stop.clone();
+        let duration = args.duration;
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            stop.store(true, Ordering::Relaxed);
         })
-        .collect();
-    let (mut puts, mut gets) = (Samples::default(), Samples::default());
-    for worker in workers {
-        let (p, g) = worker.await?;
-        puts.merge(p);
-        gets.merge(g);
-    }
+    };
+    let (mut puts, mut gets) = mix(
+        &clients,
+        args.concurrency,
+        args.keys,
+        value,
+        args.get_ratio,
+        stop,
+    )
+    .await?;
+    timer.abort();
     let elapsed = started.elapsed().as_secs_f64();
     let mut rows = Vec::new();
     for (name, samples) in [("put", &mut puts), ("get", &mut gets)] {
@@ -253,6 +285,66 @@ pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Re
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Runs `concurrency` keep-alive clients (spread over `clients`), each
+/// putting `value` or getting one of `keys` keys (`bench/K`, a get with
+/// probability `get_ratio`), until `stop` is set; the put and get
+/// latencies.
+pub(super) async fn mix(
+    clients: &[Client],
+    concurrency: usize,
+    keys: usize,
+    value: Bytes,
+    get_ratio: f64,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<(Samples, Samples)> {
+    anyhow::ensure!(!clients.is_empty(), "no client");
+    let workers: Vec<_> = (0..concurrency)
+        .map(|w| {
+            let client = clients[w % clients.len()].clone();
+            let value = value.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let (mut puts, mut gets) = (Samples::default(), Samples::default());
+                let mut seed = (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+                while !stop.load(Ordering::Relaxed) {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    let key = format!("bench/{}", seed % keys as u64);
+                    let is_get = ((seed >> 32) as f64 / u32::MAX as f64) < get_ratio;
+                    let begin = Instant::now();
+                    let ok = if is_get {
+                        client.get_bytes(&key).await.is_ok()
+                    } else {
+                        client
+                            .put(&key, Upload::Bytes(value.clone()), None, None)
+                            .await
+                            .is_ok()
+                    };
+                    let samples = if is_get { &mut gets } else { &mut puts };
+                    if ok {
+                        samples
+                            .micros
+                            .push(begin.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    } else {
+                        samples.errors += 1;
+                    }
+                }
+                (puts, gets)
+            })
+        })
+        .collect();
+    let (mut puts, mut gets) = (Samples::default(), Samples::default());
+    for worker in workers {
+        let (p, g) = worker.await?;
+        puts.merge(p);
+        gets.merge(g);
+    }
+    puts.micros.sort_unstable();
+    gets.micros.sort_unstable();
+    Ok((puts, gets))
 }
 
 /// One client per node, each starting at its own node and failing over to

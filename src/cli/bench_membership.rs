@@ -64,6 +64,8 @@ pub struct Settings {
     pub replicas: usize,
     /// Tokens per node.
     pub tokens: usize,
+    /// More `ringkv serve` flags for every node (e.g. `--repair-interval 0`).
+    pub flags: Vec<String>,
 }
 
 /// One `/ring` answer per running node (`None`: no answer).
@@ -73,33 +75,33 @@ type Polled = Vec<(String, Option<Value>)>;
 type LeaveAnswer = Mutex<Option<(Result<Value, String>, Duration)>>;
 
 /// A node process of the bench.
-struct LocalNode {
+pub(super) struct LocalNode {
     /// `127.0.0.1:PORT`.
-    id: String,
+    pub(super) id: String,
     /// The process, until it is stopped.
-    child: Option<Child>,
+    pub(super) child: Option<Child>,
 }
 
 /// Local `ringkv serve` processes and their directory.
-struct LocalCluster {
+pub(super) struct LocalCluster {
     /// The `ringkv` binary (this one).
     exe: PathBuf,
     /// Holds each node's data dir and log.
-    dir: PathBuf,
+    pub(super) dir: PathBuf,
     /// Flags of the nodes.
     settings: Settings,
     /// Port of the next node started.
     next_port: u16,
     /// Nodes in start order (node k is `nodes[k - 1]`).
-    nodes: Vec<LocalNode>,
+    pub(super) nodes: Vec<LocalNode>,
     /// Client for `/ring` polls, with a short deadline.
     http: reqwest::Client,
     /// Keep `dir` (failed runs, for the logs).
-    keep_dir: bool,
+    pub(super) keep_dir: bool,
 }
 
 impl LocalCluster {
-    fn new(settings: Settings) -> anyhow::Result<LocalCluster> {
+    pub(super) fn new(settings: Settings) -> anyhow::Result<LocalCluster> {
         let exe = std::env::current_exe().context("cannot find the ringkv binary")?;
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -123,6 +125,12 @@ impl LocalCluster {
         })
     }
 
+    /// The data dir of the node on `port` (which a bench may fill before
+    /// starting it).
+    pub(super) fn data_dir(&self, port: u16) -> PathBuf {
+        self.dir.join(format!("node-{port}"))
+    }
+
     /// Starts the next node (founding when it is the first, else joining
     /// the first) and waits for its listening line; returns its id.
     async fn spawn(&mut self) -> anyhow::Result<String> {
@@ -143,10 +151,11 @@ impl LocalCluster {
             .arg("serve")
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
             .arg("--data-dir")
-            .arg(self.dir.join(format!("node-{port}")))
+            .arg(self.data_dir(port))
             .args(["--replicas", &self.settings.replicas.to_string()])
             .args(["--tokens", &self.settings.tokens.to_string()])
             .args(["--on-signal", "stop"])
+            .args(&self.settings.flags)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -181,7 +190,7 @@ impl LocalCluster {
     /// Starts `count` nodes one after the other, each once the previous one
     /// is normal in its own `/ring`, then waits until all agree; returns
     /// the running set.
-    async fn start_nodes(&mut self, count: usize) -> anyhow::Result<BTreeSet<String>> {
+    pub(super) async fn start_nodes(&mut self, count: usize) -> anyhow::Result<BTreeSet<String>> {
         let started = Instant::now();
         let mut running = BTreeSet::new();
         for _ in 0..count {
@@ -285,7 +294,7 @@ impl LocalCluster {
 
     /// Stops every node (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]) and
     /// removes the directory unless it is kept.
-    async fn stop(&mut self) {
+    pub(super) async fn stop(&mut self) {
         for node in &self.nodes {
             if let Some(pid) = node.child.as_ref().and_then(|c| c.id()) {
                 // SAFETY: kill(2) on a child we spawned and still own.
@@ -414,7 +423,7 @@ fn describe(polled: &Polled) -> String {
 }
 
 /// A size as `64 MiB` when it is a whole number of KiB/MiB/GiB, else in bytes.
-fn size_text(n: u64) -> String {
+pub(super) fn size_text(n: u64) -> String {
     for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
         if n >= unit && n.is_multiple_of(unit) {
             return format!("{} {name}", n / unit);

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_membership;
+mod bench_repair;
 mod cluster;
 mod ops;
 mod serve;

@@ -292,13 +292,15 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
                 print_json(&summary)?;
             } else {
                 println!(
-                    "BALANCE OK: {} ranges, {} replica pairs, {} hashes compared, {} leaves differing, {} pulled, {} pushed, {} expired tombstones dropped",
+                    "BALANCE OK: {} ranges, {} replica pairs, {} hashes compared, {} leaves differing, {} pulled, {} pushed, {} bytes exchanged, {} expired tombstones dropped",
                     summary["ranges"],
                     summary["pairs"],
                     summary["hashes_compared"],
                     summary["leaves_differing"],
                     summary["pulled"],
                     summary["pushed"],
+                    summary["bytes_sent"].as_u64().unwrap_or(0)
+                        + summary["bytes_received"].as_u64().unwrap_or(0),
                     summary["tombstones_dropped"]
                 );
                 for failure in summary["failed"].as_array().into_iter().flatten() {

@@ -90,6 +90,11 @@ pub struct ServeArgs {
     /// Most bytes per second the scrub reads (e.g. 32MB); `0` unlimited.
     #[arg(long, value_parser = parse_size, default_value = "32MB")]
     pub scrub_rate: u64,
+    /// Most bytes per second of records this node's anti-entropy pushes to
+    /// or pulls from other replicas (e.g. 10MB), so that a large repair
+    /// leaves room for client requests; unlimited when unset or 0.
+    #[arg(long, value_parser = parse_size)]
+    pub repair_rate: Option<u64>,
     /// Keep keys this node no longer owns after a join or a change of N
     /// until `ringkv purge` (by default they go once every owner holds them).
     #[arg(long)]
@@ -134,6 +139,7 @@ impl ServeArgs {
             repair_interval: (!self.repair_interval.is_zero()).then_some(self.repair_interval),
             scrub_interval: (!self.scrub_interval.is_zero()).then_some(self.scrub_interval),
             scrub_rate: (self.scrub_rate > 0).then_some(self.scrub_rate),
+            repair_rate: self.repair_rate.filter(|r| *r > 0),
             auto_purge: !self.no_auto_purge,
             tombstone_grace: self.tombstone_grace,
         }

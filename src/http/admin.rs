@@ -30,6 +30,8 @@ pub async fn balance(State(state): State<AppState>) -> ApiResult<Response> {
         "pulled": reply.pulled,
         "pushed": reply.pushed,
         "tombstones_dropped": reply.tombstones_dropped,
+        "bytes_sent": reply.bytes_sent,
+        "bytes_received": reply.bytes_received,
         "failed": reply.failed,
     }))
     .into_response())

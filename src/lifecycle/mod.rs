@@ -25,7 +25,6 @@ mod gc;
 mod hints;
 mod repair;
 mod scrub;
-mod throttle;
 mod transfer;
 
 use std::collections::BTreeSet;
@@ -44,6 +43,7 @@ use crate::proto::{BalanceReply, SyncReply};
 use crate::ring::{MemberState, NodeId, Ring};
 use crate::rpc::SyncHandler;
 use crate::storage::Store;
+use crate::throttle::Throttle;
 
 pub use self::scrub::ScrubProgress;
 pub use self::transfer::{Progress, PurgeReport};
@@ -86,6 +86,9 @@ pub struct LifecycleOptions {
     pub scrub_interval: Option<Duration>,
     /// Bytes per second the scrub reads (`--scrub-rate`); `None`: no limit.
     pub scrub_rate: Option<u64>,
+    /// Bytes per second of records anti-entropy may move (`--repair-rate`);
+    /// `None`: no limit.
+    pub repair_rate: Option<u64>,
 }
 
 /// What a leave, removal or change of N did.
@@ -131,6 +134,8 @@ struct Inner {
     repair: std::sync::Mutex<repair::RepairProgress>,
     /// Scrub progress (its `quarantined` is filled in when read).
     scrub: std::sync::Mutex<ScrubProgress>,
+    /// `--repair-rate`: paces the records anti-entropy moves.
+    repair_throttle: Throttle,
 }
 
 impl Lifecycle {
@@ -143,6 +148,7 @@ impl Lifecycle {
     ) -> Lifecycle {
         let node = membership.node().clone();
         let transfer = transfer::Transfers::new(options.stream_rate);
+        let repair_throttle = Throttle::new(options.repair_rate);
         Lifecycle {
             inner: Arc::new(Inner {
                 node,
@@ -154,6 +160,7 @@ impl Lifecycle {
                 leaving: AtomicBool::new(false),
                 repair: std::sync::Mutex::default(),
                 scrub: std::sync::Mutex::default(),
+                repair_throttle,
             }),
         }
     }
@@ -178,7 +185,7 @@ impl Lifecycle {
     /// Periodic scrub, jittered so that replicas do not all read their
     /// disks at once.
     async fn scrub_forever(self, every: Duration) {
-        let throttle = Arc::new(throttle::Throttle::new(self.inner.options.scrub_rate));
+        let throttle = Arc::new(Throttle::new(self.inner.options.scrub_rate));
         loop {
             let jitter = 0.8 + 0.4 * rand::random::<f64>();
             tokio::time::sleep(every.mul_f64(jitter)).await;
@@ -523,6 +530,8 @@ impl Lifecycle {
                     total.pulled += reply.pulled;
                     total.pushed += reply.pushed;
                     total.tombstones_dropped += reply.tombstones_dropped;
+                    total.bytes_sent += reply.bytes_sent;
+                    total.bytes_received += reply.bytes_received;
                     total
                         .failed
                         .extend(reply.failed.into_iter().map(|f| format!("{member}: {f}")));

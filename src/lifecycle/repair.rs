@@ -2,15 +2,21 @@
 //! other live replica of it, top down through the hash trees
 //! (`merkle::Descent`, `Tree` RPC), lists the keys of the differing leaves
 //! on both sides (`Scan` without values) and moves only those records,
-//! newest version winning, tombstones included.
+//! newest version winning, tombstones included. The records moved are paced
+//! by the node's `--repair-rate` throttle, and the bytes of every exchange
+//! are counted in the [`BalanceReply`]. A peer's answer that does not fit
+//! the question (a `Tree` reply with another number of hashes, a `Scan`
+//! item without metadata or with an invalid key) fails that comparison
+//! only.
 
 use std::collections::BTreeMap;
 
 use super::{Lifecycle, gc};
 use crate::error::{Error, Result};
 use crate::merkle::{self, Descent};
-use crate::proto::{BalanceReply, RecordMeta, StoredRecord};
+use crate::proto::{BalanceReply, RecordMeta, ScanRequest, StoredRecord, TreeReply, TreeRequest};
 use crate::ring::{NodeId, TokenRange};
+use crate::storage::INLINE_MAX_BYTES;
 
 /// Leaf-index bits resolved per round of a tree comparison.
 const FANOUT_BITS: u32 = 4;
@@ -110,19 +116,26 @@ async fn compare(
     let coordinator = &lifecycle.inner.coordinator;
     let store = &lifecycle.inner.store;
     let remote = coordinator.replica(peer);
+    let throttle = &lifecycle.inner.repair_throttle;
     let local = store.leaf_hashes(range)?;
     let root = remote.tree(range, 0, &[0]).await?;
+    count_tree(reply, range, 0, &[0], &root);
     reply.hashes += 1;
-    if root.first() == Some(&local.node(0, 0)) {
-        return Ok(());
+    match root.as_slice() {
+        [hash] if *hash == local.node(0, 0) => return Ok(()),
+        [_] => {}
+        _ => return Err(peer_error(peer, format!("{} root hashes", root.len()))),
     }
     let mut descent = Descent::new(FANOUT_BITS);
     while !descent.done() {
         let (level, nodes) = descent.next_nodes();
         let theirs = remote.tree(range, level, &nodes).await?;
+        count_tree(reply, range, level, &nodes, &theirs);
         let ours: Vec<u64> = nodes.iter().map(|n| local.node(level, *n)).collect();
         reply.hashes += nodes.len() as u64;
-        descent.advance(level, nodes, &ours, &theirs);
+        descent
+            .advance(level, nodes, &ours, &theirs)
+            .map_err(|mismatch| peer_error(peer, mismatch.to_string()))?;
     }
     let leaves = descent.differing();
     reply.leaves += leaves.len() as u64;
@@ -159,11 +172,16 @@ async fn compare(
     }
     let mut theirs: BTreeMap<String, RecordMeta> = BTreeMap::new();
     let mut items = remote.scan(&spans, 0).await?;
+    reply.bytes_sent += message_bytes(&scan_request(&spans));
     use futures::StreamExt;
     while let Some(item) = items.next().await {
-        let meta = item?
+        let item = item?;
+        reply.bytes_received += message_bytes(&item);
+        let meta = item
             .meta
-            .ok_or_else(|| Error::invalid("scan item without meta"))?;
+            .ok_or_else(|| peer_error(peer, "scan item without meta".into()))?;
+        crate::key::validate(&meta.key)
+            .map_err(|err| peer_error(peer, format!("scan item: {err}")))?;
         if range.contains(crate::ring::Token::of_key(meta.key.as_bytes())) {
             theirs.insert(meta.key.clone(), meta);
         }
@@ -187,10 +205,13 @@ async fn compare(
                 }
                 other => other?,
             };
+            let bytes = record_bytes(mine, value.as_ref());
+            throttle.take(bytes).await;
             coordinator
                 .push_record(peer, mine.clone(), value, std::slice::from_ref(&me))
                 .await?;
             reply.pushed += 1;
+            reply.bytes_sent += bytes;
         }
     }
     for (key, remote_meta) in theirs {
@@ -199,11 +220,105 @@ async fn compare(
             None => !expired_tombstone(&remote_meta),
         };
         if newer_there {
-            coordinator
-                .push_record(&me, remote_meta, None, std::slice::from_ref(peer))
-                .await?;
+            let bytes = record_bytes(&remote_meta, None);
+            throttle.take(bytes).await;
+            pull(lifecycle, peer, remote_meta).await?;
             reply.pulled += 1;
+            reply.bytes_received += bytes;
         }
     }
     Ok(())
+}
+
+/// Stores `peer`'s record `meta` here: a tombstone as it is, a small value
+/// with one `Read` (the value comes inline, whatever version the peer holds
+/// by then: newest wins anyway), a large one streamed replica to replica.
+/// One `Read` instead of a `ReadStream` into a streamed local write is what
+/// keeps a repair of many small records fast.
+async fn pull(lifecycle: &Lifecycle, peer: &NodeId, meta: RecordMeta) -> Result<()> {
+    let coordinator = &lifecycle.inner.coordinator;
+    let me = &lifecycle.inner.node;
+    if !meta.deleted && meta.size <= INLINE_MAX_BYTES as u64 {
+        let read = coordinator
+            .replica(peer)
+            .read(&meta.key, INLINE_MAX_BYTES as u64)
+            .await?;
+        // The peer may hold a newer version by now, even a tombstone.
+        let value = match (&read.meta, read.value) {
+            (Some(held), _) if held.deleted => Some(bytes::Bytes::new()),
+            (_, value) => value,
+        };
+        if let (Some(held), Some(value)) = (read.meta, value)
+            && held.key == meta.key
+        {
+            coordinator.replica(me).write(held, value).await?;
+            return Ok(());
+        }
+    }
+    coordinator
+        .push_record(me, meta, None, std::slice::from_ref(peer))
+        .await
+}
+
+/// gRPC's prefix in front of every message: a compression flag and a
+/// 4-byte length.
+const GRPC_PREFIX_BYTES: u64 = 5;
+
+/// A message's bytes on a gRPC stream (HTTP/2 framing aside).
+fn message_bytes(message: &impl prost::Message) -> u64 {
+    message.encoded_len() as u64 + GRPC_PREFIX_BYTES
+}
+
+/// Counts one `Tree` exchange in `reply`.
+fn count_tree(
+    reply: &mut BalanceReply,
+    range: TokenRange,
+    level: u32,
+    nodes: &[usize],
+    hashes: &[u64],
+) {
+    reply.bytes_sent += message_bytes(&TreeRequest {
+        range: Some(proto_range(range)),
+        level,
+        nodes: nodes.iter().map(|n| *n as u64).collect(),
+    });
+    reply.bytes_received += message_bytes(&TreeReply {
+        hashes: hashes.to_vec(),
+    });
+}
+
+/// The `Scan` request listing `spans` (keys only).
+fn scan_request(spans: &[TokenRange]) -> ScanRequest {
+    ScanRequest {
+        ranges: spans.iter().map(|s| proto_range(*s)).collect(),
+        inline_max: 0,
+    }
+}
+
+fn proto_range(range: TokenRange) -> crate::proto::TokenRange {
+    crate::proto::TokenRange {
+        start: range.start.0,
+        end: range.end.0,
+    }
+}
+
+/// Bytes of moving one record to or from a peer: its metadata and value
+/// (`value` when it goes whole, else `meta.size` streamed), each value
+/// message with its prefix. What `--repair-rate` paces.
+fn record_bytes(meta: &RecordMeta, value: Option<&bytes::Bytes>) -> u64 {
+    let value_len = match value {
+        Some(value) => value.len() as u64,
+        None if meta.deleted => 0,
+        None => meta.size,
+    };
+    let pieces = value_len.div_ceil(crate::storage::CHUNK_SIZE_BYTES as u64);
+    message_bytes(meta) + value_len + pieces * GRPC_PREFIX_BYTES
+}
+
+/// A peer's answer that does not fit what was asked.
+fn peer_error(peer: &NodeId, reason: String) -> Error {
+    Error::Rpc {
+        node: peer.clone(),
+        reason,
+    }
 }

@@ -19,10 +19,10 @@
 use std::sync::Arc;
 
 use super::Lifecycle;
-use super::throttle::Throttle;
 use crate::error::{Error, Result};
 use crate::ring::{Token, TokenRange};
 use crate::storage::IndexEntry;
+use crate::throttle::Throttle;
 
 /// Token-index entries read per page.
 const SCRUB_PAGE: usize = 64;
@@ -129,12 +129,12 @@ async fn walk(lifecycle: &Lifecycle, throttle: &Arc<Throttle>) -> Result<()> {
 /// Checks one record; drops and repairs it when it fails.
 async fn check(lifecycle: &Lifecycle, throttle: &Arc<Throttle>, entry: IndexEntry) -> Result<()> {
     let store = &lifecycle.inner.store;
-    throttle.wait(RECORD_COST_BYTES).await;
+    throttle.take(RECORD_COST_BYTES).await;
     let verified = {
         let (store, throttle, key) = (store.clone(), throttle.clone(), entry.key.clone());
         tokio::task::spawn_blocking(move || {
             store.verify(&key, entry.version, |bytes| {
-                std::thread::sleep(throttle.reserve(bytes));
+                std::thread::sleep(throttle.book(bytes));
             })
         })
         .await

@@ -11,11 +11,11 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use super::Lifecycle;
-use super::throttle::Throttle;
 use crate::error::{Error, Result};
 use crate::proto::{RecordMeta, SyncReply};
 use crate::ring::{NodeId, Ring, Token, TokenRange};
 use crate::storage::INLINE_MAX_BYTES;
+use crate::throttle::Throttle;
 use crate::version::Version;
 
 /// Longest wait for the next record or chunk of a source before giving up
@@ -87,7 +87,7 @@ impl Transfers {
 
     /// Waits as long as `--stream-rate` asks before `bytes` more.
     async fn throttle(&self, bytes: usize) {
-        self.throttle.wait(bytes as u64).await;
+        self.throttle.take(bytes as u64).await;
     }
 
     /// Fetches every range this node gains in `ring` from each live

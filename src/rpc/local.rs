@@ -22,6 +22,14 @@ const READ_AHEAD_CHUNKS: usize = 2;
 const SCAN_BATCH: usize = 256;
 /// Scan items queued ahead of the consumer.
 const SCAN_AHEAD_ITEMS: usize = 512;
+/// Most tree nodes one `Tree` call may ask for: a comparison round never
+/// asks more than the leaves (16 children of each differing node of the
+/// level above), so more is a malformed request, refused before any work.
+pub const MAX_TREE_NODES: usize = crate::merkle::LEAVES;
+/// Most ranges one `Scan` call may list: repair asks at most one per leaf
+/// (65,536) and a bootstrap one per range of the ring (at most 4,096 tokens
+/// per member); 2^18 leaves room for 64 members of 4,096 tokens.
+pub const MAX_SCAN_RANGES: usize = 1 << 18;
 
 /// Replica operations on this node's store.
 #[derive(Clone)]
@@ -208,6 +216,12 @@ impl LocalReplica {
     /// holds it.
     pub fn tree(&self, range: TokenRange, level: u32, nodes: &[usize]) -> Result<Vec<u64>> {
         self.serving()?;
+        if nodes.len() > MAX_TREE_NODES {
+            return Err(Error::invalid(format!(
+                "{} tree nodes asked at once; at most {MAX_TREE_NODES}",
+                nodes.len()
+            )));
+        }
         if level > crate::merkle::LEAF_BITS {
             return Err(Error::invalid(format!(
                 "tree level {level} is past the leaves"
@@ -224,12 +238,19 @@ impl LocalReplica {
 
     /// Every record (values and tombstones) whose key hashes into one of
     /// `ranges`, in key order, with the value when it is stored inline and
-    /// at most `inline_max` bytes.
+    /// at most `inline_max` bytes. More than [`MAX_SCAN_RANGES`] ranges is
+    /// an error at once.
     pub fn scan(
         &self,
         ranges: Vec<TokenRange>,
         inline_max: u64,
-    ) -> mpsc::Receiver<Result<ScanItem>> {
+    ) -> Result<mpsc::Receiver<Result<ScanItem>>> {
+        if ranges.len() > MAX_SCAN_RANGES {
+            return Err(Error::invalid(format!(
+                "{} ranges in one scan; at most {MAX_SCAN_RANGES}",
+                ranges.len()
+            )));
+        }
         let (tx, rx) = mpsc::channel(SCAN_AHEAD_ITEMS);
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || {
@@ -258,7 +279,7 @@ impl LocalReplica {
                 }
             }
         });
-        rx
+        Ok(rx)
     }
 }
 

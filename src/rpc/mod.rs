@@ -285,7 +285,7 @@ impl ReplicaHandle {
     ) -> Result<BoxStream<'static, Result<ScanItem>>> {
         match self {
             ReplicaHandle::Local(local) => {
-                let rx = local.scan(ranges.to_vec(), inline_max);
+                let rx = local.scan(ranges.to_vec(), inline_max)?;
                 Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
             }
             ReplicaHandle::Remote { node, peers } => {

@@ -13,7 +13,7 @@ use crate::proto::{
     ValueChunk, WriteChunk, WriteReply, WriteRequest, write_chunk,
 };
 use crate::ring::{NodeId, Token, TokenRange};
-use crate::rpc::local::LocalReplica;
+use crate::rpc::local::{LocalReplica, MAX_SCAN_RANGES, MAX_TREE_NODES};
 use crate::rpc::{SyncHandler, WriteMsg};
 
 /// Serves the `Replica` service of one node.
@@ -105,6 +105,12 @@ impl Replica for ReplicaService {
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanStream>, Status> {
         let ScanRequest { ranges, inline_max } = request.into_inner();
+        if ranges.len() > MAX_SCAN_RANGES {
+            return Err(Status::invalid_argument(format!(
+                "{} ranges in one scan; at most {MAX_SCAN_RANGES}",
+                ranges.len()
+            )));
+        }
         let ranges: Vec<TokenRange> = ranges
             .into_iter()
             .map(|r| TokenRange {
@@ -112,7 +118,7 @@ impl Replica for ReplicaService {
                 end: Token(r.end),
             })
             .collect();
-        let rx = self.local.scan(ranges, inline_max);
+        let rx = self.local.scan(ranges, inline_max)?;
         let stream =
             tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
@@ -135,7 +141,18 @@ impl Replica for ReplicaService {
             start: Token(range.start),
             end: Token(range.end),
         };
-        let nodes: Vec<usize> = nodes.into_iter().map(|n| n as usize).collect();
+        // Checked before converting, so a huge list costs no second copy.
+        if nodes.len() > MAX_TREE_NODES {
+            return Err(Status::invalid_argument(format!(
+                "{} tree nodes asked at once; at most {MAX_TREE_NODES}",
+                nodes.len()
+            )));
+        }
+        let nodes = nodes
+            .into_iter()
+            .map(usize::try_from)
+            .collect::<Result<Vec<usize>, _>>()
+            .map_err(|_| Status::invalid_argument("tree node index out of range"))?;
         let hashes = self.local.tree(range, level, &nodes)?;
         Ok(Response::new(TreeReply { hashes }))
     }
