@@ -36,6 +36,10 @@ pub struct RepairProgress {
     pub pulled: u64,
     /// Records sent to other replicas.
     pub pushed: u64,
+    /// Bytes of the comparisons' messages, sent and received.
+    pub bytes: u64,
+    /// Expired tombstones dropped.
+    pub tombstones_dropped: u64,
     /// Runs finished since the node started.
     pub runs: u64,
 }
@@ -64,6 +68,8 @@ pub async fn balance_local(lifecycle: &Lifecycle) -> Result<BalanceReply> {
         progress.leaves = reply.leaves;
         progress.pulled = reply.pulled;
         progress.pushed = reply.pushed;
+        progress.bytes = reply.bytes_sent + reply.bytes_received;
+        progress.tombstones_dropped = reply.tombstones_dropped;
         if !active {
             progress.runs += 1;
         }
