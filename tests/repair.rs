@@ -27,9 +27,7 @@ async fn balance_brings_a_replica_that_was_away_in_line() {
         assert_eq!(status, StatusCode::CREATED);
     }
     // Nothing differs: a balance compares roots only and moves nothing.
-    let (ok, out, err) = ringkv_cli(&cluster.nodes[0].id, &["--json", "balance"]);
-    assert!(ok, "{err}");
-    let quiet: Value = serde_json::from_str(&out).unwrap();
+    let quiet = cluster.balance(0);
     assert_eq!(quiet["pulled"], 0, "{quiet}");
     assert_eq!(quiet["pushed"], 0, "{quiet}");
     assert_eq!(quiet["leaves_differing"], 0, "{quiet}");
@@ -84,9 +82,7 @@ async fn balance_brings_a_replica_that_was_away_in_line() {
     assert_eq!(out.lines().count(), 3, "{out}");
     assert!(out.contains(&format!("{} 0", cluster.nodes[2].id)), "{out}");
 
-    let (ok, out, err) = ringkv_cli(&cluster.nodes[1].id, &["--json", "balance"]);
-    assert!(ok, "{err}");
-    let summary: Value = serde_json::from_str(&out).unwrap();
+    let summary = cluster.balance(1);
     assert!(
         summary["failed"].as_array().unwrap().is_empty(),
         "{summary}"
@@ -312,9 +308,7 @@ async fn a_replica_away_during_ten_thousand_writes_catches_up() {
     cluster.restart(2);
     cluster.wait_converged().await;
 
-    let (ok, out, err) = ringkv_cli(&cluster.nodes[0].id, &["--json", "balance"]);
-    assert!(ok, "{err}");
-    let summary: Value = serde_json::from_str(&out).unwrap();
+    let summary = cluster.balance(0);
     assert!(
         summary["failed"].as_array().unwrap().is_empty(),
         "{summary}"
@@ -323,9 +317,7 @@ async fn a_replica_away_during_ten_thousand_writes_catches_up() {
     assert!(moved >= 10_000, "{summary}");
 
     // Identical trees: the next balance compares the roots only.
-    let (ok, out, err) = ringkv_cli(&cluster.nodes[1].id, &["--json", "balance"]);
-    assert!(ok, "{err}");
-    let again: Value = serde_json::from_str(&out).unwrap();
+    let again = cluster.balance(1);
     assert_eq!(again["leaves_differing"], 0, "{again}");
     assert_eq!(again["pulled"], 0, "{again}");
     assert_eq!(again["pushed"], 0, "{again}");

@@ -57,13 +57,6 @@ async fn delete(cluster: &Cluster, keys: &[String]) {
     }
 }
 
-/// `ringkv --json balance` through node `i`.
-fn balance(cluster: &Cluster, i: usize) -> Value {
-    let (ok, out, err) = ringkv_cli(&cluster.nodes[i].id, &["--json", "balance"]);
-    assert!(ok, "{err}");
-    serde_json::from_str(&out).unwrap()
-}
-
 /// Asserts that no node in `nodes` answers a read of any of `keys`.
 async fn assert_unreadable(cluster: &Cluster, nodes: &[usize], keys: &[String]) {
     for &i in nodes {
@@ -97,7 +90,7 @@ async fn tombstones_go_only_once_every_replica_has_them() {
     tokio::time::sleep_until((Instant::now() + GRACE + Duration::from_millis(500)).into()).await;
 
     // Past the grace period, but node 2 is down: nothing is collected.
-    let summary = balance(&cluster, 0);
+    let summary = cluster.balance(0);
     assert_eq!(summary["tombstones_dropped"], 0, "{summary}");
     assert!(!summary["failed"].as_array().unwrap().is_empty());
     for key in gone {
@@ -118,7 +111,7 @@ async fn tombstones_go_only_once_every_replica_has_them() {
     // Now every replica has them: balances collect them everywhere.
     let mut dropped = 0;
     common::wait_for("every tombstone collected", common::DEADLINE, || {
-        let summary = balance(&cluster, 1);
+        let summary = cluster.balance(1);
         dropped += summary["tombstones_dropped"].as_u64().unwrap();
         let cluster = &cluster;
         async move {
@@ -140,7 +133,7 @@ async fn tombstones_go_only_once_every_replica_has_them() {
         assert_eq!(got.as_ref(), format!("value of {key}").as_bytes());
     }
     // The replicas agree: nothing left to move, nothing comes back.
-    let summary = balance(&cluster, 2);
+    let summary = cluster.balance(2);
     assert_eq!(summary["leaves_differing"], 0, "{summary}");
     assert_eq!(summary["pulled"], 0, "{summary}");
     assert_eq!(summary["pushed"], 0, "{summary}");
@@ -176,7 +169,7 @@ async fn a_removed_node_back_after_the_grace_period_resurrects_nothing() {
     assert!(ok, "{err}");
     tokio::time::sleep_until((Instant::now() + GRACE + Duration::from_millis(500)).into()).await;
     common::wait_for("every tombstone collected", common::DEADLINE, || {
-        balance(&cluster, 0);
+        cluster.balance(0);
         let cluster = &cluster;
         let keys = &keys;
         async move {

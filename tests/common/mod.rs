@@ -230,6 +230,13 @@ impl Cluster {
         wait_converged(&self.http, &urls, self.nodes.len()).await;
     }
 
+    /// `ringkv --json balance` through node `i`: the cluster-wide summary.
+    pub fn balance(&self, i: usize) -> Value {
+        let (ok, out, err) = ringkv_cli(&self.nodes[i].id, &["--json", "balance"]);
+        assert!(ok, "{err}");
+        serde_json::from_str(&out).expect("balance summary")
+    }
+
     /// State of `member` in node `observer`'s `/ring`.
     pub async fn state_seen(&self, observer: usize, member: &str) -> Option<String> {
         let ring = self.ring(observer).await?;
