@@ -33,7 +33,7 @@ mod engine;
 
 use std::ops::Bound;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::{Bytes, BytesMut};
@@ -103,10 +103,14 @@ struct Inner {
     leaves: Vec<AtomicU64>,
     /// Tombstones held per hash-tree leaf, so that tombstone collection
     /// visits only the leaves that have some.
-    tombstones: Vec<AtomicU32>,
+    tombstones: Vec<AtomicU64>,
     /// Corrupt copies dropped by [`Store::quarantine`] since the store
     /// opened (found by reads, writes or the scrub), for progress reports.
     quarantined: AtomicU64,
+    /// Keys held with a live value (not a tombstone), kept with the leaves.
+    live_keys: AtomicU64,
+    /// Hints waiting for delivery, counted at open and on every change.
+    hints: AtomicU64,
 }
 
 impl Store {
@@ -125,13 +129,16 @@ impl Store {
                 locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
                 syncer,
                 leaves: (0..merkle::LEAVES).map(|_| AtomicU64::new(0)).collect(),
-                tombstones: (0..merkle::LEAVES).map(|_| AtomicU32::new(0)).collect(),
+                tombstones: (0..merkle::LEAVES).map(|_| AtomicU64::new(0)).collect(),
                 quarantined: AtomicU64::new(0),
+                live_keys: AtomicU64::new(0),
+                hints: AtomicU64::new(0),
             }),
         };
         store.clean_pending()?;
         store.index_if_missing()?;
         store.load_leaves()?;
+        store.count_hints()?;
         Ok(store)
     }
 
@@ -154,23 +161,47 @@ impl Store {
         }
     }
 
+    /// Counts the hints kept from an earlier run.
+    fn count_hints(&self) -> Result<()> {
+        let mut after = Bound::Unbounded;
+        let mut count = 0u64;
+        loop {
+            let batch = self
+                .inner
+                .engine
+                .scan_keys(Space::Hints, b"", after, 4096)?;
+            let Some(last) = batch.last() else {
+                break;
+            };
+            count += batch.len() as u64;
+            after = Bound::Excluded(last.clone());
+        }
+        self.inner.hints.store(count, Ordering::Relaxed);
+        Ok(())
+    }
+
     /// XORs an entry into (`added`) or out of its leaf, and counts the
-    /// leaf's tombstones.
+    /// leaf's tombstones and the store's live keys.
     fn toggle_leaf(&self, key: &str, version: Version, deleted: bool, added: bool) {
         let leaf = merkle::leaf_of(Token::of_key(key.as_bytes()));
         self.inner.leaves[leaf]
             .fetch_xor(merkle::entry_hash(key, version, deleted), Ordering::Relaxed);
-        if deleted {
-            let count = &self.inner.tombstones[leaf];
-            if added {
-                count.fetch_add(1, Ordering::Relaxed);
-            } else {
-                // Never below zero, whatever the order of racing updates.
-                let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
-                    Some(c.saturating_sub(1))
-                });
-            }
-        }
+        let count = if deleted {
+            &self.inner.tombstones[leaf]
+        } else {
+            &self.inner.live_keys
+        };
+        step(count, added);
+    }
+
+    /// Keys held with a live value (tombstones not counted).
+    pub fn key_count(&self) -> u64 {
+        self.inner.live_keys.load(Ordering::Relaxed)
+    }
+
+    /// Hints waiting for delivery to other replicas.
+    pub fn hints_pending(&self) -> u64 {
+        self.inner.hints.load(Ordering::Relaxed)
     }
 
     /// The hash-tree leaves of `range` holding at least one tombstone.
@@ -765,9 +796,15 @@ impl Store {
             .as_ref()
             .ok_or_else(|| Error::invalid("hint without meta"))?;
         let key = hint_key(target, &meta.key, meta.version());
+        let _guard = self.lock(&meta.key);
+        let new = self.inner.engine.get(Space::Hints, &key)?.is_none();
         self.inner
             .engine
-            .apply(vec![Op::Put(Space::Hints, key, encode_record(record))])
+            .apply(vec![Op::Put(Space::Hints, key, encode_record(record))])?;
+        if new {
+            step(&self.inner.hints, true);
+        }
+        Ok(())
     }
 
     /// Hints in storage order after `after` (a raw hint key), at most
@@ -798,7 +835,14 @@ impl Store {
 
     /// Drops a delivered (or obsolete) hint.
     pub fn remove_hint(&self, raw: Vec<u8>) -> Result<()> {
-        self.inner.engine.apply(vec![Op::Delete(Space::Hints, raw)])
+        let held = self.inner.engine.get(Space::Hints, &raw)?.is_some();
+        self.inner
+            .engine
+            .apply(vec![Op::Delete(Space::Hints, raw)])?;
+        if held {
+            step(&self.inner.hints, false);
+        }
+        Ok(())
     }
 
     /// Waits until everything applied so far is on disk, when `fsync` is on.
@@ -843,6 +887,18 @@ impl Store {
     /// Bytes used on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.inner.engine.disk_bytes()
+    }
+}
+
+/// Counts one up or down, never below zero whatever the order of racing
+/// updates.
+fn step(count: &AtomicU64, up: bool) {
+    if up {
+        count.fetch_add(1, Ordering::Relaxed);
+    } else {
+        let _ = count.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |c| {
+            Some(c.saturating_sub(1))
+        });
     }
 }
 
@@ -1376,6 +1432,51 @@ mod tests {
         }
         out.0.retain(|_, h| *h != 0);
         out
+    }
+
+    #[test]
+    fn live_keys_and_hints_are_counted_and_survive_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = StorageOptions {
+            data_dir: Some(dir.path().to_path_buf()),
+            fsync: false,
+        };
+        {
+            let store = Store::open(&options).unwrap();
+            for i in 0..50u64 {
+                let key = format!("count-{i}");
+                store
+                    .write_whole(meta(&key, 10, b"v"), Bytes::from_static(b"v"))
+                    .unwrap();
+            }
+            // An overwrite counts once, a tombstone not at all, a drop goes.
+            store
+                .write_whole(meta("count-0", 20, b"w"), Bytes::from_static(b"w"))
+                .unwrap();
+            store
+                .write_whole(tombstone("count-1", 30), Bytes::new())
+                .unwrap();
+            let version = store.version_of("count-2").unwrap().unwrap();
+            assert!(store.drop_if("count-2", version).unwrap());
+            assert_eq!(store.key_count(), 48);
+
+            let record = store.record("count-3").unwrap().unwrap();
+            store.add_hint("127.0.0.1:1", &record).unwrap();
+            store.add_hint("127.0.0.1:1", &record).unwrap(); // the same hint again
+            store.add_hint("127.0.0.1:2", &record).unwrap();
+            assert_eq!(store.hints_pending(), 2);
+            let (raw, _, _) = store
+                .hints_after(Bound::Unbounded, 1)
+                .unwrap()
+                .pop()
+                .unwrap();
+            store.remove_hint(raw.clone()).unwrap();
+            store.remove_hint(raw).unwrap(); // already gone
+            assert_eq!(store.hints_pending(), 1);
+        }
+        let store = Store::open(&options).unwrap();
+        assert_eq!(store.key_count(), 48);
+        assert_eq!(store.hints_pending(), 1);
     }
 
     #[test]
