@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need,
 # checks formatting and lints, then runs every test (unit, property and
-# integration tests with real ringkv processes on loopback).
+# integration tests with real ringkv processes on loopback, and the status
+# page in headless Chromium).
 # The last lines printed are the test runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +12,14 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
+# The status page test drives headless Chromium through chromedriver.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  echo "installing chromium and chromium-driver…"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium chromium-driver
+fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest…"
   cargo install --locked cargo-nextest

@@ -322,6 +322,73 @@ async fn favicon_and_status_page() {
     }
     assert!(html.contains("&lt;script&gt;"));
     assert!(!html.contains("<script>alert"));
+    // The favicon key, now present, is the page's icon.
+    assert!(html.contains(r#"<link rel="icon" href="/favicon.ico">"#));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_changing_requests_from_other_origins_are_refused() {
+    let cluster = Cluster::start(Options::default()).await;
+    let http = &cluster.http;
+    let me = &cluster.nodes[0].id;
+    let other = &cluster.nodes[1].id;
+    // A browser on another site, or on another node's page.
+    for (header, value) in [
+        ("Origin", "http://evil.example".to_string()),
+        ("Origin", format!("http://{other}")),
+        ("Origin", "null".to_string()),
+        ("Sec-Fetch-Site", "cross-site".to_string()),
+        ("Sec-Fetch-Site", "same-site".to_string()),
+    ] {
+        let put = http
+            .put(key_url(&cluster, 0, "forged"))
+            .header(header, &value)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        let body = assert_json_error(put, StatusCode::FORBIDDEN).await;
+        assert_eq!(body["code"], "cross_origin", "{header}: {value}");
+        for (method, path) in [
+            (reqwest::Method::POST, "/balance"),
+            (reqwest::Method::POST, "/purge"),
+            (reqwest::Method::DELETE, "/keys/existing"),
+        ] {
+            let response = http
+                .request(method, format!("{}{path}", cluster.url(0)))
+                .header(header, &value)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::FORBIDDEN, "{path} {value}");
+        }
+        // Reading is not refused.
+        let page = http
+            .get(cluster.url(0))
+            .header(header, &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(page.status(), StatusCode::OK);
+    }
+    let haskey = cluster.haskey(0, "forged").await;
+    assert_eq!(haskey.0, 0, "a refused write was stored");
+    // This node's own page, and clients that are not browsers, pass.
+    let own = http
+        .put(key_url(&cluster, 0, "forged"))
+        .header("Origin", format!("http://{me}"))
+        .header("Sec-Fetch-Site", "same-origin")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), StatusCode::CREATED);
+    let plain = http
+        .post(format!("{}/balance", cluster.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(plain.status(), StatusCode::OK);
 }
 
 async fn assert_json_error(response: reqwest::Response, status: StatusCode) -> Value {

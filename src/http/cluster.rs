@@ -22,7 +22,7 @@ pub async fn ring(State(state): State<AppState>) -> Response {
                     .and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok())
             };
             let (transfer, repair) = (parsed(&view.transfers), parsed(&view.repairs));
-            let scrub = parsed(&view.scrubs);
+            let (scrub, stats) = (parsed(&view.scrubs), parsed(&view.stats));
             json!({
                 "node": m.id,
                 "state": m.shown_state().as_str(),
@@ -35,6 +35,7 @@ pub async fn ring(State(state): State<AppState>) -> Response {
                 "transfer": transfer,
                 "repair": repair,
                 "scrub": scrub,
+                "stats": stats,
                 "url": format!("http://{}/", m.id),
             })
         })

@@ -37,7 +37,8 @@ fn quorum(value: &Option<String>) -> ApiResult<Quorum> {
     }
 }
 
-fn params<T: Default>(
+/// The query string, or a clear error when it does not parse.
+pub(super) fn params<T: Default>(
     query: Result<Query<T>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<T> {
     query.map(|Query(q)| q).map_err(|e| {

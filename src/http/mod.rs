@@ -70,7 +70,62 @@ pub fn router(state: AppState) -> Router {
         .route("/ring/{*node}", delete(admin::remove))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(same_origin_only))
         .with_state(state)
+}
+
+/// Refuses requests that change state when a browser says they come from
+/// another site or origin (cross-site request forgery): a page elsewhere,
+/// another node's page included, cannot make a visitor's browser balance,
+/// purge, delete or write here. Clients that are not browsers (curl, the
+/// CLI, other nodes) send neither header and pass.
+async fn same_origin_only(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    use axum::http::Method;
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    if !safe && let Some(why) = cross_origin(request.headers()) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "cross_origin",
+            &format!(
+                "{} {} refused: {why}; state-changing requests must come from this node's own page or from a client that is not a browser",
+                request.method(),
+                request.uri().path()
+            ),
+        );
+    }
+    next.run(request).await
+}
+
+/// Why a request's headers show it comes from another origin, if they do.
+fn cross_origin(headers: &axum::http::HeaderMap) -> Option<String> {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        let site = site.to_str().unwrap_or("?");
+        if site != "same-origin" && site != "none" {
+            return Some(format!("the browser says it is {site}"));
+        }
+    }
+    let origin = headers.get(header::ORIGIN)?;
+    let origin = origin.to_str().unwrap_or("?");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("");
+    let origin_host = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or("");
+    if host.is_empty() || !origin_host.eq_ignore_ascii_case(host) {
+        return Some(format!(
+            "it comes from origin {origin:?}, not this node ({host})"
+        ));
+    }
+    None
 }
 
 async fn empty_key() -> Response {

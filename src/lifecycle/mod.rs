@@ -109,6 +109,20 @@ pub struct TransitionSummary {
     pub digest: String,
 }
 
+/// What a node holds, published in gossip for the status page and `/ring`.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct NodeStats {
+    /// Keys held with a live value.
+    pub keys: u64,
+    /// Bytes the store uses (on disk, or in memory for `--in-memory`).
+    pub bytes: u64,
+    /// Writes kept for other replicas, not delivered yet.
+    pub hints: u64,
+    /// Back after longer than the tombstone grace period and re-reading
+    /// its ranges: serves no reads until done.
+    pub catching_up: bool,
+}
+
 /// The lifecycle of one node. Cheap to clone.
 #[derive(Clone)]
 pub struct Lifecycle {
@@ -195,6 +209,17 @@ impl Lifecycle {
             if let Err(err) = scrub::scrub_local(&self, &throttle).await {
                 tracing::warn!(%err, "scrub failed");
             }
+        }
+    }
+
+    /// What this node holds.
+    pub fn stats(&self) -> NodeStats {
+        let store = &self.inner.store;
+        NodeStats {
+            keys: store.key_count(),
+            bytes: store.disk_bytes(),
+            hints: store.hints_pending(),
+            catching_up: self.is_catching_up(),
         }
     }
 
@@ -648,11 +673,11 @@ impl Lifecycle {
         }
     }
 
-    /// Publishes transfer, anti-entropy and scrub progress in gossip while
-    /// they change.
+    /// Publishes transfer, anti-entropy and scrub progress and what this
+    /// node holds in gossip while they change.
     async fn publish_progress(self) {
         let (mut last_transfer, mut last_repair) = (String::new(), String::new());
-        let mut last_scrub = String::new();
+        let (mut last_scrub, mut last_stats) = (String::new(), String::new());
         let mut tick = tokio::time::interval(TICK);
         loop {
             tick.tick().await;
@@ -673,6 +698,11 @@ impl Lifecycle {
             if scrub != last_scrub {
                 self.inner.membership.set_scrub(scrub.clone()).await;
                 last_scrub = scrub;
+            }
+            let stats = serde_json::to_string(&self.stats()).unwrap_or_default();
+            if stats != last_stats {
+                self.inner.membership.set_stats(stats.clone()).await;
+                last_stats = stats;
             }
         }
     }

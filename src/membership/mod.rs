@@ -4,7 +4,7 @@
 //!
 //! Each node publishes a few keys about itself ([`KEY_TOKENS`], [`KEY_ZONE`],
 //! [`KEY_STATE`], [`KEY_REPLICAS`], [`KEY_DIGEST`], [`KEY_TRANSFER`],
-//! [`KEY_REPAIR`], [`KEY_SCRUB`], and
+//! [`KEY_REPAIR`], [`KEY_SCRUB`], [`KEY_STATS`], and
 //! removal markers under [`REMOVAL_PREFIX`]); a refresh task reads the
 //! converged view, turns it into a [`Ring`] with the pure function
 //! [`ring_from_peers`], and publishes it on a watch channel whenever its
@@ -58,6 +58,8 @@ pub const KEY_TRANSFER: &str = "transfer";
 pub const KEY_REPAIR: &str = "repair";
 /// Gossip key: this node's scrub progress, JSON.
 pub const KEY_SCRUB: &str = "scrub";
+/// Gossip key: what this node holds (keys, bytes, hints pending), JSON.
+pub const KEY_STATS: &str = "stats";
 /// Gossip key prefix: `remove:host:port` = `tokenhash:removing|removed`.
 pub const REMOVAL_PREFIX: &str = "remove:";
 
@@ -301,6 +303,8 @@ pub struct View {
     pub repairs: BTreeMap<NodeId, String>,
     /// Each member's published scrub progress (JSON).
     pub scrubs: BTreeMap<NodeId, String>,
+    /// Each member's published figures: keys, bytes, hints (JSON).
+    pub stats: BTreeMap<NodeId, String>,
     /// When each member that is down was last heard from.
     pub down_since: BTreeMap<NodeId, Instant>,
 }
@@ -486,6 +490,11 @@ impl Membership {
     /// Publishes this node's scrub progress.
     pub async fn set_scrub(&self, json: String) {
         self.publish(KEY_SCRUB, json).await;
+    }
+
+    /// Publishes what this node holds (keys, bytes, hints pending).
+    pub async fn set_stats(&self, json: String) {
+        self.publish(KEY_STATS, json).await;
     }
 
     /// Publishes a removal of `node` (whose tokens hash to `tokens_hash`).
@@ -754,7 +763,10 @@ impl Refresh {
                 view.repairs.insert(id.clone(), r.clone());
             }
             if let Some(s) = peer.keys.get(KEY_SCRUB) {
-                view.scrubs.insert(id, s.clone());
+                view.scrubs.insert(id.clone(), s.clone());
+            }
+            if let Some(s) = peer.keys.get(KEY_STATS) {
+                view.stats.insert(id, s.clone());
             }
         }
         {

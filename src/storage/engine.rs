@@ -90,7 +90,7 @@ pub trait Engine: Send + Sync + 'static {
     fn flush(&self, _deadline: std::time::Duration) -> Result<()> {
         Ok(())
     }
-    /// Bytes the engine uses on disk (0 in memory).
+    /// Bytes the engine uses on disk (in memory: of the keys and values held).
     fn disk_bytes(&self) -> u64;
     /// Whether chunk writes are ahead of the engine's flushes. fjall keeps
     /// accepting writes while memtables wait to be flushed, so a fast stream
@@ -289,6 +289,8 @@ impl Engine for FjallEngine {
 pub struct MemoryEngine {
     /// One map per space. A std lock: never held across an await.
     spaces: RwLock<BTreeMap<Space, BTreeMap<Vec<u8>, Bytes>>>,
+    /// Bytes of every key and value held, kept by `apply` under the lock.
+    bytes: std::sync::atomic::AtomicU64,
 }
 
 impl Engine for MemoryEngine {
@@ -333,16 +335,27 @@ impl Engine for MemoryEngine {
 
     fn apply(&self, ops: Vec<Op>) -> Result<()> {
         let mut spaces = self.spaces.write().unwrap_or_else(|p| p.into_inner());
+        let (mut added, mut removed) = (0u64, 0u64);
+        let size = |key: &[u8], value: &Bytes| (key.len() + value.len()) as u64;
         for op in ops {
             match op {
                 Op::Put(space, key, value) => {
-                    spaces.entry(space).or_default().insert(key, value);
+                    added += size(&key, &value);
+                    let map = spaces.entry(space).or_default();
+                    if let Some(old) = map.insert(key.clone(), value) {
+                        removed += size(&key, &old);
+                    }
                 }
                 Op::Delete(space, key) => {
-                    spaces.entry(space).or_default().remove(&key);
+                    if let Some(old) = spaces.entry(space).or_default().remove(&key) {
+                        removed += size(&key, &old);
+                    }
                 }
             }
         }
+        let bytes = &self.bytes;
+        bytes.fetch_add(added, std::sync::atomic::Ordering::Relaxed);
+        bytes.fetch_sub(removed, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -351,7 +364,7 @@ impl Engine for MemoryEngine {
     }
 
     fn disk_bytes(&self) -> u64 {
-        0
+        self.bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

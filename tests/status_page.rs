@@ -1,0 +1,369 @@
+//! The status page (F22) in a real browser: headless Chromium driven over
+//! WebDriver (chromedriver, fantoccini) against a 3-node cluster. The test
+//! script installs Debian's `chromium` and `chromium-driver`; without them
+//! this test fails, it does not skip.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use common::{Cluster, DEADLINE, Options, key_url, wait_for};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{Value, json};
+
+/// A chromedriver process, killed on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let mut child = Command::new("chromedriver")
+            .arg("--port=0")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect(
+                "cannot run chromedriver: install Debian's chromium and chromium-driver \
+                 (scripts/test.sh does)",
+            );
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let port = loop {
+            let line = match lines.next() {
+                Some(Ok(line)) => line,
+                other => panic!("chromedriver did not start: {other:?}"),
+            };
+            if let Some(rest) = line.split("started successfully on port ").nth(1) {
+                break rest.trim_end_matches('.').trim().parse().expect("port");
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        Driver { child, port }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A headless Chromium session downloading into `downloads`.
+async fn browser(driver: &Driver, downloads: &Path) -> Client {
+    let capabilities = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "args": [
+                "--headless=new", "--no-sandbox", "--disable-gpu",
+                "--disable-dev-shm-usage", "--window-size=1280,1400",
+            ],
+            "prefs": {
+                "download.default_directory": downloads,
+                "download.prompt_for_download": false,
+            },
+        },
+        "goog:loggingPrefs": { "browser": "ALL" },
+    });
+    let Value::Object(capabilities) = capabilities else {
+        unreachable!()
+    };
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(capabilities)
+        .connect(&format!("http://127.0.0.1:{}", driver.port))
+        .await
+        .expect("a Chromium session")
+}
+
+/// Browser console entries of level SEVERE since the last call
+/// (chromedriver's log endpoint).
+async fn console_errors(driver: &Driver, client: &Client) -> Vec<String> {
+    let session = client.session_id().await.unwrap().expect("session id");
+    let reply: Value = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/session/{session}/se/log",
+            driver.port
+        ))
+        .json(&json!({ "type": "browser" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries = reply["value"].as_array().expect("log entries").clone();
+    entries
+        .into_iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Text of every element matching `css`.
+async fn texts(client: &Client, css: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for element in client.find_all(Locator::Css(css)).await.unwrap_or_default() {
+        if let Ok(text) = element.text().await {
+            out.push(text);
+        }
+    }
+    out
+}
+
+/// Waits until `css` matches an element whose text contains `needle`.
+async fn wait_text(client: &Client, css: &str, needle: &str) -> String {
+    wait_for(&format!("{css} to show {needle:?}"), DEADLINE, || async {
+        texts(client, css)
+            .await
+            .into_iter()
+            .find(|t| t.contains(needle))
+    })
+    .await
+}
+
+/// Where this test leaves files for people to look at.
+fn output_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_status_page_works_in_a_real_browser() {
+    let mut cluster = Cluster::start(Options::default()).await;
+    let http = cluster.http.clone();
+    let hostile = r#"<script>window.__xss=1</script>"'&"#;
+    let data = common::bytes(11, 200_000);
+    let values: Vec<(&str, Vec<u8>)> = vec![
+        ("photos/cat.jpg", b"meow".to_vec()),
+        ("photos/dog.png", b"woof".to_vec()),
+        ("docs/read me.txt", b"hello".to_vec()),
+        (hostile, b"<b>not html</b>".to_vec()),
+        ("files/data.bin", data.clone()),
+    ];
+    for (key, value) in &values {
+        let put = http
+            .put(key_url(&cluster, 1, key))
+            .body(value.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(put.status(), 201, "{key}");
+    }
+
+    let driver = Driver::start();
+    let downloads = tempfile::tempdir().unwrap();
+    let client = browser(&driver, downloads.path()).await;
+    let me = cluster.nodes[0].id.clone();
+    client.goto(&cluster.url(0)).await.unwrap();
+    assert_eq!(
+        client.title().await.unwrap(),
+        format!("ringkv · {me}"),
+        "the page of node 0"
+    );
+
+    // The page loads with no console errors.
+    let errors = console_errors(&driver, &client).await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    // (The probe does see errors.)
+    client
+        .execute("console.error('probe')", vec![])
+        .await
+        .unwrap();
+    let errors = console_errors(&driver, &client).await;
+    assert!(errors.iter().any(|e| e.contains("probe")), "{errors:?}");
+
+    // The ring: one arc group per member, this node's highlighted.
+    let groups = client
+        .find_all(Locator::Css("svg.ring g.arc-group"))
+        .await
+        .unwrap();
+    let mut drawn = Vec::new();
+    for group in &groups {
+        drawn.push(group.attr("data-node").await.unwrap().unwrap_or_default());
+        let arcs = group.find_all(Locator::Css("path")).await.unwrap();
+        assert!(!arcs.is_empty(), "a member without arcs");
+    }
+    drawn.sort();
+    let mut ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
+    ids.sort();
+    assert_eq!(drawn, ids);
+    let mine = client
+        .find(Locator::Css("svg.ring g.arc-group.me"))
+        .await
+        .unwrap();
+    assert_eq!(mine.attr("data-node").await.unwrap(), Some(me.clone()));
+
+    // Every member is listed with its figures; the keys column counts the
+    // five keys each holds (N = 3 on 3 nodes) once gossip carries them.
+    assert_eq!(texts(&client, "#members tbody tr").await.len(), 3);
+    wait_for("every member's key count", DEADLINE, || async {
+        let keys = texts(&client, "#members td.keys").await;
+        (keys.len() == 3 && keys.iter().all(|k| k == "5")).then_some(())
+    })
+    .await;
+
+    // Hostile key names are shown as text, never run.
+    assert_eq!(
+        client
+            .execute("return window.__xss === undefined", vec![])
+            .await
+            .unwrap(),
+        json!(true)
+    );
+    let served = http
+        .get(cluster.url(0))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(served.contains("&lt;script&gt;window.__xss=1&lt;/script&gt;&quot;&#39;&amp;"));
+    assert!(!served.contains("<script>window.__xss"));
+    assert!(
+        texts(&client, "#keys td.key")
+            .await
+            .iter()
+            .any(|t| t == hostile)
+    );
+
+    // Prefix search narrows the list as one types, without a reload.
+    let search = client.find(Locator::Id("prefix")).await.unwrap();
+    search.send_keys("photos/").await.unwrap();
+    wait_for("the search to narrow the list", DEADLINE, || async {
+        let keys = texts(&client, "#keys td.key").await;
+        (keys == ["photos/cat.jpg", "photos/dog.png"]).then_some(())
+    })
+    .await;
+
+    // A click on a download link downloads the value's bytes.
+    client
+        .goto(&format!("{}/?prefix=files/", cluster.url(0)))
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#keys a.download"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    let file = downloads.path().join("data.bin");
+    let downloaded = wait_for("the download", DEADLINE, || async {
+        std::fs::read(&file).ok().filter(|b| b.len() == data.len())
+    })
+    .await;
+    assert!(downloaded == data, "downloaded bytes differ");
+
+    // The key detail view: each replica with its timestamp.
+    client
+        .goto(&format!("{}/?key=photos%2Fcat.jpg", cluster.url(0)))
+        .await
+        .unwrap();
+    let replicas = texts(&client, "#key-detail tbody tr").await;
+    assert_eq!(replicas.len(), 3, "{replicas:?}");
+    assert!(
+        replicas.iter().all(|r| r.contains("newest")),
+        "{replicas:?}"
+    );
+
+    // The upload form stores a file.
+    let upload = downloads.path().join("upload.txt");
+    std::fs::write(&upload, b"uploaded from the page").unwrap();
+    client.goto(&cluster.url(0)).await.unwrap();
+    client
+        .find(Locator::Id("upload-file"))
+        .await
+        .unwrap()
+        .send_keys(upload.to_str().unwrap())
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("upload-key"))
+        .await
+        .unwrap()
+        .send_keys("from/the page.txt")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#upload button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&client, "#upload-result", "stored from/the page.txt").await;
+    assert_eq!(
+        cluster
+            .get_bytes(&key_url(&cluster, 2, "from/the page.txt"))
+            .await
+            .as_ref(),
+        b"uploaded from the page"
+    );
+
+    // The balance button asks first, then runs a balance.
+    client
+        .find(Locator::Id("balance"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for("the confirmation", DEADLINE, || async {
+        client.accept_alert().await.ok()
+    })
+    .await;
+    let result = wait_text(&client, "#action-result", "HTTP 200").await;
+    assert!(result.contains("\"pairs\""), "{result}");
+
+    // The same POST from another site is refused.
+    let forged = http
+        .post(format!("{}/balance", cluster.url(0)))
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+
+    let screenshot = output_dir().join("status-page.png");
+    std::fs::write(&screenshot, client.screenshot().await.unwrap()).unwrap();
+    eprintln!("screenshot: {}", screenshot.display());
+
+    // Member links open the other nodes' own pages.
+    let other = cluster.nodes[1].id.clone();
+    client
+        .find(Locator::Css(&format!(
+            "#members a[href=\"http://{other}/\"]"
+        )))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for("node 1's page", DEADLINE, || async {
+        let title = client.title().await.ok()?;
+        (title == format!("ringkv · {other}")).then_some(())
+    })
+    .await;
+    let highlighted = client.find(Locator::Css("#members tr.me")).await.unwrap();
+    assert_eq!(highlighted.attr("data-node").await.unwrap(), Some(other));
+
+    // Figures update live: a node killed shows down without a reload.
+    let dead = cluster.nodes[2].id.clone();
+    cluster.kill(2);
+    let row = format!("#members tr[data-node=\"{dead}\"] .health");
+    wait_text(&client, &row, "down").await;
+    let errors = console_errors(&driver, &client).await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+
+    // The page on a phone-sized screen, for people to look at.
+    client.set_window_size(390, 1600).await.unwrap();
+    let phone = output_dir().join("status-page-phone.png");
+    std::fs::write(&phone, client.screenshot().await.unwrap()).unwrap();
+    client.close().await.unwrap();
+}
