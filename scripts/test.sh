@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what the tests need,
 # checks formatting and lints, then runs every test (unit, property and
-# integration tests with real ringkv processes on loopback, and the status
-# page in headless Chromium).
+# integration tests with real ringkv processes on loopback or in network
+# namespaces, and the status page in headless Chromium). Needs root for the
+# namespaces (CI has it).
 # The last lines printed are the test runner's summary.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,13 +13,18 @@ if ! command -v cargo >/dev/null 2>&1; then
   exit 1
 fi
 rustup component add rustfmt clippy >/dev/null 2>&1 || true
-# The status page test drives headless Chromium through chromedriver.
-if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
-  echo "installing chromium and chromium-driver…"
-  SUDO=""
-  if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+# The status page test drives headless Chromium through chromedriver; the
+# partition tests put nodes in network namespaces (iproute2, and root).
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+missing=()
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "installing ${missing[*]}…"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q chromium chromium-driver
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest…"

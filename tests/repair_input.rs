@@ -91,6 +91,7 @@ async fn malformed_tree_and_scan_messages_fail_alone_and_the_node_stays_up() {
         nodes: 2,
         replicas: 2,
         flags: vec!["--no-hints".into(), "--repair-interval".into(), "0".into()],
+        ..Options::default()
     })
     .await;
     let http = cluster.http.clone();

@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod checker;
+pub mod netns;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -16,6 +17,9 @@ use serde_json::Value;
 
 /// The binary under test.
 pub const RINGKV: &str = env!("CARGO_BIN_EXE_ringkv");
+
+/// The port of nodes in their own network namespaces.
+pub const NETNS_PORT: u16 = 7000;
 
 /// Generous deadline for conditions on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(30);
@@ -49,6 +53,8 @@ pub struct Node {
     pub data_dir: PathBuf,
     /// Extra flags it was started with (kept for restarts).
     pub flags: Vec<String>,
+    /// Its own network namespace, when the cluster has a [`netns::Net`].
+    pub space: Option<String>,
     /// Its process, while running.
     child: Option<Child>,
     /// Where its stderr goes.
@@ -84,6 +90,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     /// Client for the tests' own requests.
     pub http: reqwest::Client,
+    /// The nodes' network namespaces, when they have their own.
+    pub net: Option<netns::Net>,
 }
 
 /// Options for a test cluster.
@@ -95,6 +103,9 @@ pub struct Options {
     pub replicas: usize,
     /// Extra flags for every node.
     pub flags: Vec<String>,
+    /// Each node in its own network namespace (needs root), so that links
+    /// can be cut with [`netns::Net`].
+    pub netns: bool,
 }
 
 impl Default for Options {
@@ -103,6 +114,7 @@ impl Default for Options {
             nodes: 3,
             replicas: 3,
             flags: Vec::new(),
+            netns: false,
         }
     }
 }
@@ -118,6 +130,7 @@ impl Cluster {
                 .timeout(Duration::from_secs(60))
                 .build()
                 .expect("client"),
+            net: options.netns.then(netns::Net::new),
         };
         for i in 0..options.nodes {
             let mut flags = vec!["--replicas".to_string(), options.replicas.to_string()];
@@ -138,12 +151,18 @@ impl Cluster {
         let index = self.nodes.len();
         let data_dir = self.dir.path().join(format!("node{index}"));
         let log = self.dir.path().join(format!("node{index}.log"));
-        let (child, port) = launch(0, &data_dir, &flags, &log);
+        // In its own namespace every port is free: all nodes use one.
+        let (host, space, port) = match &mut self.net {
+            Some(net) => (net.host(index), Some(net.space(index)), NETNS_PORT),
+            None => ("127.0.0.1".to_string(), None, 0),
+        };
+        let (child, port) = launch(&host, space.as_deref(), port, &data_dir, &flags, &log);
         self.nodes.push(Node {
-            id: format!("127.0.0.1:{port}"),
+            id: format!("{host}:{port}"),
             port,
             data_dir,
             flags,
+            space,
             child: Some(child),
             log,
         });
@@ -206,7 +225,19 @@ impl Cluster {
     pub fn restart(&mut self, i: usize) {
         assert!(self.nodes[i].child.is_none(), "node {i} is still running");
         let node = &self.nodes[i];
-        let (child, _) = launch(node.port, &node.data_dir, &node.flags, &node.log);
+        let host = node
+            .id
+            .rsplit_once(':')
+            .map(|(h, _)| h)
+            .unwrap_or("127.0.0.1");
+        let (child, _) = launch(
+            host,
+            node.space.as_deref(),
+            node.port,
+            &node.data_dir,
+            &node.flags,
+            &node.log,
+        );
         self.nodes[i].child = Some(child);
     }
 
@@ -357,6 +388,8 @@ impl Drop for Cluster {
 /// Starts `ringkv serve` and returns it with the port it listens on (read
 /// from its `listening on` line).
 fn launch(
+    host: &str,
+    space: Option<&str>,
     port: u16,
     data_dir: &std::path::Path,
     flags: &[String],
@@ -367,9 +400,17 @@ fn launch(
         .append(true)
         .open(log)
         .expect("log file");
-    let mut child = Command::new(RINGKV)
+    let mut command = match space {
+        Some(space) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", space, RINGKV]);
+            c
+        }
+        None => Command::new(RINGKV),
+    };
+    let mut child = command
         .arg("serve")
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--host", host, "--port", &port.to_string()])
         .arg("--data-dir")
         .arg(data_dir)
         .args(["--gossip-interval", "100ms"])
