@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 pub mod checker;
+pub mod history;
 pub mod netns;
 
 use std::io::{BufRead, BufReader};
