@@ -37,6 +37,8 @@ pub struct NodeConfig {
     pub tokens: usize,
     /// Largest value accepted, bytes.
     pub max_value_size: u64,
+    /// Free bytes kept on the data disk; writes that would leave less get 507.
+    pub disk_reserve: u64,
     /// Deadline of node-to-node unary calls.
     pub rpc_timeout: Duration,
     /// Gossip cluster name; nodes of different clusters ignore each other.

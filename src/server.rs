@@ -211,6 +211,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let store = Store::open(&StorageOptions {
         data_dir: data_dir.clone(),
         fsync: config.fsync,
+        disk_reserve: config.disk_reserve,
     })?;
     let advertise_addr = tokio::net::lookup_host((config.host.as_str(), local_addr.port()))
         .await?

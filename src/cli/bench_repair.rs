@@ -158,6 +158,7 @@ fn open_store(dir: &Path) -> anyhow::Result<Store> {
     Store::open(&StorageOptions {
         data_dir: Some(dir.to_path_buf()),
         fsync: false,
+        disk_reserve: 0,
     })
     .with_context(|| format!("cannot open the store in {}", dir.display()))
 }

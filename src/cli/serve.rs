@@ -47,6 +47,11 @@ pub struct ServeArgs {
     /// Largest value accepted (e.g. 5GiB, 100MB).
     #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_MAX_VALUE_SIZE)]
     pub max_value_size: u64,
+    /// Free space kept on the data disk: writes that would leave less are
+    /// refused with 507, so that the storage engine never runs out of room
+    /// (it cannot recover from that without a restart).
+    #[arg(long, value_parser = parse_size, default_value = "256MiB")]
+    pub disk_reserve: u64,
     /// Deadline of node-to-node calls (e.g. 5s, 500ms).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub rpc_timeout: Duration,
@@ -130,6 +135,7 @@ impl ServeArgs {
             zone: self.zone.clone(),
             tokens: self.tokens,
             max_value_size: self.max_value_size,
+            disk_reserve: self.disk_reserve,
             rpc_timeout: self.rpc_timeout,
             cluster_id: self.cluster_id.clone(),
             gossip_interval: self.gossip_interval,

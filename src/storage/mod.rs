@@ -73,6 +73,11 @@ pub struct StorageOptions {
     pub data_dir: Option<PathBuf>,
     /// Wait for data to be on disk before acknowledging (group-committed).
     pub fsync: bool,
+    /// Free bytes to keep on the data disk: a write that would leave less is
+    /// refused with [`Error::DiskFull`] before the engine sees it. The engine
+    /// treats a failed journal write as fatal (every later write fails
+    /// until a restart), so it must never meet a full disk. 0: no check.
+    pub disk_reserve: u64,
 }
 
 /// What happened to a write on this replica.
@@ -111,6 +116,9 @@ struct Inner {
     live_keys: AtomicU64,
     /// Hints waiting for delivery, counted at open and on every change.
     hints: AtomicU64,
+    /// The data dir and the free space to keep on its disk
+    /// ([`StorageOptions::disk_reserve`]); `None` in memory.
+    reserve: Option<(PathBuf, u64)>,
 }
 
 impl Store {
@@ -133,6 +141,11 @@ impl Store {
                 quarantined: AtomicU64::new(0),
                 live_keys: AtomicU64::new(0),
                 hints: AtomicU64::new(0),
+                reserve: options
+                    .data_dir
+                    .clone()
+                    .filter(|_| options.disk_reserve > 0)
+                    .map(|dir| (dir, options.disk_reserve)),
             }),
         };
         store.clean_pending()?;
@@ -400,6 +413,7 @@ impl Store {
     /// Stores a whole value (or a tombstone) if newer than what is held.
     pub fn write_whole(&self, meta: RecordMeta, value: Bytes) -> Result<WriteOutcome> {
         check_meta(&meta)?;
+        self.ensure_room(value.len() as u64)?;
         if meta.deleted && !value.is_empty() {
             return Err(Error::invalid("a tombstone carries no value"));
         }
@@ -450,6 +464,7 @@ impl Store {
         if header.deleted {
             return Err(Error::invalid("a tombstone is not streamed"));
         }
+        self.ensure_room(0)?;
         let marker = pending_key(&header.key, header.version());
         self.inner
             .engine
@@ -796,6 +811,7 @@ impl Store {
             .as_ref()
             .ok_or_else(|| Error::invalid("hint without meta"))?;
         let key = hint_key(target, &meta.key, meta.version());
+        self.ensure_room(record.inline_value.as_ref().map_or(0, |v| v.len() as u64))?;
         let _guard = self.lock(&meta.key);
         let new = self.inner.engine.get(Space::Hints, &key)?.is_none();
         self.inner
@@ -884,9 +900,34 @@ impl Store {
         }
     }
 
+    /// Refuses a write of `incoming` bytes that would leave less than the
+    /// reserve free on the data disk.
+    fn ensure_room(&self, incoming: u64) -> Result<()> {
+        let Some((dir, reserve)) = &self.inner.reserve else {
+            return Ok(());
+        };
+        match free_bytes(dir) {
+            Some(free) if free < reserve.saturating_add(incoming) => Err(Error::DiskFull),
+            _ => Ok(()),
+        }
+    }
+
     /// Bytes used on disk.
     pub fn disk_bytes(&self) -> u64 {
         self.inner.engine.disk_bytes()
+    }
+}
+
+/// Bytes available to this process on the file system holding `dir`.
+fn free_bytes(dir: &std::path::Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    // SAFETY: statvfs(3) reads a NUL-terminated path and fills the struct
+    // it is given; it is zeroed first and read only on success.
+    unsafe {
+        let mut stat: libc::statvfs = std::mem::zeroed();
+        (libc::statvfs(path.as_ptr(), &mut stat) == 0)
+            .then(|| stat.f_bavail.saturating_mul(stat.f_frsize))
     }
 }
 
@@ -1015,6 +1056,7 @@ pub struct StreamWriter {
 impl StreamWriter {
     /// Appends bytes; full chunks go to disk now.
     pub fn write(&mut self, mut data: &[u8]) -> Result<()> {
+        self.store.ensure_room(data.len() as u64)?;
         self.hasher.update(data);
         self.size += data.len() as u64;
         while !data.is_empty() {
@@ -1435,11 +1477,42 @@ mod tests {
     }
 
     #[test]
+    fn writes_that_would_eat_into_the_disk_reserve_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = free_bytes(dir.path()).unwrap();
+        let open = |reserve| {
+            Store::open(&StorageOptions {
+                data_dir: Some(dir.path().to_path_buf()),
+                fsync: false,
+                disk_reserve: reserve,
+            })
+            .unwrap()
+        };
+        {
+            let store = open(free.saturating_mul(2));
+            let err = store
+                .write_whole(meta("k", 1, b"v"), Bytes::from_static(b"v"))
+                .unwrap_err();
+            assert!(matches!(err, Error::DiskFull), "{err}");
+            assert!(matches!(
+                store.begin_stream(meta("s", 1, b"")),
+                Err(Error::DiskFull)
+            ));
+            assert_eq!(store.record("k").unwrap(), None);
+        }
+        let store = open(1024);
+        store
+            .write_whole(meta("k", 1, b"v"), Bytes::from_static(b"v"))
+            .unwrap();
+    }
+
+    #[test]
     fn live_keys_and_hints_are_counted_and_survive_a_restart() {
         let dir = tempfile::tempdir().unwrap();
         let options = StorageOptions {
             data_dir: Some(dir.path().to_path_buf()),
             fsync: false,
+            disk_reserve: 0,
         };
         {
             let store = Store::open(&options).unwrap();
@@ -1485,6 +1558,7 @@ mod tests {
         let options = StorageOptions {
             data_dir: Some(dir.path().to_path_buf()),
             fsync: false,
+            disk_reserve: 0,
         };
         let ranges = [
             TokenRange {
@@ -1556,6 +1630,7 @@ mod tests {
         let options = StorageOptions {
             data_dir: Some(dir.path().to_path_buf()),
             fsync: false,
+            disk_reserve: 0,
         };
         {
             let store = Store::open(&options).unwrap();
@@ -1833,6 +1908,7 @@ mod tests {
                 Store::open(&StorageOptions {
                     data_dir: None,
                     fsync: false,
+                    disk_reserve: 0,
                 })
                 .unwrap(),
                 None,
@@ -1841,6 +1917,7 @@ mod tests {
                 Store::open(&StorageOptions {
                     data_dir: Some(dir.path().to_path_buf()),
                     fsync: false,
+                    disk_reserve: 0,
                 })
                 .unwrap(),
                 Some(dir),
@@ -1927,6 +2004,7 @@ mod tests {
         let options = StorageOptions {
             data_dir: Some(dir.path().to_path_buf()),
             fsync: false,
+            disk_reserve: 0,
         };
         let value = big(CHUNK_SIZE_BYTES * 2 + 99);
         let sum = blake3::hash(&value);
@@ -2036,6 +2114,7 @@ mod tests {
         let options = StorageOptions {
             data_dir: Some(dir.path().to_path_buf()),
             fsync: false,
+            disk_reserve: 0,
         };
         {
             let store = Store::open(&options).unwrap();
@@ -2103,6 +2182,7 @@ mod tests {
         let store = Store::open(&StorageOptions {
             data_dir: Some(dir.path().to_path_buf()),
             fsync: true,
+            disk_reserve: 0,
         })
         .unwrap();
         let waits: Vec<_> = (0..20)

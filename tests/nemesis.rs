@@ -1,4 +1,4 @@
-//! Faults on a real network (SPEC §7): five nodes with N = 3 and the default
+//! The fault matrix (SPEC §7, issue 6): five nodes with N = 3 and the default
 //! quorums, each node in its own network namespace, links between them cut
 //! by blackhole routes while the clients (this process) still reach every
 //! node. Concurrent clients write, delete and read through random nodes on
@@ -175,6 +175,133 @@ async fn a_paused_node_resumed() {
         cluster.thaw(2);
     })
     .await;
+}
+
+/// A tmpfs of `mib` MiB mounted at `dir`, unmounted on drop.
+struct SmallDisk(std::path::PathBuf);
+
+impl SmallDisk {
+    fn mount(dir: &std::path::Path, mib: u64) -> SmallDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let status = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mib}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .expect("mount (the fault tests need root)");
+        assert!(status.success(), "mount tmpfs on {}", dir.display());
+        SmallDisk(dir.to_path_buf())
+    }
+
+    /// Bytes free.
+    fn free(&self) -> u64 {
+        let path = std::ffi::CString::new(self.0.to_str().unwrap()).unwrap();
+        // SAFETY: statvfs(3) on a NUL-terminated path into a zeroed struct.
+        unsafe {
+            let mut stat: libc::statvfs = std::mem::zeroed();
+            assert_eq!(libc::statvfs(path.as_ptr(), &mut stat), 0);
+            stat.f_bavail * stat.f_frsize
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
+    let mut cluster = Cluster::start(Options {
+        nodes: NODES,
+        netns: true,
+        ..Options::default()
+    })
+    .await;
+    // Node 4 moves to a small disk of its own, with its data.
+    cluster.kill(4);
+    let small = cluster.dir.path().join("small");
+    let disk = SmallDisk::mount(&small, 64);
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", cluster.nodes[4].data_dir.display()))
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    cluster.nodes[4].data_dir = small.clone();
+    cluster.nodes[4]
+        .flags
+        .extend(["--disk-reserve".to_string(), "16MiB".to_string()]);
+    cluster.restart(4);
+    cluster.wait_converged().await;
+
+    let urls: Vec<String> = (0..NODES).map(|i| cluster.url(i)).collect();
+    let workload = Workload::start(urls.clone(), "disk-", 4, 10, Duration::from_secs(5));
+    wait_progress(&workload, 50).await;
+
+    // Fill the disk but for 8 MiB, half the reserve.
+    let filler = small.join("filler");
+    let room = disk.free().saturating_sub(8 * 1024 * 1024);
+    std::fs::write(&filler, vec![0u8; room as usize]).unwrap();
+    // Writes that need node 4 (w=all, of a key it holds) get 507 once it
+    // cannot take them; the node stays up.
+    let http = cluster.http.clone();
+    let mut key = String::new();
+    for i in 0.. {
+        key = format!("too-big-{i}");
+        let replicas: Vec<String> =
+            common::get_json(&http, &format!("{}/whereis/{key}", cluster.url(0))).await;
+        if replicas.contains(&cluster.nodes[4].id) {
+            break;
+        }
+    }
+    let value = vec![7u8; 512 * 1024];
+    wait_for("a 507 from the full node", DEADLINE, || async {
+        let response = http
+            .put(format!("{}?w=all", common::key_url(&cluster, 4, &key)))
+            .body(value.clone())
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 507).then_some(())
+    })
+    .await;
+    let health = http
+        .get(format!("{}/health", cluster.url(4)))
+        .send()
+        .await
+        .unwrap();
+    assert!(health.status().is_success(), "{}", health.status());
+    wait_progress(&workload, 50).await;
+
+    // Space returns: the same write succeeds.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("the node to take writes again", DEADLINE, || async {
+        let response = http
+            .put(format!("{}?w=all", common::key_url(&cluster, 4, &key)))
+            .body(value.clone())
+            .send()
+            .await
+            .ok()?;
+        (response.status() == 201).then_some(())
+    })
+    .await;
+    wait_progress(&workload, 50).await;
+    let history = workload.stop().await;
+    let summary = cluster.balance(0);
+    assert_eq!(
+        summary["failed"].as_array().map(Vec::len),
+        Some(0),
+        "{summary}"
+    );
+    let verdict = history::verify(&cluster.http, &urls, &history).await;
+    history::assert_consistent(&history, &verdict);
+    // The disk is unmounted (lazily) before the cluster goes, in reverse
+    // order of creation.
 }
 
 #[test]
