@@ -62,8 +62,8 @@ pub enum Error {
         /// What went wrong, as the transport said it.
         reason: String,
     },
-    /// The disk is full; the write was not stored.
-    #[error("no space left on the data disk")]
+    /// The disk is full, or would be short of its reserve; the write was not stored.
+    #[error("no space left on the data disk (a write must leave --disk-reserve free): free some space or give the node a larger disk")]
     DiskFull,
     /// Stored bytes do not match their checksum or cannot be decoded.
     #[error("corrupt data: {reason}")]
