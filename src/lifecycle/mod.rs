@@ -45,6 +45,7 @@ use crate::rpc::SyncHandler;
 use crate::storage::Store;
 use crate::throttle::Throttle;
 
+pub use self::repair::RepairProgress;
 pub use self::scrub::ScrubProgress;
 pub use self::transfer::{Progress, PurgeReport};
 
@@ -228,6 +229,15 @@ impl Lifecycle {
                 tracing::warn!(%err, "periodic anti-entropy failed");
             }
         }
+    }
+
+    /// Anti-entropy progress of this node (running or last run).
+    pub fn repair_progress(&self) -> RepairProgress {
+        self.inner
+            .repair
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Transfer progress into this node.
