@@ -1,6 +1,7 @@
-//! `GET /metrics` of real nodes: the exposition parses as OpenMetrics, and
-//! its figures follow what was done to the cluster (requests by operation
-//! and outcome, streams, a killed node, quorum failures).
+//! `GET /metrics` and `GET /health` of real nodes: the exposition parses
+//! as OpenMetrics, and its figures follow what was done to the cluster
+//! (requests by operation and outcome, streams, a killed node, quorum
+//! failures); `/health` answers liveness and readiness.
 
 mod common;
 
@@ -415,4 +416,91 @@ async fn metrics_follow_requests_streams_failures_and_members() {
 
     // Keys never become label values (nor anything else in the text).
     assert!(!text.contains(KEY_PREFIX), "a key in the metrics:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn health_tells_liveness_and_readiness_apart() {
+    let mut cluster = Cluster::start(Options {
+        nodes: 1,
+        ..Options::default()
+    })
+    .await;
+    let http = cluster.http.clone();
+    let url = cluster.url(0);
+    let health = http.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["live"], true, "{body}");
+    assert_eq!(body["ready"], true, "{body}");
+    for check in ["gossip", "ring", "storage"] {
+        assert_eq!(body["checks"][check]["ok"], true, "{check}: {body}");
+    }
+    assert_eq!(body["checks"]["storage"]["writable"], true, "{body}");
+    assert_eq!(body["checks"]["storage"]["catching_up"], false, "{body}");
+    assert_eq!(body["checks"]["ring"]["state"], "normal", "{body}");
+    assert_eq!(body["checks"]["gossip"]["joined"], true, "{body}");
+    assert!(body["disk_bytes"].as_u64().is_some(), "{body}");
+    assert!(body["memory"]["rss_bytes"].as_u64().unwrap() > 0, "{body}");
+    assert!(
+        !cluster.nodes[0].data_dir.join(".health-probe").exists(),
+        "the write probe is removed"
+    );
+
+    // A node whose seed is down has not joined: alive, not ready.
+    let seed = cluster.nodes[0].id.clone();
+    cluster.kill(0);
+    let joiner = cluster.spawn(vec!["--join".into(), seed]);
+    let url = cluster.url(joiner);
+    let health = http.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["live"], true, "{body}");
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["checks"]["gossip"]["ok"], false, "{body}");
+    assert_eq!(body["checks"]["gossip"]["joined"], false, "{body}");
+    let live = http.get(format!("{url}/health/live")).send().await.unwrap();
+    assert_eq!(live.status(), StatusCode::OK);
+    let body: Value = live.json().await.unwrap();
+    assert_eq!(body["live"], true, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_back_after_the_grace_period_is_not_ready_until_it_has_caught_up() {
+    let grace = std::time::Duration::from_secs(1);
+    let mut cluster = Cluster::start(Options {
+        nodes: 2,
+        replicas: 2,
+        flags: vec!["--tombstone-grace".into(), "1s".into()],
+    })
+    .await;
+    let http = cluster.http.clone();
+    cluster.kill(1);
+    // Away longer than the grace period: that is the condition under test,
+    // not a wait for something to happen.
+    tokio::time::sleep(grace + std::time::Duration::from_millis(500)).await;
+    // Its only peer frozen, node 1 cannot re-sync: alive, not ready, and
+    // its storage check says why.
+    cluster.freeze(0);
+    cluster.restart(1);
+    let url = cluster.url(1);
+    let health = http.get(format!("{url}/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let body: Value = health.json().await.unwrap();
+    assert_eq!(body["live"], true, "{body}");
+    assert_eq!(body["ready"], false, "{body}");
+    assert_eq!(body["checks"]["storage"]["catching_up"], true, "{body}");
+    assert_eq!(body["checks"]["storage"]["ok"], false, "{body}");
+    assert_eq!(body["checks"]["storage"]["writable"], true, "{body}");
+    // Once its peer is back it re-syncs and becomes ready.
+    cluster.thaw(0);
+    cluster.wait_ready(1).await;
+    let body: Value = http
+        .get(format!("{url}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(body["checks"]["storage"]["catching_up"], false, "{body}");
 }

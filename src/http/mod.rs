@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
         .route("/whereis/{*key}", get(cluster::whereis))
         .route("/haskey/{*key}", get(cluster::haskey))
         .route("/health", get(cluster::health))
+        .route("/health/live", get(cluster::live))
         .route("/balance", post(admin::balance))
         .route("/purge", post(admin::purge))
         .route("/leave", post(admin::leave))

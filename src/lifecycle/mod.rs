@@ -290,6 +290,11 @@ impl Lifecycle {
         }
     }
 
+    /// The node's data dir (`None` with `--in-memory`).
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.inner.options.data_dir.as_deref()
+    }
+
     /// Whether this node is leaving.
     pub fn is_leaving(&self) -> bool {
         self.inner.leaving.load(Ordering::Acquire)
