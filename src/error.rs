@@ -63,7 +63,9 @@ pub enum Error {
         reason: String,
     },
     /// The disk is full, or would be short of its reserve; the write was not stored.
-    #[error("no space left on the data disk (a write must leave --disk-reserve free): free some space or give the node a larger disk")]
+    #[error(
+        "no space left on the data disk (a write must leave --disk-reserve free): free some space or give the node a larger disk"
+    )]
     DiskFull,
     /// Stored bytes do not match their checksum or cannot be decoded.
     #[error("corrupt data: {reason}")]

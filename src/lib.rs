@@ -5,6 +5,8 @@
 //! - [`error`], [`version`], [`ring`], [`key`], [`proto`], [`storage`]: pure
 //!   data, placement and the local store; no networking. [`throttle`]
 //!   paces background byte transfers (`--stream-rate`, `--repair-rate`).
+//!   [`metrics`] holds a node's Prometheus figures (no networking; the
+//!   layers above record into it).
 //! - [`membership`] (gossip) and [`rpc`] (the node-to-node gRPC service).
 //! - [`coordinator`]: quorum reads and writes, read repair, streaming.
 //! - [`http`]: the public API; [`server`] wires a node together.
@@ -20,6 +22,7 @@ pub mod key;
 pub mod lifecycle;
 pub mod membership;
 pub mod merkle;
+pub mod metrics;
 pub mod proto;
 pub mod ring;
 pub mod rpc;

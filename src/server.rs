@@ -29,6 +29,7 @@ use crate::error::{Error, Result};
 use crate::http::{self, AppState};
 use crate::lifecycle::{Lifecycle, LifecycleOptions, TransitionSummary};
 use crate::membership::{Membership, MembershipOptions};
+use crate::metrics::Metrics;
 use crate::proto::replica_server::ReplicaServer;
 use crate::ring::{NodeId, Token, decode_tokens, encode_tokens};
 use crate::rpc::{LocalReplica, MAX_RPC_MESSAGE_BYTES, Peers, ReplicaService, RpcOptions};
@@ -255,10 +256,16 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         clock,
         catching_up: catching_up.clone(),
     };
-    let peers = Peers::new(RpcOptions {
-        timeout: config.rpc_timeout,
-        ..RpcOptions::default()
-    });
+    // One set of figures per node, never global: nodes sharing a process
+    // keep their own.
+    let metrics = Metrics::new();
+    let peers = Peers::new(
+        RpcOptions {
+            timeout: config.rpc_timeout,
+            ..RpcOptions::default()
+        },
+        metrics.clone(),
+    );
     let coordinator = Coordinator::new(
         id.clone(),
         membership.clone(),
@@ -268,6 +275,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             max_value_size: config.max_value_size,
             hints: config.hints,
         },
+        metrics.clone(),
     );
     let lifecycle = Lifecycle::new(
         membership.clone(),
@@ -304,6 +312,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         membership: membership.clone(),
         lifecycle: lifecycle.clone(),
         left: left.clone(),
+        metrics,
     });
     lifecycle.spawn_tasks();
     tracing::info!(node = %id, addr = %local_addr, data_dir = ?data_dir, "node started");

@@ -458,11 +458,6 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
             "/keys/x".into(),
             StatusCode::METHOD_NOT_ALLOWED,
         ),
-        (
-            reqwest::Method::GET,
-            "/metrics".into(),
-            StatusCode::NOT_IMPLEMENTED,
-        ),
     ];
     for (method, path, status) in cases {
         let response = http

@@ -275,7 +275,10 @@ async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
         .send()
         .await
         .unwrap();
-    assert!(health.status().is_success(), "{}", health.status());
+    // Not ready while its disk is full, and saying why.
+    assert_eq!(health.status(), 503);
+    let health: serde_json::Value = health.json().await.unwrap();
+    assert_eq!(health["checks"]["storage"]["disk_full"], true, "{health}");
     wait_progress(&workload, 50).await;
 
     // Space returns: the same write succeeds.

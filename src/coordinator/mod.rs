@@ -56,6 +56,7 @@ use tokio::sync::mpsc;
 pub use self::quorum::Quorum;
 use crate::error::{Error, Result};
 use crate::membership::Membership;
+use crate::metrics::{Direction, Metrics};
 use crate::proto::{ReadReply, RecordMeta, StoredRecord};
 use crate::ring::{NodeId, Ring};
 use crate::rpc::{LocalReplica, Peers, ReplicaHandle, WriteMsg};
@@ -133,6 +134,9 @@ struct Inner {
     clock: Arc<Clock>,
     /// Settings.
     options: CoordinatorOptions,
+    /// This node's figures: quorum failures, read repairs, uploads
+    /// streaming now.
+    metrics: Metrics,
 }
 
 impl Coordinator {
@@ -143,6 +147,7 @@ impl Coordinator {
         local: LocalReplica,
         peers: Peers,
         options: CoordinatorOptions,
+        metrics: Metrics,
     ) -> Coordinator {
         let clock = local.clock.clone();
         Coordinator {
@@ -153,8 +158,14 @@ impl Coordinator {
                 peers,
                 clock,
                 options,
+                metrics,
             }),
         }
+    }
+
+    /// This node's figures.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
     }
 
     /// The largest value accepted.
@@ -234,6 +245,18 @@ impl Coordinator {
         body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
         w: Quorum,
     ) -> Result<WriteResult> {
+        let result = self.put_value(key, content_type, body, w).await;
+        self.inner.metrics.observe_quorum("put", &result);
+        result
+    }
+
+    async fn put_value(
+        &self,
+        key: &str,
+        content_type: &str,
+        body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
+        w: Quorum,
+    ) -> Result<WriteResult> {
         let WritePlacement {
             replicas,
             n,
@@ -265,6 +288,12 @@ impl Coordinator {
 
     /// Writes a tombstone for `key` on W of its replicas.
     pub async fn delete(&self, key: &str, w: Quorum) -> Result<WriteResult> {
+        let result = self.write_tombstone(key, w).await;
+        self.inner.metrics.observe_quorum("delete", &result);
+        result
+    }
+
+    async fn write_tombstone(&self, key: &str, w: Quorum) -> Result<WriteResult> {
         let WritePlacement {
             replicas,
             n,
@@ -385,6 +414,7 @@ impl Coordinator {
         pending: Vec<NodeId>,
         needed: usize,
     ) -> Result<WriteResult> {
+        let _streaming = self.inner.metrics.stream_started(Direction::In);
         let version = header.version();
         let (result_tx, result_rx) = mpsc::unbounded_channel();
         let mut streams: Vec<(NodeId, mpsc::Sender<WriteMsg>)> = Vec::new();
@@ -457,6 +487,12 @@ impl Coordinator {
     /// Reads the newest record of `key` from R of its replicas; repairs the
     /// stale ones in the background.
     pub async fn get(&self, key: &str, r: Quorum) -> Result<ReadResult> {
+        let result = self.read_newest(key, r).await;
+        self.inner.metrics.observe_quorum("get", &result);
+        result
+    }
+
+    async fn read_newest(&self, key: &str, r: Quorum) -> Result<ReadResult> {
         let (replicas, n) = self.placement(key)?;
         let needed = r.count(n)?;
         let mut calls: Calls<ReadReply> = replicas
@@ -559,6 +595,7 @@ impl Coordinator {
                     continue;
                 }
                 tracing::debug!(key = %newest.key, replica = %node, "read repair");
+                this.inner.metrics.read_repaired();
                 let outcome = this
                     .push_record(&node, newest.clone(), value.clone(), &sources)
                     .await;

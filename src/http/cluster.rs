@@ -1,4 +1,4 @@
-//! Cluster routes: `/ring`, `/whereis`, `/haskey`, `/health`.
+//! Cluster routes: `/ring`, `/whereis`, `/haskey`, `/health`, `/health/live`.
 
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, Uri};
@@ -123,10 +123,78 @@ pub fn memory_bytes() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// `GET /health`: liveness (it answers) and readiness (joined a ring).
+/// File in the data dir that `/health` writes and removes to check that
+/// the store's disk takes writes.
+const HEALTH_PROBE_FILE: &str = ".health-probe";
+/// Bytes the probe writes: one filesystem block, so that a full disk fails.
+const HEALTH_PROBE_BYTES: usize = 4096;
+
+/// Whether a file of one block can be written in `dir` (and is removed
+/// again): catches a full disk and a filesystem remounted read-only.
+fn disk_takes_writes(dir: &std::path::Path) -> std::result::Result<(), String> {
+    let path = dir.join(HEALTH_PROBE_FILE);
+    let written = std::fs::write(&path, [0u8; HEALTH_PROBE_BYTES]);
+    let _ = std::fs::remove_file(&path);
+    written.map_err(|e| format!("cannot write in {}: {e}", dir.display()))
+}
+
+/// `GET /health`: liveness (it answers: always `live: true`) and readiness
+/// as JSON; 200 when ready, else 503. Ready means every check is ok:
+/// `gossip` (the node reached the cluster and published its tokens),
+/// `ring` (the ring places keys, and this node is not leaving), `storage`
+/// (the data dir takes writes, its disk has more than `--disk-reserve`
+/// free, and the node is not re-syncing after an absence longer than the
+/// tombstone grace period).
 pub async fn health(State(state): State<AppState>) -> Response {
     let ring = state.coordinator.ring();
-    let ready = state.membership.is_ready() && !ring.nodes_of(b"").is_empty();
+    let joined = state.membership.is_ready();
+    let me = ring.member(&state.node);
+    let live_members = ring
+        .members()
+        .filter(|m| m.live && m.state != crate::ring::MemberState::Removed)
+        .count();
+    let gossip = json!({
+        "ok": joined,
+        "joined": joined,
+        "members": ring.members().count(),
+        "live_members": live_members,
+        "agreed": state.membership.agreed(),
+    });
+    let places_keys = !ring.nodes_of(b"").is_empty();
+    let leaving = state.lifecycle.is_leaving();
+    let ring_check = json!({
+        "ok": places_keys && !leaving,
+        "places_keys": places_keys,
+        "leaving": leaving,
+        "state": me.map(|m| m.shown_state().as_str()),
+        "replicas": ring.replicas(),
+        "in_transition": ring.in_transition(),
+        "digest": format!("{:016x}", ring.digest()),
+    });
+    let writable = match state.lifecycle.data_dir().map(|d| d.to_path_buf()) {
+        Some(dir) => tokio::task::spawn_blocking(move || disk_takes_writes(&dir))
+            .await
+            .unwrap_or_else(|e| Err(e.to_string())),
+        None => Ok(()),
+    };
+    let catching_up = state.lifecycle.is_catching_up();
+    let room = state.store.has_room();
+    let mut storage = json!({
+        "ok": writable.is_ok() && room && !catching_up,
+        "writable": writable.is_ok(),
+        "disk_full": !room,
+        "catching_up": catching_up,
+        "in_memory": state.lifecycle.data_dir().is_none(),
+        "keys": state.store.key_count(),
+        "hints_pending": state.store.hints_pending(),
+        "disk_bytes": state.store.disk_bytes(),
+    });
+    if let Err(reason) = &writable {
+        storage["error"] = json!(reason);
+    }
+    let ready = [&gossip, &ring_check, &storage]
+        .iter()
+        .all(|check| check["ok"] == true);
     let (rss, peak) = memory_bytes();
     let status = if ready {
         StatusCode::OK
@@ -139,6 +207,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
             "node": state.node,
             "live": true,
             "ready": ready,
+            "checks": { "gossip": gossip, "ring": ring_check, "storage": storage },
             "members": ring.members().count(),
             "ring_digest": format!("{:016x}", ring.digest()),
             "memory": { "rss_bytes": rss, "peak_rss_bytes": peak },
@@ -146,4 +215,11 @@ pub async fn health(State(state): State<AppState>) -> Response {
         })),
     )
         .into_response()
+}
+
+/// `GET /health/live`: liveness only, always 200 while the node answers
+/// (for probes that restart a node: one that is not ready, e.g. still
+/// joining or re-syncing, must not be restarted for it).
+pub async fn live(State(state): State<AppState>) -> Response {
+    axum::Json(json!({ "node": state.node, "live": true })).into_response()
 }

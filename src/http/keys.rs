@@ -13,6 +13,7 @@ use super::range::{RangeRequest, none_match, not_modified_since, parse_range};
 use super::{ApiError, ApiResult, AppState};
 use crate::coordinator::{Quorum, ReadResult, WriteResult};
 use crate::error::Error;
+use crate::metrics::Direction;
 
 /// Key from the raw request path, decoded by us so that every bad key gets
 /// a JSON 400 (axum's own decoding would answer in plain text).
@@ -207,7 +208,13 @@ async fn serve_value(
             .coordinator
             .open_value(meta, &found.sources, start, end - start)
             .await?;
-        Body::from_stream(stream)
+        // Counted as a download in progress until the body ends or the
+        // client goes away: the body's closure owns the guard, and hyper
+        // drops the body either way.
+        let streaming = state.metrics.stream_started(Direction::Out);
+        Body::from_stream(stream.inspect(move |_| {
+            let _owned_by_the_body = &streaming;
+        }))
     };
     response.body(body).map_err(internal)
 }

@@ -9,6 +9,7 @@
 mod admin;
 mod cluster;
 mod keys;
+pub mod metrics;
 mod page;
 pub mod range;
 
@@ -24,6 +25,7 @@ use crate::coordinator::Coordinator;
 use crate::error::Error;
 use crate::lifecycle::Lifecycle;
 use crate::membership::Membership;
+use crate::metrics::Metrics;
 use crate::ring::NodeId;
 use crate::storage::Store;
 
@@ -43,6 +45,8 @@ pub struct AppState {
     /// Notified once this node has left the cluster on request: the server
     /// then stops.
     pub left: Arc<tokio::sync::Notify>,
+    /// This node's figures (`/metrics`; streams in progress for the page).
+    pub metrics: Metrics,
 }
 
 /// The public router.
@@ -62,15 +66,21 @@ pub fn router(state: AppState) -> Router {
         .route("/whereis/{*key}", get(cluster::whereis))
         .route("/haskey/{*key}", get(cluster::haskey))
         .route("/health", get(cluster::health))
+        .route("/health/live", get(cluster::live))
         .route("/balance", post(admin::balance))
         .route("/purge", post(admin::purge))
         .route("/leave", post(admin::leave))
         .route("/replicas", post(admin::replicas))
-        .route("/metrics", get(not_yet))
+        .route("/metrics", get(metrics::metrics))
         .route("/ring/{*node}", delete(admin::remove))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn(same_origin_only))
+        // Outermost, so that refused requests are counted too.
+        .layer(axum::middleware::from_fn_with_state(
+            state.metrics.clone(),
+            metrics::track,
+        ))
         .with_state(state)
 }
 
@@ -130,13 +140,6 @@ fn cross_origin(headers: &axum::http::HeaderMap) -> Option<String> {
 
 async fn empty_key() -> Response {
     ApiError(Error::invalid("the key is empty")).into_response()
-}
-
-async fn not_yet(uri: axum::http::Uri) -> Response {
-    ApiError(Error::NotImplemented {
-        what: format!("{} is not implemented yet", uri.path()),
-    })
-    .into_response()
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {

@@ -406,9 +406,19 @@ fn work(ring: &Ring, view: &View) -> String {
                 corrupt = field(&s, "corrupt"),
             );
         }
-        let hints = gossiped(&view.stats, &m.id)
-            .map(|s| field(&s, "hints"))
-            .unwrap_or(0);
+        let stats: Option<NodeStats> = view
+            .stats
+            .get(&m.id)
+            .and_then(|s| serde_json::from_str(s).ok());
+        let (uploads, downloads) = stats.as_ref().map(|s| s.streams).unwrap_or_default();
+        if uploads + downloads > 0 {
+            let _ = write!(
+                items,
+                r#"<li class="streams"><b>{id}</b> streaming {uploads} value{s1} in, {downloads} out</li>"#,
+                s1 = if uploads == 1 { "" } else { "s" },
+            );
+        }
+        let hints = stats.map(|s| s.hints).unwrap_or(0);
         if hints > 0 {
             let _ = write!(
                 items,

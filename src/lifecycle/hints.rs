@@ -32,7 +32,14 @@ pub async fn deliver_forever(lifecycle: Lifecycle) {
         let ring = lifecycle.inner.membership.ring();
         match deliver_round(&lifecycle, &ring).await {
             Ok(0) => {}
-            Ok(delivered) => tracing::info!(delivered, "hints delivered"),
+            Ok(delivered) => {
+                lifecycle
+                    .inner
+                    .coordinator
+                    .metrics()
+                    .hints_delivered(delivered);
+                tracing::info!(delivered, "hints delivered");
+            }
             Err(err) => tracing::warn!(%err, "hint delivery stopped"),
         }
     }

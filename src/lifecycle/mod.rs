@@ -45,6 +45,7 @@ use crate::rpc::SyncHandler;
 use crate::storage::Store;
 use crate::throttle::Throttle;
 
+pub use self::repair::RepairProgress;
 pub use self::scrub::ScrubProgress;
 pub use self::transfer::{Progress, PurgeReport};
 
@@ -111,6 +112,7 @@ pub struct TransitionSummary {
 
 /// What a node holds, published in gossip for the status page and `/ring`.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+#[serde(default)]
 pub struct NodeStats {
     /// Keys held with a live value.
     pub keys: u64,
@@ -118,6 +120,8 @@ pub struct NodeStats {
     pub bytes: u64,
     /// Writes kept for other replicas, not delivered yet.
     pub hints: u64,
+    /// Values clients are streaming in (uploads) and out (downloads) now.
+    pub streams: (u64, u64),
     /// Back after longer than the tombstone grace period and re-reading
     /// its ranges: serves no reads until done.
     pub catching_up: bool,
@@ -219,6 +223,7 @@ impl Lifecycle {
             keys: store.key_count(),
             bytes: store.disk_bytes(),
             hints: store.hints_pending(),
+            streams: self.inner.coordinator.metrics().streams_in_progress(),
             catching_up: self.is_catching_up(),
         }
     }
@@ -253,6 +258,15 @@ impl Lifecycle {
                 tracing::warn!(%err, "periodic anti-entropy failed");
             }
         }
+    }
+
+    /// Anti-entropy progress of this node (running or last run).
+    pub fn repair_progress(&self) -> RepairProgress {
+        self.inner
+            .repair
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Transfer progress into this node.
@@ -303,6 +317,11 @@ impl Lifecycle {
         if let Some(dir) = self.inner.options.data_dir.clone() {
             alive::keep_touching(dir, self.inner.options.tombstone_grace).await;
         }
+    }
+
+    /// The node's data dir (`None` with `--in-memory`).
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        self.inner.options.data_dir.as_deref()
     }
 
     /// Whether this node is leaving.

@@ -5,7 +5,9 @@
 //! [`ReplicaHandle`] is what the coordinator talks to: the same operations
 //! whether the replica is this node (direct calls, no loopback RPC) or a
 //! peer (one multiplexed HTTP/2 connection per peer, reused by every call and
-//! re-established by tonic when it breaks).
+//! re-established by tonic when it breaks). Every failed call to a peer
+//! (unary or a stream's item) becomes an [`Error`] in `Peers::failed`,
+//! which counts it in the node's metrics by peer, call and kind.
 //!
 //! Guarantees: a unary call either returns the replica's reply or an error
 //! within its timeout; an error does not tell whether the replica applied
@@ -25,6 +27,7 @@ use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::{Error, Result};
+use crate::metrics::Metrics;
 use crate::proto::replica_client::ReplicaClient;
 use crate::proto::{
     BalanceReply, BalanceRequest, ReadReply, ReadRequest, ReadStreamRequest, RecordMeta, ScanItem,
@@ -93,15 +96,26 @@ pub struct Peers {
     channels: Arc<Mutex<HashMap<NodeId, Channel>>>,
     /// Timeouts.
     options: RpcOptions,
+    /// Counts the calls that fail (`ringkv_replica_rpc_errors_total`).
+    metrics: Metrics,
 }
 
 impl Peers {
     /// An empty pool.
-    pub fn new(options: RpcOptions) -> Peers {
+    pub fn new(options: RpcOptions, metrics: Metrics) -> Peers {
         Peers {
             channels: Arc::default(),
             options,
+            metrics,
         }
+    }
+
+    /// The error of a failed call `rpc` to `node`, counted: every failure
+    /// of a call to a peer comes through here.
+    fn failed(&self, node: &NodeId, rpc: &'static str, status: tonic::Status) -> Error {
+        let err = rpc_error(node, status);
+        self.metrics.rpc_failed(node, rpc, &err);
+        err
     }
 
     /// The call timeout.
@@ -186,7 +200,7 @@ impl ReplicaHandle {
                 let reply = peers.client(node)?.write(request).await;
                 reply
                     .map(|r| r.into_inner())
-                    .map_err(|s| rpc_error(node, s))
+                    .map_err(|s| peers.failed(node, "write", s))
             }
         }
     }
@@ -217,7 +231,7 @@ impl ReplicaHandle {
                 let reply = peers.client(node)?.write_stream(outbound).await;
                 reply
                     .map(|r| r.into_inner())
-                    .map_err(|s| rpc_error(node, s))
+                    .map_err(|s| peers.failed(node, "write_stream", s))
             }
         }
     }
@@ -234,7 +248,7 @@ impl ReplicaHandle {
                 let reply = peers.client(node)?.read(request).await;
                 reply
                     .map(|r| r.into_inner())
-                    .map_err(|s| rpc_error(node, s))
+                    .map_err(|s| peers.failed(node, "read", s))
             }
         }
     }
@@ -266,11 +280,14 @@ impl ReplicaHandle {
                     // caller bounds the wait for each chunk instead.
                     .read_stream(tonic::Request::new(request))
                     .await
-                    .map_err(|s| rpc_error(node, s))?;
-                let node = node.clone();
+                    .map_err(|s| peers.failed(node, "read_stream", s))?;
+                let (node, peers) = (node.clone(), peers.clone());
                 Ok(response
                     .into_inner()
-                    .map(move |item| item.map(|c| c.data).map_err(|s| rpc_error(&node, s)))
+                    .map(move |item| {
+                        item.map(|c| c.data)
+                            .map_err(|s| peers.failed(&node, "read_stream", s))
+                    })
                     .boxed())
             }
         }
@@ -303,11 +320,11 @@ impl ReplicaHandle {
                     .client(node)?
                     .scan(tonic::Request::new(request))
                     .await
-                    .map_err(|s| rpc_error(node, s))?;
-                let node = node.clone();
+                    .map_err(|s| peers.failed(node, "scan", s))?;
+                let (node, peers) = (node.clone(), peers.clone());
                 Ok(response
                     .into_inner()
-                    .map(move |item| item.map_err(|s| rpc_error(&node, s)))
+                    .map(move |item| item.map_err(|s| peers.failed(&node, "scan", s)))
                     .boxed())
             }
         }
@@ -323,7 +340,7 @@ impl ReplicaHandle {
                 .sync(tonic::Request::new(SyncRequest { digest }))
                 .await
                 .map(|r| r.into_inner())
-                .map_err(|s| rpc_error(node, s)),
+                .map_err(|s| peers.failed(node, "sync", s)),
         }
     }
 
@@ -341,7 +358,10 @@ impl ReplicaHandle {
                     nodes: nodes.iter().map(|n| *n as u64).collect(),
                 });
                 let reply = peers.client(node)?.tree(request).await;
-                let hashes = reply.map_err(|s| rpc_error(node, s))?.into_inner().hashes;
+                let hashes = reply
+                    .map_err(|s| peers.failed(node, "tree", s))?
+                    .into_inner()
+                    .hashes;
                 if hashes.len() != nodes.len() {
                     return Err(Error::Rpc {
                         node: node.clone(),
@@ -362,7 +382,7 @@ impl ReplicaHandle {
                 .balance(tonic::Request::new(BalanceRequest {}))
                 .await
                 .map(|r| r.into_inner())
-                .map_err(|s| rpc_error(node, s)),
+                .map_err(|s| peers.failed(node, "balance", s)),
         }
     }
 }

@@ -900,6 +900,12 @@ impl Store {
         }
     }
 
+    /// Whether writes are taken: the data disk has more than the reserve
+    /// free (always, in memory).
+    pub fn has_room(&self) -> bool {
+        self.ensure_room(0).is_ok()
+    }
+
     /// Refuses a write of `incoming` bytes that would leave less than the
     /// reserve free on the data disk.
     fn ensure_room(&self, incoming: u64) -> Result<()> {

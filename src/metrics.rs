@@ -1,0 +1,661 @@
+//! A node's figures for Prometheus (`GET /metrics`, F20): what happened
+//! (requests, replica RPC errors, quorum failures, read repairs, hints
+//! delivered: counted as it happens) and what is (keys, bytes, hints
+//! pending, members by state, repair and transfer progress: read from the
+//! node when scraped, [`NodeFigures`]).
+//!
+//! One [`Metrics`] per node, owning its own `prometheus_client` registry:
+//! several nodes in one process (unit tests, `ringkv cluster`) keep
+//! separate figures, and nothing is global. The handle is cheap to clone.
+//!
+//! Label values are `&'static str` wherever a request could put its own
+//! text there (operation, outcome, RPC, error kind): a key can never become
+//! a label value, so a scrape stays small whatever the clients do. The
+//! `peer` label is a member's `host:port`, bounded by the cluster's size.
+//!
+//! What it does not do: it records nothing by itself. The HTTP layer
+//! (`http/metrics.rs`) counts requests, the RPC pool (`rpc::Peers`) counts
+//! failed calls to peers, the coordinator counts quorum failures, read
+//! repairs and streamed uploads, the HTTP GET path streamed downloads, and
+//! the lifecycle's hint task delivered hints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::error::{Error, Result};
+use crate::ring::NodeId;
+
+/// Prefix of every family name.
+const PREFIX: &str = "ringkv";
+/// Upper bound of the smallest latency bucket, in seconds: 0.5 ms, about a
+/// small read on a quiet node.
+const LATENCY_FIRST_BUCKET_SECONDS: f64 = 0.0005;
+/// Latency buckets, each twice the previous: 0.5 ms to 32.8 s (large
+/// uploads land in the last ones or in +Inf).
+const LATENCY_BUCKETS: u16 = 17;
+/// The operations whose quorum failures are counted (shown as 0 before any).
+const QUORUM_OPERATIONS: [&str; 3] = ["put", "delete", "get"];
+/// Member states, as `Member::shown_state` names them (each shown, 0 when
+/// no member is in it).
+pub const MEMBER_STATES: [&str; 5] = ["joining", "normal", "leaving", "down", "removed"];
+
+/// Labels of one kind of HTTP request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    /// What was asked (`put`, `get`, `ring`…), from the matched route and
+    /// the method, never the path.
+    operation: &'static str,
+    /// How it ended (`ok`, `not_found`, `client_error`, `unavailable`,
+    /// `error`).
+    outcome: &'static str,
+}
+
+/// Labels of a failed call to a peer.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcErrorLabels {
+    /// The peer called.
+    peer: String,
+    /// The call (`write`, `read`, `read_stream`…).
+    rpc: &'static str,
+    /// What went wrong ([`Error::code`]: `rpc_failed`, `timeout`…).
+    kind: &'static str,
+}
+
+/// Labels naming one client operation.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    /// `put`, `delete` or `get`.
+    operation: &'static str,
+}
+
+/// Labels naming a direction of streaming.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DirectionLabels {
+    /// `in` (uploads) or `out` (downloads).
+    direction: &'static str,
+}
+
+/// Which way a large value streams between a client and this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// A client uploads (a streamed PUT this node coordinates).
+    In,
+    /// A client downloads (a GET whose value is streamed from a replica).
+    Out,
+}
+
+impl Direction {
+    fn label(self) -> &'static str {
+        match self {
+            Direction::In => "in",
+            Direction::Out => "out",
+        }
+    }
+}
+
+/// The figures of one node. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// Every family counted as things happen; the figures read at scrape
+    /// time go in a registry of their own per scrape.
+    registry: Registry,
+    /// HTTP requests answered.
+    requests: Family<RequestLabels, Counter>,
+    /// Time to answer them (to the response headers).
+    durations: Family<RequestLabels, Histogram>,
+    /// Failed calls to peers.
+    rpc_errors: Family<RpcErrorLabels, Counter>,
+    /// Client operations that did not get their quorum.
+    quorum_failures: Family<OperationLabels, Counter>,
+    /// Records sent to replicas a read found stale.
+    read_repairs: Counter,
+    /// Hints delivered to the replicas they were kept for.
+    hints_delivered: Counter,
+    /// Large values streaming between clients and this node now.
+    streams: Family<DirectionLabels, Gauge>,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(
+        LATENCY_FIRST_BUCKET_SECONDS,
+        2.0,
+        LATENCY_BUCKETS,
+    ))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of figures, all zero.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix(PREFIX);
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by operation and outcome",
+            requests.clone(),
+        );
+        let durations = Family::<RequestLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time from a request's arrival to its response headers (a streamed GET's body not included), by operation and outcome",
+            durations.clone(),
+        );
+        let rpc_errors = Family::<RpcErrorLabels, Counter>::default();
+        registry.register(
+            "replica_rpc_errors",
+            "Failed calls to other nodes, by peer, call and kind of failure",
+            rpc_errors.clone(),
+        );
+        let quorum_failures = Family::<OperationLabels, Counter>::default();
+        for operation in QUORUM_OPERATIONS {
+            // Created at zero, so that the series exist before any failure.
+            let _ = quorum_failures.get_or_create(&OperationLabels { operation });
+        }
+        registry.register(
+            "quorum_failures",
+            "Reads and writes this node coordinated that fewer replicas than the quorum answered (503, or 507 when every failure was a full disk)",
+            quorum_failures.clone(),
+        );
+        let read_repairs = Counter::default();
+        registry.register(
+            "read_repairs",
+            "Records sent to replicas that a read found stale or missing",
+            read_repairs.clone(),
+        );
+        let hints_delivered = Counter::default();
+        registry.register(
+            "hints_delivered",
+            "Hints this node delivered to the replicas that had missed the writes",
+            hints_delivered.clone(),
+        );
+        let streams = Family::<DirectionLabels, Gauge>::default();
+        for direction in [Direction::In, Direction::Out] {
+            let _ = streams.get_or_create(&DirectionLabels {
+                direction: direction.label(),
+            });
+        }
+        registry.register(
+            "streams_in_progress",
+            "Large values streaming between clients and this node now (in: uploads, out: downloads)",
+            streams.clone(),
+        );
+        Metrics {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                durations,
+                rpc_errors,
+                quorum_failures,
+                read_repairs,
+                hints_delivered,
+                streams,
+            }),
+        }
+    }
+
+    /// Counts an HTTP request answered after `elapsed`.
+    pub fn request_done(&self, operation: &'static str, outcome: &'static str, elapsed: Duration) {
+        let labels = RequestLabels { operation, outcome };
+        self.inner.requests.get_or_create(&labels).inc();
+        self.inner
+            .durations
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a failed call `rpc` to `peer` that ended with `err`.
+    pub fn rpc_failed(&self, peer: &NodeId, rpc: &'static str, err: &Error) {
+        self.inner
+            .rpc_errors
+            .get_or_create(&RpcErrorLabels {
+                peer: peer.to_string(),
+                rpc,
+                kind: err.code(),
+            })
+            .inc();
+    }
+
+    /// Counts `operation` as a quorum failure when `result` is one: too few
+    /// replicas answered (503), or every one that failed had a full disk.
+    pub fn observe_quorum<T>(&self, operation: &'static str, result: &Result<T>) {
+        if matches!(result, Err(Error::Unavailable { .. } | Error::DiskFull)) {
+            self.inner
+                .quorum_failures
+                .get_or_create(&OperationLabels { operation })
+                .inc();
+        }
+    }
+
+    /// Counts a record sent to a stale replica by read repair.
+    pub fn read_repaired(&self) {
+        self.inner.read_repairs.inc();
+    }
+
+    /// Counts `count` hints delivered.
+    pub fn hints_delivered(&self, count: u64) {
+        self.inner.hints_delivered.inc_by(count);
+    }
+
+    /// Counts a large value streaming in `direction` until the guard is
+    /// dropped.
+    pub fn stream_started(&self, direction: Direction) -> StreamGuard {
+        let gauge = self.stream_gauge(direction);
+        gauge.inc();
+        StreamGuard { gauge }
+    }
+
+    fn stream_gauge(&self, direction: Direction) -> Gauge {
+        self.inner.streams.get_or_create_owned(&DirectionLabels {
+            direction: direction.label(),
+        })
+    }
+
+    /// Large values streaming now: (in from clients, out to clients).
+    pub fn streams_in_progress(&self) -> (u64, u64) {
+        let now = |d| u64::try_from(self.stream_gauge(d).get()).unwrap_or(0);
+        (now(Direction::In), now(Direction::Out))
+    }
+
+    /// The OpenMetrics text of every family: those counted so far and
+    /// `figures`, read from the node for this scrape.
+    pub fn encode(&self, figures: &NodeFigures) -> Result<String> {
+        let mut text = String::new();
+        encode_registry(&mut text, &self.inner.registry).map_err(encode_error)?;
+        encode_registry(&mut text, &figures.registry()).map_err(encode_error)?;
+        encode_eof(&mut text).map_err(encode_error)?;
+        Ok(text)
+    }
+}
+
+fn encode_error(err: std::fmt::Error) -> Error {
+    Error::Io(std::io::Error::other(format!(
+        "cannot encode the metrics: {err}"
+    )))
+}
+
+/// Keeps a stream counted in `ringkv_streams_in_progress` while it lives.
+#[derive(Debug)]
+pub struct StreamGuard {
+    /// The gauge of its direction, decremented on drop.
+    gauge: Gauge,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// What a node is at the moment of a scrape (filled in by the HTTP layer
+/// from the store, the ring and the lifecycle).
+#[derive(Debug, Clone, Default)]
+pub struct NodeFigures {
+    /// Keys stored with a live value (tombstones not counted).
+    pub keys: u64,
+    /// Bytes the store uses on disk (0 with `--in-memory`).
+    pub disk_bytes: u64,
+    /// Hints waiting for delivery to other replicas.
+    pub hints_pending: u64,
+    /// Corrupt copies dropped since the node started.
+    pub corrupt_copies: u64,
+    /// Members of the ring by shown state (names from [`MEMBER_STATES`]).
+    pub members: Vec<(&'static str, u64)>,
+    /// Every live member publishes the ring digest this node computes.
+    pub agreed: bool,
+    /// Anti-entropy, running or last run.
+    pub repair: RepairFigures,
+    /// Ranges streaming into this node (bootstrap, removals, N changes),
+    /// running or last.
+    pub transfer: TransferFigures,
+}
+
+/// Anti-entropy on this node (the lifecycle's repair progress).
+#[derive(Debug, Clone, Default)]
+pub struct RepairFigures {
+    /// A run is under way.
+    pub active: bool,
+    /// Ranges compared by the current or last run.
+    pub ranges_done: u64,
+    /// Ranges this node is a replica of.
+    pub ranges: u64,
+    /// Hash-tree leaves found differing by it.
+    pub leaves: u64,
+    /// Records it fetched from other replicas.
+    pub pulled: u64,
+    /// Records it sent to other replicas.
+    pub pushed: u64,
+    /// Bytes of its comparisons' messages, sent and received.
+    pub bytes: u64,
+    /// Expired tombstones it dropped.
+    pub tombstones_dropped: u64,
+    /// Runs finished since the node started.
+    pub runs: u64,
+}
+
+/// Ranges streaming into this node (the lifecycle's transfer progress).
+#[derive(Debug, Clone, Default)]
+pub struct TransferFigures {
+    /// A transfer is running.
+    pub active: bool,
+    /// Records stored by the current or last transfer.
+    pub records: u64,
+    /// Value bytes received by it.
+    pub bytes: u64,
+    /// Sources finished.
+    pub sources_done: u64,
+    /// Sources to read.
+    pub sources: u64,
+}
+
+/// A count as a gauge value (saturating: a gauge is an i64).
+fn gauge(value: u64) -> ConstGauge {
+    ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX))
+}
+
+fn flag(value: bool) -> ConstGauge {
+    ConstGauge::new(i64::from(value))
+}
+
+impl NodeFigures {
+    /// These figures as a registry of constant metrics, for one scrape.
+    fn registry(&self) -> Registry {
+        let mut r = Registry::with_prefix(PREFIX);
+        r.register(
+            "keys_stored",
+            "Keys this node stores with a live value (tombstones not counted)",
+            gauge(self.keys),
+        );
+        r.register(
+            "bytes_stored",
+            "Bytes this node's store uses on disk (0 with --in-memory)",
+            gauge(self.disk_bytes),
+        );
+        r.register(
+            "hints_pending",
+            "Hints waiting on this node for replicas that missed writes",
+            gauge(self.hints_pending),
+        );
+        r.register(
+            "corrupt_copies_dropped",
+            "Copies this node found corrupt (by the scrub or a read) and dropped since it started",
+            ConstCounter::new(self.corrupt_copies),
+        );
+        let members = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        for state in MEMBER_STATES {
+            let count = self
+                .members
+                .iter()
+                .filter(|(s, _)| *s == state)
+                .map(|(_, n)| *n)
+                .sum::<u64>();
+            members
+                .get_or_create(&[("state", state)])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        r.register(
+            "members",
+            "Members of the ring as this node sees them, by state",
+            members,
+        );
+        r.register(
+            "ring_agreed",
+            "1 when every live member publishes the ring digest this node computes",
+            flag(self.agreed),
+        );
+        let repair = &self.repair;
+        r.register(
+            "repair_active",
+            "1 while an anti-entropy run is under way on this node",
+            flag(repair.active),
+        );
+        r.register(
+            "repair_ranges_done",
+            "Ranges compared by the current or last anti-entropy run",
+            gauge(repair.ranges_done),
+        );
+        r.register(
+            "repair_ranges",
+            "Ranges this node is a replica of (what a run compares)",
+            gauge(repair.ranges),
+        );
+        r.register(
+            "repair_leaves_differing",
+            "Hash-tree leaves found differing by the current or last run",
+            gauge(repair.leaves),
+        );
+        let records = Family::<[(&'static str, &'static str); 1], Gauge>::default();
+        for (direction, count) in [("pulled", repair.pulled), ("pushed", repair.pushed)] {
+            records
+                .get_or_create(&[("direction", direction)])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
+        }
+        r.register(
+            "repair_records",
+            "Records the current or last run fetched from (pulled) or sent to (pushed) other replicas",
+            records,
+        );
+        r.register(
+            "repair_bytes",
+            "Bytes of the comparisons' messages of the current or last run, sent and received",
+            gauge(repair.bytes),
+        );
+        r.register(
+            "repair_tombstones_dropped",
+            "Expired tombstones the current or last run dropped",
+            gauge(repair.tombstones_dropped),
+        );
+        r.register(
+            "repair_runs",
+            "Anti-entropy runs finished since the node started",
+            ConstCounter::new(repair.runs),
+        );
+        let transfer = &self.transfer;
+        r.register(
+            "transfer_active",
+            "1 while ranges stream into this node (bootstrap, removal, change of N)",
+            flag(transfer.active),
+        );
+        r.register(
+            "transfer_records",
+            "Records stored by the current or last range transfer into this node",
+            gauge(transfer.records),
+        );
+        r.register(
+            "transfer_bytes",
+            "Value bytes received by the current or last range transfer",
+            gauge(transfer.bytes),
+        );
+        r.register(
+            "transfer_sources_done",
+            "Sources the current or last transfer finished reading",
+            gauge(transfer.sources_done),
+        );
+        r.register(
+            "transfer_sources",
+            "Sources the current or last transfer reads",
+            gauge(transfer.sources),
+        );
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use openmetrics_parser::{OpenMetricsType, OpenMetricsValue};
+
+    fn parse(
+        metrics: &Metrics,
+        figures: &NodeFigures,
+    ) -> openmetrics_parser::MetricsExposition<OpenMetricsType, OpenMetricsValue> {
+        let text = metrics.encode(figures).unwrap();
+        openmetrics_parser::openmetrics::parse_openmetrics(&text)
+            .unwrap_or_else(|e| panic!("{e:?} in\n{text}"))
+    }
+
+    fn counter(
+        exposition: &openmetrics_parser::MetricsExposition<OpenMetricsType, OpenMetricsValue>,
+        family: &str,
+        labels: &[(&str, &str)],
+    ) -> f64 {
+        let family = &exposition.families[family];
+        family
+            .iter_samples()
+            .find(|s| {
+                let set = s.get_labelset().unwrap();
+                labels
+                    .iter()
+                    .all(|(k, v)| set.get_label_value(k) == Some(*v))
+            })
+            .map(|s| match &s.value {
+                OpenMetricsValue::Counter(c) => c.value.as_f64(),
+                OpenMetricsValue::Gauge(g) => g.as_f64(),
+                other => panic!("not a counter or gauge: {other:?}"),
+            })
+            .unwrap_or_else(|| panic!("no sample {labels:?}"))
+    }
+
+    #[test]
+    fn two_nodes_in_one_process_keep_their_own_figures() {
+        let (a, b) = (Metrics::new(), Metrics::new());
+        a.request_done("put", "ok", Duration::from_millis(3));
+        a.request_done("put", "ok", Duration::from_millis(40));
+        b.request_done("get", "not_found", Duration::from_millis(1));
+        let figures = NodeFigures::default();
+        let (pa, pb) = (parse(&a, &figures), parse(&b, &figures));
+        let requests = "ringkv_http_requests";
+        assert_eq!(
+            counter(&pa, requests, &[("operation", "put"), ("outcome", "ok")]),
+            2.0
+        );
+        assert_eq!(pa.families[requests].iter_samples().count(), 1);
+        assert_eq!(pb.families[requests].iter_samples().count(), 1);
+        let OpenMetricsValue::Histogram(h) = &pa.families["ringkv_http_request_duration_seconds"]
+            .iter_samples()
+            .next()
+            .unwrap()
+            .value
+        else {
+            panic!("not a histogram");
+        };
+        assert_eq!(h.count, Some(2));
+        // 3 ms lands in the 4 ms bucket, 40 ms in the 64 ms one.
+        let at = |le: f64| {
+            h.buckets
+                .iter()
+                .find(|b| (b.upper_bound - le).abs() < 1e-9)
+                .map(|b| b.count.as_f64())
+        };
+        assert_eq!(at(0.002), Some(0.0));
+        assert_eq!(at(0.004), Some(1.0));
+        assert_eq!(at(0.064), Some(2.0));
+    }
+
+    #[test]
+    fn errors_quorums_and_streams_are_counted() {
+        let metrics = Metrics::new();
+        let peer = NodeId::parse("127.0.0.1:7000").unwrap();
+        let down = Error::Rpc {
+            node: peer.clone(),
+            reason: "connection refused".into(),
+        };
+        metrics.rpc_failed(&peer, "write", &down);
+        metrics.observe_quorum::<()>(
+            "put",
+            &Err(Error::Unavailable {
+                needed: 3,
+                got: 2,
+                answered: vec![],
+                failed: vec![],
+            }),
+        );
+        metrics.observe_quorum::<()>("get", &Err(Error::not_found("k")));
+        metrics.observe_quorum("delete", &Ok(()));
+        let upload = metrics.stream_started(Direction::In);
+        let download = metrics.stream_started(Direction::Out);
+        let second = metrics.stream_started(Direction::Out);
+        assert_eq!(metrics.streams_in_progress(), (1, 2));
+        drop((upload, second));
+        assert_eq!(metrics.streams_in_progress(), (0, 1));
+        let p = parse(&metrics, &NodeFigures::default());
+        let rpc = [
+            ("peer", "127.0.0.1:7000"),
+            ("rpc", "write"),
+            ("kind", "rpc_failed"),
+        ];
+        assert_eq!(counter(&p, "ringkv_replica_rpc_errors", &rpc), 1.0);
+        let quorum = "ringkv_quorum_failures";
+        assert_eq!(counter(&p, quorum, &[("operation", "put")]), 1.0);
+        assert_eq!(counter(&p, quorum, &[("operation", "get")]), 0.0);
+        assert_eq!(counter(&p, quorum, &[("operation", "delete")]), 0.0);
+        let streams = "ringkv_streams_in_progress";
+        assert_eq!(counter(&p, streams, &[("direction", "in")]), 0.0);
+        assert_eq!(counter(&p, streams, &[("direction", "out")]), 1.0);
+        drop(download);
+    }
+
+    #[test]
+    fn scrape_time_figures_are_encoded() {
+        let figures = NodeFigures {
+            keys: 7,
+            disk_bytes: 4096,
+            hints_pending: 2,
+            corrupt_copies: 1,
+            members: vec![("normal", 2), ("down", 1)],
+            agreed: true,
+            repair: RepairFigures {
+                ranges_done: 16,
+                ranges: 16,
+                pulled: 3,
+                runs: 4,
+                ..RepairFigures::default()
+            },
+            transfer: TransferFigures {
+                active: true,
+                records: 10,
+                ..TransferFigures::default()
+            },
+        };
+        let p = parse(&Metrics::new(), &figures);
+        assert_eq!(counter(&p, "ringkv_keys_stored", &[]), 7.0);
+        assert_eq!(counter(&p, "ringkv_bytes_stored", &[]), 4096.0);
+        assert_eq!(counter(&p, "ringkv_hints_pending", &[]), 2.0);
+        assert_eq!(counter(&p, "ringkv_corrupt_copies_dropped", &[]), 1.0);
+        assert_eq!(counter(&p, "ringkv_members", &[("state", "normal")]), 2.0);
+        assert_eq!(counter(&p, "ringkv_members", &[("state", "down")]), 1.0);
+        assert_eq!(counter(&p, "ringkv_members", &[("state", "joining")]), 0.0);
+        assert_eq!(counter(&p, "ringkv_ring_agreed", &[]), 1.0);
+        assert_eq!(counter(&p, "ringkv_repair_ranges_done", &[]), 16.0);
+        assert_eq!(
+            counter(&p, "ringkv_repair_records", &[("direction", "pulled")]),
+            3.0
+        );
+        assert_eq!(counter(&p, "ringkv_repair_runs", &[]), 4.0);
+        assert_eq!(counter(&p, "ringkv_transfer_active", &[]), 1.0);
+        assert_eq!(counter(&p, "ringkv_transfer_records", &[]), 10.0);
+        assert_eq!(
+            p.families["ringkv_repair_runs"].family_type,
+            OpenMetricsType::Counter
+        );
+    }
+}
