@@ -305,6 +305,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     )
     .into_axum_router();
     let left = Arc::new(tokio::sync::Notify::new());
+    let stall_watch = tokio::spawn(coordinator.clone().watch_stalls());
     let api = http::router(AppState {
         node: id.clone(),
         coordinator,
@@ -319,14 +320,16 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel();
     let stop = async move {
         let fatal = membership.fatal();
-        tokio::select! {
+        let why = tokio::select! {
             _ = shutdown_rx => Ok(()),
             _ = left.notified() => {
                 tracing::info!("left the cluster on request; stopping");
                 Ok(())
             }
             reason = fatal => Err(Error::invalid(reason)),
-        }
+        };
+        stall_watch.abort();
+        why
     };
     let task = tokio::spawn(serve(
         listener,

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Cluster, Options, key_url};
+use common::{Cluster, DEADLINE, Options, key_url, wait_for};
 use reqwest::StatusCode;
 use serde_json::Value;
 
@@ -276,4 +276,63 @@ async fn a_joining_node_is_seen_by_all_and_takes_its_keys() {
         on_new += whereis.contains(&new_id) as usize;
     }
     assert!(on_new > 0, "the new node holds none of 60 keys");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_coordinator_resumed_after_a_pause_applies_no_ghost_write() {
+    let cluster = Cluster::start(Options::default()).await;
+    let http = cluster.http.clone();
+    let first = http
+        .put(key_url(&cluster, 1, "ghost"))
+        .body("first")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+
+    // Node 0 stops; a client sends it a write and gives up waiting.
+    cluster.freeze(0);
+    let paused = std::time::Instant::now();
+    let impatient = reqwest::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let given_up = impatient
+        .put(key_url(&cluster, 0, "ghost"))
+        .body("ghost")
+        .send()
+        .await;
+    assert!(given_up.is_err(), "a stopped node answered");
+    // Another client's write is acknowledged in the meantime.
+    let second: Value = http
+        .put(key_url(&cluster, 1, "ghost"))
+        .body("second")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let second_ts = second["timestamp"].as_u64().unwrap();
+    // The pause itself (the fault, not a wait for a condition): longer than
+    // a node takes to notice it was stopped.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(paused.elapsed())).await;
+    cluster.thaw(0);
+
+    // Node 0 reads the buffered request on resuming and refuses it.
+    wait_for("node 0 to refuse the stale write", DEADLINE, || async {
+        cluster
+            .log_tail(0)
+            .contains("did not run for a while")
+            .then_some(())
+    })
+    .await;
+    cluster.wait_ready(0).await;
+    for i in 0..3 {
+        let got = cluster
+            .get_bytes(&format!("{}?r=all", key_url(&cluster, i, "ghost")))
+            .await;
+        assert_eq!(got.as_ref(), b"second", "through node {i}");
+        assert_eq!(cluster.haskey(i, "ghost").await, (second_ts, false));
+    }
 }

@@ -43,6 +43,7 @@
 //! not count towards W.
 
 mod quorum;
+mod stall;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -137,6 +138,9 @@ struct Inner {
     /// This node's figures: quorum failures, read repairs, uploads
     /// streaming now.
     metrics: Metrics,
+    /// Notices when the process was stopped, so that writes read right
+    /// after are not stamped as new (see `stall.rs`).
+    stall: stall::StallWatch,
 }
 
 impl Coordinator {
@@ -159,8 +163,14 @@ impl Coordinator {
                 clock,
                 options,
                 metrics,
+                stall: stall::StallWatch::default(),
             }),
         }
+    }
+
+    /// Watches for stalls of this process until it ends (spawned once).
+    pub async fn watch_stalls(self) {
+        self.inner.stall.run().await;
     }
 
     /// This node's figures.
@@ -245,7 +255,10 @@ impl Coordinator {
         body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
         w: Quorum,
     ) -> Result<WriteResult> {
-        let result = self.put_value(key, content_type, body, w).await;
+        let result = match self.inner.stall.check() {
+            Ok(()) => self.put_value(key, content_type, body, w).await,
+            Err(err) => Err(err),
+        };
         self.inner.metrics.observe_quorum("put", &result);
         result
     }
@@ -288,7 +301,10 @@ impl Coordinator {
 
     /// Writes a tombstone for `key` on W of its replicas.
     pub async fn delete(&self, key: &str, w: Quorum) -> Result<WriteResult> {
-        let result = self.write_tombstone(key, w).await;
+        let result = match self.inner.stall.check() {
+            Ok(()) => self.write_tombstone(key, w).await,
+            Err(err) => Err(err),
+        };
         self.inner.metrics.observe_quorum("delete", &result);
         result
     }
