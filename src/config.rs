@@ -39,6 +39,9 @@ pub struct NodeConfig {
     pub max_value_size: u64,
     /// Free bytes kept on the data disk; writes that would leave less get 507.
     pub disk_reserve: u64,
+    /// Milliseconds this node's write clock runs ahead (negative: behind);
+    /// for fault tests only.
+    pub clock_skew_ms: i64,
     /// Deadline of node-to-node unary calls.
     pub rpc_timeout: Duration,
     /// Gossip cluster name; nodes of different clusters ignore each other.

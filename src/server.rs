@@ -236,7 +236,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .await?,
     );
     let membership_for_serve = membership.clone();
-    let clock = Arc::new(Clock::new(id.hash64()));
+    let clock =
+        Arc::new(Clock::new(id.hash64()).skewed(config.clock_skew_ms.saturating_mul(1_000_000)));
     // Back after longer than the tombstone grace period: re-sync before
     // serving reads (lifecycle/gc.rs).
     let away = data_dir

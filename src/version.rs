@@ -76,6 +76,9 @@ pub struct Clock {
     last: Mutex<u64>,
     /// Physical time source; replaceable so tests can skew or freeze it.
     physical: fn() -> u64,
+    /// Added to every physical reading (fault tests: a node whose clock
+    /// runs ahead or behind, `--clock-skew-ms`).
+    skew_ns: i64,
 }
 
 /// Nanoseconds since the Unix epoch from the system clock.
@@ -98,12 +101,24 @@ impl Clock {
             writer,
             last: Mutex::new(0),
             physical,
+            skew_ns: 0,
         }
+    }
+
+    /// This clock, running `skew_ns` ahead (negative: behind) of its source.
+    pub fn skewed(mut self, skew_ns: i64) -> Self {
+        self.skew_ns = skew_ns;
+        self
+    }
+
+    /// The physical reading, skewed.
+    fn physical_now(&self) -> u64 {
+        (self.physical)().saturating_add_signed(self.skew_ns)
     }
 
     /// A fresh version, greater than every version this clock made or observed.
     pub fn now(&self) -> Version {
-        let physical = (self.physical)();
+        let physical = self.physical_now();
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let timestamp = physical.max(*last + 1);
         *last = timestamp;
@@ -117,7 +132,7 @@ impl Clock {
     /// local writes order after it. Readings more than [`MAX_CLOCK_SKEW_NS`]
     /// ahead of local physical time are ignored (and reported) instead.
     pub fn observe(&self, seen: Version) -> bool {
-        let physical = (self.physical)();
+        let physical = self.physical_now();
         if seen.timestamp > physical.saturating_add(MAX_CLOCK_SKEW_NS) {
             return false;
         }

@@ -177,6 +177,24 @@ async fn a_paused_node_resumed() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn clocks_running_seconds_ahead_and_behind() {
+    scenario("skew", async |cluster, workload| {
+        // Node 3's clock runs 3 s behind, node 4's 3 s ahead; both restart
+        // so, on their data.
+        for (node, skew) in [(3, "-3000"), (4, "3000")] {
+            cluster.kill(node);
+            cluster.nodes[node]
+                .flags
+                .extend(["--clock-skew-ms".to_string(), skew.to_string()]);
+            cluster.restart(node);
+        }
+        cluster.wait_converged().await;
+        wait_progress(workload, 300).await;
+    })
+    .await;
+}
+
 /// A tmpfs of `mib` MiB mounted at `dir`, unmounted on drop.
 struct SmallDisk(std::path::PathBuf);
 

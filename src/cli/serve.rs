@@ -52,6 +52,10 @@ pub struct ServeArgs {
     /// (it cannot recover from that without a restart).
     #[arg(long, value_parser = parse_size, default_value = "256MiB")]
     pub disk_reserve: u64,
+    /// Runs this node's write clock this many milliseconds ahead (negative:
+    /// behind): clock-skew fault tests.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true, hide = true)]
+    pub clock_skew_ms: i64,
     /// Deadline of node-to-node calls (e.g. 5s, 500ms).
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     pub rpc_timeout: Duration,
@@ -136,6 +140,7 @@ impl ServeArgs {
             tokens: self.tokens,
             max_value_size: self.max_value_size,
             disk_reserve: self.disk_reserve,
+            clock_skew_ms: self.clock_skew_ms,
             rpc_timeout: self.rpc_timeout,
             cluster_id: self.cluster_id.clone(),
             gossip_interval: self.gossip_interval,

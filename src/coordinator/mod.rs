@@ -58,7 +58,7 @@ pub use self::quorum::Quorum;
 use crate::error::{Error, Result};
 use crate::membership::Membership;
 use crate::metrics::{Direction, Metrics};
-use crate::proto::{ReadReply, RecordMeta, StoredRecord};
+use crate::proto::{ReadReply, RecordMeta, StoredRecord, WriteReply};
 use crate::ring::{NodeId, Ring};
 use crate::rpc::{LocalReplica, Peers, ReplicaHandle, WriteMsg};
 use crate::storage::{CHUNK_SIZE_BYTES, INLINE_MAX_BYTES};
@@ -105,6 +105,21 @@ pub struct ReadResult {
     /// Replicas known to hold exactly this version, preferred first.
     pub sources: Vec<NodeId>,
 }
+
+/// A write that reached its quorum, and the newest version one of the
+/// quorum already held instead, when newer than the write's.
+struct Stamped {
+    written: WriteResult,
+    newer: Option<Version>,
+}
+
+/// How long a streamed write waits for a replica's version before it
+/// stamps its own.
+const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a write is stamped again after meeting a newer version (a
+/// concurrent writer can keep winning; after these, the write fails).
+const RESTAMP_ATTEMPTS: usize = 3;
 
 /// The nodes a write goes to.
 struct WritePlacement {
@@ -295,6 +310,15 @@ impl Coordinator {
                 .write_whole(meta, first, replicas, pending, needed)
                 .await;
         }
+        // A streamed body cannot be sent again under a new stamp (see
+        // `write_whole`): the clock first moves past what the replicas hold.
+        let mut header = header;
+        if let Some(held) = self.newest_held(key, &replicas).await
+            && held >= header.version()
+            && self.inner.clock.observe(held)
+        {
+            header.version = Some(self.inner.clock.now().into());
+        }
         self.write_streamed(header, first, body, replicas, pending, needed)
             .await
     }
@@ -376,18 +400,76 @@ impl Coordinator {
         Ok((piece, ended))
     }
 
+    /// The newest version of `key` any of the live `replicas` holds, asked
+    /// in parallel (those that do not answer within [`PROBE_TIMEOUT`] are
+    /// left out).
+    async fn newest_held(&self, key: &str, replicas: &[NodeId]) -> Option<Version> {
+        let ring = self.ring();
+        let asks = replicas.iter().filter(|n| ring.is_live(n)).map(|node| {
+            let replica = self.replica(node);
+            async move { tokio::time::timeout(PROBE_TIMEOUT, replica.read(key, 0)).await }
+        });
+        futures::future::join_all(asks)
+            .await
+            .into_iter()
+            .filter_map(|reply| reply.ok()?.ok()?.meta)
+            .map(|meta| meta.version())
+            .max()
+    }
+
+    /// Writes a whole value or a tombstone on `needed` of the replicas.
+    ///
+    /// A replica that already holds a newer version does not apply it. When
+    /// one of the quorum says so, this write was stamped by a clock behind
+    /// the one that stamped that version (another node's clock running
+    /// ahead): acknowledging it would let a write that came before it win.
+    /// The clock then moves past that version and the write is stamped
+    /// again and resent, so that what is acknowledged last wins. Any two
+    /// write quorums share a replica, so a write acknowledged before this
+    /// one began is always seen.
     async fn write_whole(
         &self,
-        meta: RecordMeta,
+        mut meta: RecordMeta,
         value: Bytes,
         replicas: Vec<NodeId>,
         pending: Vec<NodeId>,
         needed: usize,
     ) -> Result<WriteResult> {
+        let mut attempt = 0;
+        loop {
+            let result = self
+                .write_whole_once(meta.clone(), value.clone(), &replicas, &pending, needed)
+                .await?;
+            let Some(newer) = result.newer else {
+                return Ok(result.written);
+            };
+            attempt += 1;
+            if attempt > RESTAMP_ATTEMPTS || !self.inner.clock.observe(newer) {
+                return Err(Error::NotReady {
+                    reason: format!(
+                        "a replica holds a newer version of {} ({} ns) than this node's clock \
+                         can follow; are the nodes' clocks in sync?",
+                        meta.key, newer.timestamp
+                    ),
+                });
+            }
+            tracing::debug!(key = %meta.key, ?newer, "a replica holds a newer version; stamping again");
+            meta.version = Some(self.inner.clock.now().into());
+        }
+    }
+
+    async fn write_whole_once(
+        &self,
+        meta: RecordMeta,
+        value: Bytes,
+        replicas: &[NodeId],
+        pending: &[NodeId],
+        needed: usize,
+    ) -> Result<Stamped> {
         let version = meta.version();
-        let mut calls: Calls<()> = replicas
+        let mut calls: Calls<WriteReply> = replicas
             .iter()
-            .chain(&pending)
+            .chain(pending)
             .map(|node| {
                 let (this, meta, value, node) =
                     (self.clone(), meta.clone(), value.clone(), node.clone());
@@ -396,12 +478,18 @@ impl Coordinator {
                     if let Err(err) = &result {
                         this.hint(&node, &meta, Some(&value), err);
                     }
-                    (node, result.map(|_| ()))
+                    (node, result)
                 }
                 .boxed()
             })
             .collect();
         let (ok, failed) = gather(&mut calls, needed).await;
+        let newer = ok
+            .iter()
+            .filter(|(_, reply)| !reply.applied)
+            .filter_map(|(_, reply)| reply.current.map(Version::from))
+            .filter(|current| *current > version)
+            .max();
         if !calls.is_empty() {
             // The replicas slower than the quorum still get the write.
             tokio::spawn(async move { while calls.next().await.is_some() {} });
@@ -413,10 +501,13 @@ impl Coordinator {
                 failed,
             ));
         }
-        Ok(WriteResult {
-            version,
-            replicas,
-            stored_on: ok.into_iter().map(|(n, _)| n).collect(),
+        Ok(Stamped {
+            written: WriteResult {
+                version,
+                replicas: replicas.to_vec(),
+                stored_on: ok.into_iter().map(|(n, _)| n).collect(),
+            },
+            newer,
         })
     }
 
