@@ -212,3 +212,49 @@ async fn ringkv_cluster_runs_a_working_cluster_until_stopped() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_logs_name_the_peer_of_each_membership_change() {
+    // The founder logs text, the joiner JSON lines (--log-format json).
+    let mut cluster = Cluster::start(Options {
+        nodes: 1,
+        replicas: 1,
+        ..Options::default()
+    })
+    .await;
+    let joiner = cluster.spawn(vec![
+        "--join".into(),
+        cluster.nodes[0].id.clone(),
+        "--log-format".into(),
+        "json".into(),
+    ]);
+    cluster.wait_converged().await;
+    let (founder_id, joiner_id) = (
+        cluster.nodes[0].id.clone(),
+        cluster.nodes[joiner].id.clone(),
+    );
+    let logs = cluster.dir.path().to_path_buf();
+    let log =
+        |i: usize| std::fs::read_to_string(logs.join(format!("node{i}.log"))).unwrap_or_default();
+    let text = log(0);
+    assert!(
+        text.lines()
+            .any(|l| l.contains(" member ") && l.contains(&format!("peer={joiner_id}"))),
+        "{text}"
+    );
+    cluster.kill(0);
+    common::wait_for(
+        "the joiner to log the founder down",
+        common::DEADLINE,
+        || async {
+            log(joiner).lines().find_map(|line| {
+                let entry: Value = serde_json::from_str(line).ok()?;
+                let fields = &entry["fields"];
+                (fields["message"].as_str()?.starts_with("member down")
+                    && fields["peer"] == founder_id.as_str())
+                .then_some(())
+            })
+        },
+    )
+    .await;
+}

@@ -111,7 +111,10 @@ fn init_logging(
             .with_filter(filter())
             .boxed()
     } else {
+        // Colours only for a person watching, not in a redirected log.
+        use std::io::IsTerminal;
         tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .with_filter(filter())
             .boxed()

@@ -31,18 +31,25 @@ pub async fn deliver_forever(lifecycle: Lifecycle) {
         tick.tick().await;
         let ring = lifecycle.inner.membership.ring();
         match deliver_round(&lifecycle, &ring).await {
-            Ok(0) => {}
-            Ok(delivered) => tracing::info!(delivered, "hints delivered"),
+            Ok(delivered) => {
+                for (peer, delivered) in delivered {
+                    tracing::info!(%peer, delivered, "hints delivered");
+                }
+            }
             Err(err) => tracing::warn!(%err, "hint delivery stopped"),
         }
     }
 }
 
-/// One pass over the stored hints; returns how many were delivered.
-async fn deliver_round(lifecycle: &Lifecycle, ring: &Ring) -> Result<u64> {
+/// One pass over the stored hints; returns how many were delivered to
+/// each target.
+async fn deliver_round(
+    lifecycle: &Lifecycle,
+    ring: &Ring,
+) -> Result<std::collections::BTreeMap<NodeId, u64>> {
     let store = &lifecycle.inner.store;
     let mut after = Bound::Unbounded;
-    let mut delivered = 0;
+    let mut delivered = std::collections::BTreeMap::new();
     loop {
         let batch = store.hints_after(after.clone(), BATCH)?;
         let Some((last, _, _)) = batch.last() else {
@@ -82,7 +89,7 @@ async fn deliver_round(lifecycle: &Lifecycle, ring: &Ring) -> Result<u64> {
             match deliver(lifecycle, ring, &node, record).await {
                 Ok(()) => {
                     store.remove_hint(raw)?;
-                    delivered += 1;
+                    *delivered.entry(node).or_insert(0) += 1;
                 }
                 Err(err) => {
                     tracing::debug!(%node, %err, "hint not delivered yet");
