@@ -357,6 +357,107 @@ async fn the_client_learns_the_members_and_survives_its_node_going_down() {
     assert!(client.haskey("learnt").await.is_err());
 }
 
+#[test]
+fn cluster_print_shows_commands_to_paste() {
+    let exe = std::fs::canonicalize(RINGKV).unwrap();
+    let exe = exe.to_str().unwrap();
+    let out = Command::new(RINGKV)
+        .args(["cluster", "--print", "--nodes", "3", "--base-port", "50140"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let commands: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+    assert_eq!(
+        commands,
+        vec![
+            format!(
+                "{exe} serve --host 127.0.0.1 --port 50140 --replicas 3 --data-dir ringkv-data/node-50140 --on-signal stop"
+            ),
+            format!(
+                "{exe} serve --host 127.0.0.1 --port 50141 --replicas 3 --data-dir ringkv-data/node-50141 --on-signal stop --join 127.0.0.1:50140"
+            ),
+            format!(
+                "{exe} serve --host 127.0.0.1 --port 50142 --replicas 3 --data-dir ringkv-data/node-50142 --on-signal stop --join 127.0.0.1:50140"
+            ),
+        ]
+    );
+    let out = Command::new(RINGKV)
+        .args([
+            "cluster",
+            "--print",
+            "--hosts",
+            "db1,db2,10.0.0.3",
+            "--replicas",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "# one node per host: start db1:50140 first, then the others\n\
+         # on db1\n\
+         ringkv serve --host db1 --port 50140 --replicas 2 --data-dir ringkv-data/node-50140\n\
+         # on db2\n\
+         ringkv serve --host db2 --port 50140 --replicas 2 --data-dir ringkv-data/node-50140 --join db1:50140\n\
+         # on 10.0.0.3\n\
+         ringkv serve --host 10.0.0.3 --port 50140 --replicas 2 --data-dir ringkv-data/node-50140 --join db1:50140\n"
+    );
+    // --hosts is for printing only.
+    let out = Command::new(RINGKV)
+        .args(["cluster", "--hosts", "a,b"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn printed_cluster_commands_run_a_cluster() {
+    let base = free_ports(2);
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(RINGKV)
+        .args(["cluster", "--print", "--nodes", "2", "--replicas", "2"])
+        .args(["--base-port", &base.to_string()])
+        .arg("--data-root")
+        .arg(dir.path().join("data root"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut nodes = Vec::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        // Pasted into a shell, as they are.
+        let child = Command::new("sh")
+            .args(["-c", &format!("exec {line}")])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        nodes.push(KillOnDrop(child));
+    }
+    let urls: Vec<String> = (0..2)
+        .map(|i| format!("http://127.0.0.1:{}", base + i))
+        .collect();
+    wait_converged(&reqwest::Client::new(), &urls, 2).await;
+    assert!(
+        dir.path()
+            .join("data root")
+            .join(format!("node-{base}"))
+            .join("node.json")
+            .exists()
+    );
+}
+
+/// A child process killed when the test ends, passed or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn serve_logs_name_the_peer_of_each_membership_change() {
     // The founder logs text, the joiner JSON lines (--log-format json).

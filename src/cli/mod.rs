@@ -358,7 +358,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     match args.command {
         Command::Serve(serve) => serve::run(serve).await,
-        Command::Cluster(cluster) => cluster::run(cluster).await,
+        Command::Cluster(cluster) => cluster::run(cluster, out).await,
         Command::Bench(bench) => bench::run(bench, nodes, out).await,
         command => ops::run(command, client()?, out).await,
     }
