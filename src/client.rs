@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -91,8 +92,21 @@ pub enum Upload {
     Bytes(Bytes),
     /// A file, streamed from disk (replayable).
     File(PathBuf),
+    /// A file, streamed from disk (replayable), each piece shown to a
+    /// watcher as it is read: progress bars, checksums of what was sent.
+    WatchedFile(PathBuf, Arc<dyn UploadWatch>),
     /// Any stream, sent once.
     Stream(reqwest::Body),
+}
+
+/// Sees the bytes of an [`Upload::WatchedFile`] as they are read for
+/// sending. A retry or fail-over sends the file again from its start,
+/// announced by [`UploadWatch::restart`].
+pub trait UploadWatch: Send + Sync {
+    /// An attempt starts (again) from byte 0: forget what was seen.
+    fn restart(&self);
+    /// `piece` was read from the file and goes out next.
+    fn sent(&self, piece: &[u8]);
 }
 
 /// Which nodes a request may go to.
@@ -383,14 +397,14 @@ impl Client {
             let body = match &upload {
                 Some(Upload::Bytes(bytes)) => reqwest::Body::from(bytes.clone()),
                 Some(Upload::File(path)) => {
-                    let file = std::fs::File::open(path)?;
-                    let length = file.metadata()?.len();
+                    let (length, body) = file_body(path, None)?;
                     request = request.header(reqwest::header::CONTENT_LENGTH, length);
-                    let reader = tokio::fs::File::from_std(file);
-                    reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(
-                        reader,
-                        256 * 1024,
-                    ))
+                    body
+                }
+                Some(Upload::WatchedFile(path, watch)) => {
+                    let (length, body) = file_body(path, Some(watch.clone()))?;
+                    request = request.header(reqwest::header::CONTENT_LENGTH, length);
+                    body
                 }
                 Some(Upload::Stream(_)) => match upload.take() {
                     Some(Upload::Stream(body)) => body,
@@ -577,6 +591,30 @@ fn key_path(key: &str) -> Result<String> {
     } else {
         crate::key::to_url_path(key)
     })
+}
+
+/// A file as a request body: its length and a stream of its pieces, shown
+/// to `watch` (told first that an attempt starts).
+fn file_body(
+    path: &std::path::Path,
+    watch: Option<Arc<dyn UploadWatch>>,
+) -> Result<(u64, reqwest::Body)> {
+    let file = std::fs::File::open(path)?;
+    let length = file.metadata()?.len();
+    let pieces =
+        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
+    let body = match watch {
+        None => reqwest::Body::wrap_stream(pieces),
+        Some(watch) => {
+            watch.restart();
+            reqwest::Body::wrap_stream(pieces.inspect(move |piece| {
+                if let Ok(piece) = piece {
+                    watch.sent(piece);
+                }
+            }))
+        }
+    };
+    Ok((length, body))
 }
 
 /// Reads a JSON reply.

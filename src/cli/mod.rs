@@ -13,6 +13,7 @@ mod bench_repair;
 mod cluster;
 mod ops;
 mod serve;
+mod transfer;
 
 use std::process::ExitCode;
 
@@ -94,6 +95,12 @@ enum Command {
     Remove(ops::RemoveArgs),
     /// Change the cluster's replication factor; data is copied or trimmed to match.
     Replicas(ops::ReplicasArgs),
+    /// Store every file under a directory (keys: PREFIX/relative path),
+    /// checked by blake3, with a manifest for `download`.
+    Upload(transfer::UploadArgs),
+    /// Fetch every key under a prefix into a directory, each file checked
+    /// against the manifest `upload` stored.
+    Download(transfer::DownloadArgs),
     /// Drive a cluster with a put/get mix, or stream one large value.
     Bench(bench::BenchArgs),
 }
@@ -204,8 +211,8 @@ pub fn main() -> ExitCode {
         }
     };
     let quorum_flag = match args.command {
-        Command::Put(_) | Command::Del(_) => "-w",
-        Command::Get(_) => "-r",
+        Command::Put(_) | Command::Del(_) | Command::Upload(_) => "-w",
+        Command::Get(_) | Command::Download(_) => "-r",
         _ => "-w/-r",
     };
     match runtime.block_on(run(args)) {
@@ -360,6 +367,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         Command::Serve(serve) => serve::run(serve).await,
         Command::Cluster(cluster) => cluster::run(cluster, out).await,
         Command::Bench(bench) => bench::run(bench, nodes, out).await,
+        Command::Upload(upload) => transfer::upload(upload, client()?, out).await,
+        Command::Download(download) => transfer::download(download, client()?, out).await,
         command => ops::run(command, client()?, out).await,
     }
 }

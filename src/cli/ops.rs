@@ -364,7 +364,11 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
                 println!("REPLICAS OK {}", args.n);
             }
         }
-        Command::Serve(_) | Command::Cluster(_) | Command::Bench(_) => {
+        Command::Serve(_)
+        | Command::Cluster(_)
+        | Command::Bench(_)
+        | Command::Upload(_)
+        | Command::Download(_) => {
             unreachable!("handled by cli::run")
         }
     }
