@@ -503,3 +503,26 @@ async fn serve_logs_name_the_peer_of_each_membership_change() {
     )
     .await;
 }
+
+#[test]
+fn serve_prints_its_address_as_json_with_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = KillOnDrop(
+        Command::new(RINGKV)
+            .args(["--json", "serve", "--port", "0", "--in-memory"])
+            .current_dir(dir.path())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next().unwrap().unwrap()).unwrap();
+    assert!(
+        first["listening"]
+            .as_str()
+            .unwrap()
+            .starts_with("http://127.0.0.1:"),
+        "{first}"
+    );
+}

@@ -1,7 +1,9 @@
 //! `ringkv cluster`: runs N `ringkv serve` processes on this machine
 //! (ports base, base+1, …), the first founding the cluster and the others
 //! joining it, until Ctrl-C (MyDHT's createservers.py, but running).
-//! `--print` prints those commands instead, and with `--hosts h1,h2,…` the
+//! With `--json` it prints one JSON object per line as nodes start
+//! (`{"node", "url"}`, then `{"running"}`). `--print` prints those
+//! commands instead, and with `--hosts h1,h2,…` the
 //! commands of one node per host, all on the base port, each joining the
 //! first.
 
@@ -227,7 +229,14 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
             .context("a node did not start in time")??
             .context("a node exited at start (is the port taken?)")?;
         let url = line.trim_start_matches("listening on ").to_string();
-        println!("node {} {}/", i + 1, url);
+        if out.json {
+            println!(
+                "{}",
+                serde_json::json!({ "node": i + 1, "url": format!("{url}/") })
+            );
+        } else {
+            println!("node {} {}/", i + 1, url);
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         // One at a time: a node chooses its tokens on the ring it finds, so
@@ -235,10 +244,15 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
         wait_normal(&url).await?;
         children.push((url, child));
     }
-    println!(
-        "cluster of {} nodes running; try: curl -T FILE {}/keys/NAME ; Ctrl-C stops it",
-        args.nodes, children[0].0
-    );
+    if out.json {
+        println!("{}", serde_json::json!({ "running": children.len() }));
+    } else {
+        println!(
+            "cluster of {} nodes running; try: curl -T FILE {}/keys/NAME ; Ctrl-C stops it",
+            children.len(),
+            children[0].0
+        );
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let exited = async {

@@ -364,7 +364,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     };
     match args.command {
-        Command::Serve(serve) => serve::run(serve).await,
+        Command::Serve(serve) => serve::run(serve, args.json).await,
         Command::Cluster(cluster) => cluster::run(cluster, out).await,
         Command::Bench(bench) => bench::run(bench, nodes, out).await,
         Command::Upload(upload) => transfer::upload(upload, client()?, out).await,
