@@ -1,6 +1,11 @@
 //! `ringkv cluster`: runs N `ringkv serve` processes on this machine
 //! (ports base, base+1, …), the first founding the cluster and the others
 //! joining it, until Ctrl-C (MyDHT's createservers.py, but running).
+//! With `--json` it prints one JSON object per line as nodes start
+//! (`{"node", "url"}`, then `{"running"}`). `--print` prints those
+//! commands instead, and with `--hosts h1,h2,…` the
+//! commands of one node per host, all on the base port, each joining the
+//! first.
 
 use std::path::PathBuf;
 use std::process::{ExitCode, Stdio};
@@ -40,43 +45,182 @@ pub struct ClusterArgs {
     /// Acknowledge writes only once on disk.
     #[arg(long)]
     fsync: bool,
+    /// Print the `ringkv serve` commands instead of running them.
+    #[arg(long)]
+    print: bool,
+    /// With --print: one node per host (comma separated), each on
+    /// --base-port, the others joining the first.
+    #[arg(long, value_delimiter = ',', requires = "print", conflicts_with_all = ["nodes", "host"])]
+    hosts: Vec<String>,
+}
+
+/// One node of the cluster: where it runs and the `serve` flags it gets.
+struct Plan {
+    /// `host:port`.
+    id: String,
+    /// Flags after `ringkv serve`.
+    flags: Vec<String>,
+}
+
+/// The nodes `args` describe, the first founding the cluster. `local`: all
+/// on this machine, run by `ringkv cluster` (Ctrl-C stops them with their
+/// data); otherwise one per host of `--hosts`, with serve's default
+/// on-signal behaviour (leave the cluster).
+fn plan(args: &ClusterArgs) -> anyhow::Result<Vec<Plan>> {
+    let local = args.hosts.is_empty();
+    let hosts: Vec<(String, u16)> = if local {
+        anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
+        (0..args.nodes)
+            .map(|i| {
+                let port = args
+                    .base_port
+                    .checked_add(i)
+                    .context("ports run past 65535")?;
+                Ok((args.host.clone(), port))
+            })
+            .collect::<anyhow::Result<_>>()?
+    } else {
+        args.hosts
+            .iter()
+            .map(|h| h.trim())
+            .filter(|h| !h.is_empty())
+            .map(|h| (h.to_string(), args.base_port))
+            .collect()
+    };
+    anyhow::ensure!(!hosts.is_empty(), "--hosts names no host");
+    let seed = format!("{}:{}", hosts[0].0, hosts[0].1);
+    let mut plans = Vec::new();
+    for (i, (host, port)) in hosts.iter().enumerate() {
+        let mut flags: Vec<String> = vec![
+            "--host".into(),
+            host.clone(),
+            "--port".into(),
+            port.to_string(),
+        ];
+        flags.extend(["--replicas".into(), args.replicas.to_string()]);
+        if args.in_memory {
+            flags.push("--in-memory".into());
+        } else {
+            flags.push("--data-dir".into());
+            flags.push(
+                args.data_root
+                    .join(format!("node-{port}"))
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+        if args.fsync {
+            flags.push("--fsync".into());
+        }
+        if local {
+            flags.extend(["--on-signal".into(), "stop".into()]);
+        }
+        if i > 0 {
+            flags.extend(["--join".into(), seed.clone()]);
+        }
+        plans.push(Plan {
+            id: format!("{host}:{port}"),
+            flags,
+        });
+    }
+    Ok(plans)
+}
+
+/// `word` quoted for a POSIX shell when it needs it.
+fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "_-./:,=@%+".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// The program to print: `ringkv`, unless this one was started by a path
+/// (e.g. `target/release/ringkv`) and the nodes run here: then that path,
+/// absolute, so that the commands work where `ringkv` is not installed.
+fn program(local: bool) -> String {
+    let invoked_by_path = std::env::args_os()
+        .next()
+        .is_some_and(|a| a.to_string_lossy().contains('/'));
+    if local
+        && invoked_by_path
+        && let Ok(exe) = std::env::current_exe()
+    {
+        return exe.to_string_lossy().into_owned();
+    }
+    "ringkv".to_string()
+}
+
+/// `ringkv cluster --print`: the commands, one per line (a `# on HOST`
+/// comment before each with --hosts), or a JSON array with --json.
+fn print(args: &ClusterArgs, out: super::ops::Output) -> anyhow::Result<ExitCode> {
+    let plans = plan(args)?;
+    let local = args.hosts.is_empty();
+    let exe = program(local);
+    let lines: Vec<(String, String)> = plans
+        .iter()
+        .map(|p| {
+            let words: Vec<String> = std::iter::once(exe.clone())
+                .chain(std::iter::once("serve".to_string()))
+                .chain(p.flags.iter().cloned())
+                .map(|w| shell_quote(&w))
+                .collect();
+            (p.id.clone(), words.join(" "))
+        })
+        .collect();
+    if out.json {
+        let json: Vec<serde_json::Value> = lines
+            .iter()
+            .map(|(id, command)| serde_json::json!({ "node": id, "command": command }))
+            .collect();
+        super::ops::print_json(&json)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if local {
+        println!(
+            "# {} nodes on this machine: run each in its own terminal, the first one first",
+            plans.len()
+        );
+    } else {
+        println!(
+            "# one node per host: start {} first, then the others",
+            plans[0].id
+        );
+    }
+    for (id, command) in &lines {
+        if !local {
+            println!(
+                "# on {}",
+                id.rsplit_once(':').map_or(id.as_str(), |(h, _)| h)
+            );
+        }
+        println!("{command}");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// How long each node may take to join before the cluster gives up.
 const NODE_JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Starts the nodes and waits for Ctrl-C.
-pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+/// Starts the nodes and waits for Ctrl-C (or prints their commands).
+pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
-    anyhow::ensure!(args.nodes >= 1, "--nodes must be at least 1");
+    if args.print {
+        return print(&args, out);
+    }
     let exe = std::env::current_exe().context("cannot find the ringkv binary")?;
-    let seed = format!("{}:{}", args.host, args.base_port);
     let mut children: Vec<(String, Child)> = Vec::new();
-    for i in 0..args.nodes {
-        let port = args
-            .base_port
-            .checked_add(i)
-            .context("ports run past 65535")?;
+    for (i, node) in plan(&args)?.into_iter().enumerate() {
         let mut command = Command::new(&exe);
         command
             .arg("serve")
-            .args(["--host", &args.host, "--port", &port.to_string()])
-            .args(["--replicas", &args.replicas.to_string()])
-            .args(["--on-signal", "stop"])
+            .args(&node.flags)
             .stdout(Stdio::piped())
             .kill_on_drop(true);
-        if args.in_memory {
-            command.arg("--in-memory");
-        } else {
-            let dir = args.data_root.join(format!("node-{port}"));
-            command.arg("--data-dir").arg(dir);
-        }
-        if args.fsync {
-            command.arg("--fsync");
-        }
-        if i > 0 {
-            command.args(["--join", &seed]);
-        }
         let mut child = command.spawn().context("cannot start a node")?;
         let stdout = child.stdout.take().context("no stdout from the node")?;
         let mut lines = BufReader::new(stdout).lines();
@@ -85,7 +229,14 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
             .context("a node did not start in time")??
             .context("a node exited at start (is the port taken?)")?;
         let url = line.trim_start_matches("listening on ").to_string();
-        println!("node {} {}/", i + 1, url);
+        if out.json {
+            println!(
+                "{}",
+                serde_json::json!({ "node": i + 1, "url": format!("{url}/") })
+            );
+        } else {
+            println!("node {} {}/", i + 1, url);
+        }
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         // One at a time: a node chooses its tokens on the ring it finds, so
@@ -93,10 +244,15 @@ pub async fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
         wait_normal(&url).await?;
         children.push((url, child));
     }
-    println!(
-        "cluster of {} nodes running; try: curl -T FILE {}/keys/NAME ; Ctrl-C stops it",
-        args.nodes, children[0].0
-    );
+    if out.json {
+        println!("{}", serde_json::json!({ "running": children.len() }));
+    } else {
+        println!(
+            "cluster of {} nodes running; try: curl -T FILE {}/keys/NAME ; Ctrl-C stops it",
+            children.len(),
+            children[0].0
+        );
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let exited = async {

@@ -1,5 +1,11 @@
 //! The command line (F21): one binary, one subcommand group per file.
 //! `anyhow` lives here and nowhere below.
+//!
+//! Errors: a command that fails exits 1 (2 for a bad command line, which
+//! clap reports) and says what went wrong and what to do, on stderr as
+//! `error: …`; with `--json`, as `{"error": "…", "code": "…"}` on stdout
+//! instead (plus `status` and `node` when a node answered with an error),
+//! so that a script reading stdout always gets one JSON document.
 
 mod bench;
 mod bench_membership;
@@ -7,10 +13,14 @@ mod bench_repair;
 mod cluster;
 mod ops;
 mod serve;
+mod transfer;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::client::{Client, ClientOptions};
+use crate::error::Error;
 
 /// ringkv: a distributed hash table of equal nodes.
 #[derive(Debug, Parser)]
@@ -25,9 +35,13 @@ pub struct Args {
         default_value = "127.0.0.1:50140"
     )]
     node: String,
-    /// Print machine-readable JSON.
+    /// Print machine-readable JSON (errors too: `{"error", "code"}` on stdout).
     #[arg(long, global = true)]
     json: bool,
+    /// Further rounds over the nodes when none answers, with exponential
+    /// backoff and jitter (0.5 s, 1 s, 2 s… ±50 %).
+    #[arg(long, global = true, env = "RINGKV_RETRIES", default_value_t = 2)]
+    retries: u32,
     /// More logging (-v: debug, -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -61,7 +75,7 @@ enum Command {
     /// Print a value (or write it to a file with -o).
     Get(ops::GetArgs),
     /// Delete a key.
-    Del(ops::KeyArgs),
+    Del(ops::DelArgs),
     /// What the node stores for a key: its timestamp (0 when absent);
     /// `--all-replicas`: each replica's.
     Haskey(ops::HaskeyArgs),
@@ -81,6 +95,12 @@ enum Command {
     Remove(ops::RemoveArgs),
     /// Change the cluster's replication factor; data is copied or trimmed to match.
     Replicas(ops::ReplicasArgs),
+    /// Store every file under a directory (keys: PREFIX/relative path),
+    /// checked by blake3, with a manifest for `download`.
+    Upload(transfer::UploadArgs),
+    /// Fetch every key under a prefix into a directory, each file checked
+    /// against the manifest `upload` stored.
+    Download(transfer::DownloadArgs),
     /// Drive a cluster with a put/get mix, or stream one large value.
     Bench(bench::BenchArgs),
 }
@@ -111,7 +131,10 @@ fn init_logging(
             .with_filter(filter())
             .boxed()
     } else {
+        // Colours only for a person watching, not in a redirected log.
+        use std::io::IsTerminal;
         tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::stderr().is_terminal())
             .with_writer(std::io::stderr)
             .with_filter(filter())
             .boxed()
@@ -151,14 +174,25 @@ fn init_logging(
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    let json = args.json;
     let default_level = match args.command {
         Command::Serve(_) | Command::Cluster(_) => "info",
         _ => "warn",
     };
+    if !matches!(args.command, Command::Serve(_) | Command::Cluster(_)) {
+        // A client command piped into `head` ends quietly when the pipe
+        // closes, as Unix tools do, instead of panicking in println!.
+        // SAFETY: restores the default action of one signal before any
+        // thread starts; sockets write with MSG_NOSIGNAL, so only stdout
+        // and stderr can raise it.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let _guard = match init_logging(&args, default_level) {
         Ok(guard) => guard,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            report(&err, json, "-w/-r");
             return ExitCode::from(2);
         }
     };
@@ -168,16 +202,146 @@ pub fn main() -> ExitCode {
     {
         Ok(rt) => rt,
         Err(err) => {
-            eprintln!("error: cannot start the runtime: {err}");
+            report(
+                &anyhow::Error::from(err).context("cannot start the runtime"),
+                json,
+                "",
+            );
             return ExitCode::FAILURE;
         }
+    };
+    let quorum_flag = match args.command {
+        Command::Put(_) | Command::Del(_) | Command::Upload(_) => "-w",
+        Command::Get(_) | Command::Download(_) => "-r",
+        _ => "-w/-r",
     };
     match runtime.block_on(run(args)) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            report(&err, json, quorum_flag);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Prints a failed command's error: `error: …` on stderr, or with `--json`
+/// a JSON object on stdout.
+fn report(err: &anyhow::Error, json: bool, quorum_flag: &str) {
+    let mut parts = Vec::new();
+    let mut ours = None;
+    for cause in err.chain() {
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            parts.push(explain(e, quorum_flag));
+            ours = Some(e);
+            break;
+        }
+        parts.push(cause.to_string());
+    }
+    let message = parts.join(": ");
+    if !json {
+        eprintln!("error: {message}");
+        return;
+    }
+    let mut body = serde_json::json!({
+        "error": message,
+        "code": ours.map_or("failed", error_code),
+    });
+    match ours {
+        Some(Error::Remote { node, status, .. }) => {
+            body["status"] = (*status).into();
+            body["node"] = node.as_str().into();
+        }
+        Some(Error::Unreachable { node, .. }) => body["node"] = node.as_str().into(),
+        Some(Error::Unavailable {
+            needed,
+            got,
+            answered,
+            ..
+        }) => {
+            body["needed"] = (*needed).into();
+            body["got"] = (*got).into();
+            body["answered"] = serde_json::json!(answered);
+        }
+        _ => {}
+    }
+    println!("{body}");
+}
+
+/// The machine-readable code of an error: the library's, or for a node's
+/// error answer the code its status stands for.
+fn error_code(err: &Error) -> &'static str {
+    match err {
+        Error::Remote { status, .. } => match status {
+            400 => "invalid_input",
+            404 => "not_found",
+            413 => "too_large",
+            503 => "not_ready",
+            504 => "timeout",
+            507 => "disk_full",
+            _ => "remote",
+        },
+        other => other.code(),
+    }
+}
+
+/// An error as a sentence that says what to do about it. `quorum_flag`
+/// names the flag that lowers the quorum of the command (`-w`, `-r`).
+fn explain(err: &Error, quorum_flag: &str) -> String {
+    match err {
+        Error::Unreachable { node, reason } => {
+            let question = if node.contains(", ") {
+                "are the nodes running?"
+            } else {
+                "is the node running?"
+            };
+            format!(
+                "cannot reach {node} ({reason}): {question} Start one with `ringkv serve` (or \
+                 `ringkv cluster`), or pass a running node with --node host:port or RINGKV_NODE"
+            )
+        }
+        Error::Unavailable {
+            needed,
+            got,
+            answered,
+            failed,
+        } => {
+            let mut text = format!("only {got} of {needed} replicas answered");
+            if !answered.is_empty() {
+                let names: Vec<String> = answered.iter().map(|n| n.to_string()).collect();
+                text.push_str(&format!(" ({})", names.join(", ")));
+            }
+            if !failed.is_empty() {
+                let names: Vec<String> = failed
+                    .iter()
+                    .map(|(node, why)| format!("{node}: {why}"))
+                    .collect();
+                text.push_str(&format!("; failed: {}", names.join("; ")));
+            }
+            text.push_str(&format!(
+                ": wait for the down nodes to come back (`ringkv ring` shows them), or ask for \
+                 fewer answers with {quorum_flag} {got}"
+            ));
+            text
+        }
+        Error::Remote {
+            node,
+            status: 503,
+            message,
+        } => format!(
+            "{node} cannot serve yet ({message}): it is joining, or its seeds are down, or it \
+             is stopping; wait, or pass another node with --node"
+        ),
+        Error::Remote {
+            node,
+            status: 413,
+            message,
+        } => format!("{node} refused the value: {message} (the nodes' --max-value-size)"),
+        Error::Remote {
+            node,
+            status,
+            message,
+        } => format!("{node} answered {status}: {message}"),
+        other => other.to_string(),
     }
 }
 
@@ -189,13 +353,22 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .filter(|s| !s.is_empty())
         .collect();
     let out = ops::Output { json: args.json };
+    let client = || {
+        Client::with_options(
+            nodes.clone(),
+            ClientOptions {
+                retries: args.retries,
+                discover: true,
+                ..ClientOptions::default()
+            },
+        )
+    };
     match args.command {
-        Command::Serve(serve) => serve::run(serve).await,
-        Command::Cluster(cluster) => cluster::run(cluster).await,
+        Command::Serve(serve) => serve::run(serve, args.json).await,
+        Command::Cluster(cluster) => cluster::run(cluster, out).await,
         Command::Bench(bench) => bench::run(bench, nodes, out).await,
-        command => {
-            let client = crate::client::Client::new(nodes)?;
-            ops::run(command, client, out).await
-        }
+        Command::Upload(upload) => transfer::upload(upload, client()?, out).await,
+        Command::Download(download) => transfer::download(download, client()?, out).await,
+        command => ops::run(command, client()?, out).await,
     }
 }

@@ -14,6 +14,7 @@ use tokio::io::AsyncWriteExt;
 
 use super::Command;
 use crate::client::{Client, Upload};
+use crate::error::Error;
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy)]
@@ -86,6 +87,16 @@ pub struct ReplicasArgs {
     n: usize,
 }
 
+/// `del KEY [-w W]`.
+#[derive(Debug, Parser)]
+pub struct DelArgs {
+    /// The key.
+    key: String,
+    /// Write quorum: 1…N or `all`.
+    #[arg(short, long)]
+    w: Option<String>,
+}
+
 /// A command taking just a key.
 #[derive(Debug, Parser)]
 pub struct KeyArgs {
@@ -107,7 +118,8 @@ pub struct KeysArgs {
     limit: Option<usize>,
 }
 
-fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
+/// Prints `value` as indented JSON on stdout.
+pub fn print_json(value: &impl serde::Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
 }
@@ -143,10 +155,10 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
                 println!("PUT OK {}", reply.key);
             }
         }
+        Command::Get(args) if out.json => return get_json(&client, &args).await,
         Command::Get(args) => {
             let Some(response) = client.get(&args.key, args.r.as_deref()).await? else {
-                eprintln!("not found: {}", args.key);
-                return Ok(ExitCode::from(1));
+                return Err(Error::not_found(args.key).into());
             };
             let mut body = response.bytes_stream();
             let mut sink: Box<dyn tokio::io::AsyncWrite + Unpin> = match &args.output {
@@ -164,7 +176,7 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
             sink.flush().await?;
         }
         Command::Del(args) => {
-            let reply = client.delete(&args.key, None).await?;
+            let reply = client.delete(&args.key, args.w.as_deref()).await?;
             if out.json {
                 print_json(&serde_json::json!({
                     "key": reply.key, "timestamp": reply.timestamp, "deleted": true,
@@ -178,10 +190,7 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
             let replicas = client.whereis(&args.key).await?;
             let mut rows = Vec::new();
             for node in replicas {
-                let answer = match Client::new(vec![node.clone()]) {
-                    Ok(one) => one.haskey(&args.key).await,
-                    Err(err) => Err(err),
-                };
+                let answer = client.for_node(&node).haskey(&args.key).await;
                 rows.push((node, answer));
             }
             if out.json {
@@ -355,9 +364,88 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
                 println!("REPLICAS OK {}", args.n);
             }
         }
-        Command::Serve(_) | Command::Cluster(_) | Command::Bench(_) => {
+        Command::Serve(_)
+        | Command::Cluster(_)
+        | Command::Bench(_)
+        | Command::Upload(_)
+        | Command::Download(_) => {
             unreachable!("handled by cli::run")
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Largest value `get --json` prints inline (it holds it in memory).
+const JSON_VALUE_MAX_BYTES: u64 = 64 * 1024 * 1024;
+
+/// `get KEY --json [-o FILE]`: the value's metadata, and the value itself
+/// (as a string when it is UTF-8, else base64) unless written to a file.
+async fn get_json(client: &Client, args: &GetArgs) -> anyhow::Result<ExitCode> {
+    let Some(response) = client.get(&args.key, args.r.as_deref()).await? else {
+        return Err(Error::not_found(args.key.clone()).into());
+    };
+    let header = |name: &str| {
+        response
+            .headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let timestamp: u64 = header("x-ringkv-timestamp")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let content_type = header("content-type").unwrap_or_default();
+    let mut hasher = blake3::Hasher::new();
+    let mut size = 0u64;
+    let mut kept = Vec::new();
+    let mut file = match &args.output {
+        Some(path) => Some(
+            tokio::fs::File::create(path)
+                .await
+                .with_context(|| format!("cannot create {}", path.display()))?,
+        ),
+        None => None,
+    };
+    let mut body = response.bytes_stream();
+    while let Some(piece) = body.next().await {
+        let piece = piece.context("the value stream broke off")?;
+        hasher.update(&piece);
+        size += piece.len() as u64;
+        match &mut file {
+            Some(file) => file.write_all(&piece).await?,
+            None => {
+                anyhow::ensure!(
+                    size <= JSON_VALUE_MAX_BYTES,
+                    "the value is larger than {JSON_VALUE_MAX_BYTES} bytes: write it to a file \
+                     with -o FILE"
+                );
+                kept.extend_from_slice(&piece);
+            }
+        }
+    }
+    let mut reply = serde_json::json!({
+        "key": args.key,
+        "timestamp": timestamp,
+        "size": size,
+        "content_type": content_type,
+        "blake3": hasher.finalize().to_hex().to_string(),
+    });
+    match (&args.output, file) {
+        (Some(path), Some(mut file)) => {
+            file.flush().await?;
+            reply["file"] = serde_json::json!(path);
+        }
+        _ => match String::from_utf8(kept) {
+            Ok(text) => reply["value"] = Value::String(text),
+            Err(bytes) => {
+                use base64::Engine as _;
+                reply["value"] = Value::String(
+                    base64::engine::general_purpose::STANDARD.encode(bytes.into_bytes()),
+                );
+                reply["encoding"] = Value::String("base64".into());
+            }
+        },
+    }
+    print_json(&reply)?;
     Ok(ExitCode::SUCCESS)
 }

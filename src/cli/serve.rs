@@ -158,11 +158,19 @@ impl ServeArgs {
 }
 
 /// Runs the node; prints `listening on http://HOST:PORT` on stdout once it
-/// serves (tests and `ringkv cluster` read that line).
-pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+/// serves (tests and `ringkv cluster` read that line), or with `json`
+/// `{"listening": "http://HOST:PORT"}`.
+pub async fn run(args: ServeArgs, json: bool) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut node = crate::server::start(args.config()).await?;
-    println!("listening on http://{}", node.id);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({ "listening": format!("http://{}", node.id) })
+        );
+    } else {
+        println!("listening on http://{}", node.id);
+    }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     tokio::select! {

@@ -31,25 +31,27 @@ pub async fn deliver_forever(lifecycle: Lifecycle) {
         tick.tick().await;
         let ring = lifecycle.inner.membership.ring();
         match deliver_round(&lifecycle, &ring).await {
-            Ok(0) => {}
             Ok(delivered) => {
-                lifecycle
-                    .inner
-                    .coordinator
-                    .metrics()
-                    .hints_delivered(delivered);
-                tracing::info!(delivered, "hints delivered");
+                for (peer, delivered) in delivered {
+                    let metrics = lifecycle.inner.coordinator.metrics();
+                    metrics.hints_delivered(delivered);
+                    tracing::info!(%peer, delivered, "hints delivered");
+                }
             }
             Err(err) => tracing::warn!(%err, "hint delivery stopped"),
         }
     }
 }
 
-/// One pass over the stored hints; returns how many were delivered.
-async fn deliver_round(lifecycle: &Lifecycle, ring: &Ring) -> Result<u64> {
+/// One pass over the stored hints; returns how many were delivered to
+/// each target.
+async fn deliver_round(
+    lifecycle: &Lifecycle,
+    ring: &Ring,
+) -> Result<std::collections::BTreeMap<NodeId, u64>> {
     let store = &lifecycle.inner.store;
     let mut after = Bound::Unbounded;
-    let mut delivered = 0;
+    let mut delivered = std::collections::BTreeMap::new();
     loop {
         let batch = store.hints_after(after.clone(), BATCH)?;
         let Some((last, _, _)) = batch.last() else {
@@ -89,7 +91,7 @@ async fn deliver_round(lifecycle: &Lifecycle, ring: &Ring) -> Result<u64> {
             match deliver(lifecycle, ring, &node, record).await {
                 Ok(()) => {
                     store.remove_hint(raw)?;
-                    delivered += 1;
+                    *delivered.entry(node).or_insert(0) += 1;
                 }
                 Err(err) => {
                     tracing::debug!(%node, %err, "hint not delivered yet");

@@ -602,7 +602,15 @@ impl Lifecycle {
                     }
                     let handle = this.inner.coordinator.replica(&gainer);
                     match handle.sync(digest, &this).await {
-                        Ok(reply) => return Ok(reply),
+                        Ok(reply) => {
+                            tracing::info!(
+                                %gainer,
+                                keys = reply.keys,
+                                bytes = reply.bytes,
+                                "a node gaining ranges fetched them"
+                            );
+                            return Ok(reply);
+                        }
                         Err(err) => {
                             tracing::warn!(%gainer, %err, "sync failed");
                             last = Some(err);

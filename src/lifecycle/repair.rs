@@ -74,6 +74,8 @@ pub async fn balance_local(lifecycle: &Lifecycle) -> Result<BalanceReply> {
             progress.runs += 1;
         }
     };
+    // Records pulled from and pushed to each replica in this run.
+    let mut per_peer: std::collections::BTreeMap<NodeId, (u64, u64)> = Default::default();
     for (range, replicas) in &ranges {
         let (range, replicas) = (*range, replicas);
         show(&reply, true);
@@ -86,8 +88,13 @@ pub async fn balance_local(lifecycle: &Lifecycle) -> Result<BalanceReply> {
                 continue;
             }
             reply.pairs += 1;
-            if let Err(err) = compare(lifecycle, range, peer, &mut reply).await {
-                tracing::warn!(%peer, %err, "anti-entropy with a replica failed");
+            let before = (reply.pulled, reply.pushed);
+            let result = compare(lifecycle, range, peer, &mut reply).await;
+            let moved = per_peer.entry(peer.clone()).or_insert((0, 0));
+            moved.0 += reply.pulled - before.0;
+            moved.1 += reply.pushed - before.1;
+            if let Err(err) = result {
+                tracing::warn!(%peer, %err, ?range, "anti-entropy with a replica failed");
                 reply.failed.push(format!("{peer}: {err}"));
                 in_line = false;
             }
@@ -101,6 +108,12 @@ pub async fn balance_local(lifecycle: &Lifecycle) -> Result<BalanceReply> {
         }
     }
     show(&reply, false);
+    // One line per replica this run exchanged records with (F5).
+    for (peer, (pulled, pushed)) in &per_peer {
+        if pulled + pushed > 0 {
+            tracing::info!(%peer, pulled, pushed, "anti-entropy exchanged records with a replica");
+        }
+    }
     if reply.pulled + reply.pushed > 0 {
         tracing::info!(
             pulled = reply.pulled,

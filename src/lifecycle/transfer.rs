@@ -167,11 +167,22 @@ impl Transfers {
         let mut answered: Vec<NodeId> = Vec::new();
         let mut failures: Vec<(NodeId, String)> = Vec::new();
         for (source, ranges) in &per_source {
+            let before = self.progress();
             match self
                 .receive_from(lifecycle, source, ranges, &mut stale)
                 .await
             {
-                Ok(()) => answered.push(source.clone()),
+                Ok(()) => {
+                    let after = self.progress();
+                    tracing::info!(
+                        %source,
+                        ranges = ranges.len(),
+                        keys = after.keys.saturating_sub(before.keys),
+                        bytes = after.bytes.saturating_sub(before.bytes),
+                        "received ranges from a replica"
+                    );
+                    answered.push(source.clone());
+                }
                 Err(err) => {
                     tracing::warn!(%source, %err, "could not fetch ranges from a replica");
                     failures.push((source.clone(), err.to_string()));

@@ -792,6 +792,24 @@ impl Refresh {
             .members()
             .any(|m| current.member(&m.id).is_none_or(|c| c.live != m.live));
         if ring.digest() != current.digest() || liveness_changed {
+            // One line per member whose state changed, naming it (F5).
+            for change in member_changes(&current, &ring) {
+                let from = change.from.map(|s| s.as_str());
+                match change.to {
+                    MemberState::Down => tracing::warn!(
+                        peer = %change.node,
+                        from,
+                        "member down: the failure detector suspects it"
+                    ),
+                    to => tracing::info!(
+                        peer = %change.node,
+                        from,
+                        to = to.as_str(),
+                        "{}",
+                        change.describe()
+                    ),
+                }
+            }
             if ring.digest() != current.digest() {
                 tracing::info!(
                     digest = %digest,
@@ -807,9 +825,79 @@ impl Refresh {
     }
 }
 
+/// A member whose shown state (F7: joining, normal, leaving, down,
+/// removed) differs between two rings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct MemberChange {
+    /// The member.
+    node: NodeId,
+    /// Its state before; `None`: it was not a member.
+    from: Option<MemberState>,
+    /// Its state now.
+    to: MemberState,
+}
+
+impl MemberChange {
+    /// The log message: what happened to the member.
+    fn describe(&self) -> &'static str {
+        match (self.from, self.to) {
+            (None, MemberState::Joining) => "member joined: streaming its ranges",
+            (None, _) => "member found",
+            (Some(MemberState::Down), MemberState::Removed) => "member removed",
+            (Some(MemberState::Down), _) => "member up again",
+            (_, MemberState::Joining) => "member joining",
+            (Some(MemberState::Joining), MemberState::Normal) => "member joined: now normal",
+            (_, MemberState::Normal) => "member normal",
+            (_, MemberState::Leaving) => "member leaving: handing its ranges over",
+            (_, MemberState::Removed) => "member left",
+            (_, MemberState::Down) => "member down",
+        }
+    }
+}
+
+/// How each member's shown state changed from `old` to `new`.
+fn member_changes(old: &Ring, new: &Ring) -> Vec<MemberChange> {
+    new.members()
+        .filter_map(|m| {
+            let from = old.member(&m.id).map(|o| o.shown_state());
+            let to = m.shown_state();
+            (from != Some(to)).then(|| MemberChange {
+                node: m.id.clone(),
+                from,
+                to,
+            })
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn member_changes_name_the_member_and_its_states() {
+        let a = peer("a:1", 1, true, &[(KEY_TOKENS, "1"), (KEY_STATE, "normal")]);
+        let b = |live, state: &str| peer("b:1", 1, live, &[(KEY_TOKENS, "2"), (KEY_STATE, state)]);
+        let ring = |peers: Vec<PeerState>| ring_from_peers(&peers, 3);
+        let alone = ring(vec![a.clone()]);
+        let joining = ring(vec![a.clone(), b(true, "joining")]);
+        let normal = ring(vec![a.clone(), b(true, "normal")]);
+        let down = ring(vec![a.clone(), b(false, "normal")]);
+        let change = |from: &Ring, to: &Ring| {
+            let changes = member_changes(from, to);
+            assert_eq!(changes.len(), 1, "{changes:?}");
+            assert_eq!(changes[0].node.as_str(), "b:1");
+            changes[0].describe()
+        };
+        assert_eq!(
+            change(&alone, &joining),
+            "member joined: streaming its ranges"
+        );
+        assert_eq!(change(&joining, &normal), "member joined: now normal");
+        assert_eq!(change(&normal, &down), "member down");
+        assert_eq!(change(&down, &normal), "member up again");
+        assert!(member_changes(&normal, &normal).is_empty());
+    }
 
     fn peer(node: &str, generation: u64, live: bool, keys: &[(&str, &str)]) -> PeerState {
         PeerState {
