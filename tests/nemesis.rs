@@ -278,16 +278,15 @@ async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
         }
     }
     let value = vec![7u8; 512 * 1024];
-    wait_for("a 507 from the full node", DEADLINE, || async {
-        let response = http
-            .put(format!("{}?w=all", common::key_url(&cluster, 4, &key)))
-            .body(value.clone())
-            .send()
-            .await
-            .ok()?;
-        (response.status() == 507).then_some(())
-    })
-    .await;
+    let url = format!("{}?w=all", common::key_url(&cluster, 4, &key));
+    let put_answers = |status: u16| {
+        let (http, url, value) = (&http, &url, &value);
+        async move {
+            let response = http.put(url).body(value.clone()).send().await.ok()?;
+            (response.status() == status).then_some(())
+        }
+    };
+    wait_for("a 507 from the full node", DEADLINE, || put_answers(507)).await;
     let health = http
         .get(format!("{}/health", cluster.url(4)))
         .send()
@@ -301,14 +300,8 @@ async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
 
     // Space returns: the same write succeeds.
     std::fs::remove_file(&filler).unwrap();
-    wait_for("the node to take writes again", DEADLINE, || async {
-        let response = http
-            .put(format!("{}?w=all", common::key_url(&cluster, 4, &key)))
-            .body(value.clone())
-            .send()
-            .await
-            .ok()?;
-        (response.status() == 201).then_some(())
+    wait_for("the node to take writes again", DEADLINE, || {
+        put_answers(201)
     })
     .await;
     wait_progress(&workload, 50).await;

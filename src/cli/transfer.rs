@@ -201,6 +201,16 @@ fn note(bar: &ProgressBar, out: Output, line: &str) {
     }
 }
 
+/// Reports a file that failed and keeps it for the summary.
+fn failed(bar: &ProgressBar, out: Output, failure: Failure, failures: &mut Vec<Failure>) {
+    note(
+        bar,
+        out,
+        &format!("FAILED {}: {}", failure.path, failure.error),
+    );
+    failures.push(failure);
+}
+
 /// Megabytes per second.
 fn rate(bytes: u64, seconds: f64) -> f64 {
     if seconds > 0.0 {
@@ -525,14 +535,7 @@ pub async fn upload(args: UploadArgs, client: Client, out: Output) -> anyhow::Re
                 stored += 1;
                 manifest.files.insert(file.rel.clone(), entry);
             }
-            Err(failure) => {
-                note(
-                    &bar,
-                    out,
-                    &format!("FAILED {}: {}", failure.path, failure.error),
-                );
-                failures.push(failure);
-            }
+            Err(failure) => failed(&bar, out, failure, &mut failures),
         }
     }
     drop(results);
@@ -975,14 +978,7 @@ pub async fn download(args: DownloadArgs, client: Client, out: Output) -> anyhow
                 unverified.push(w.rel.clone());
             }
             Ok(Fetched::Gone) => {}
-            Err(failure) => {
-                note(
-                    &bar,
-                    out,
-                    &format!("FAILED {}: {}", failure.path, failure.error),
-                );
-                failures.push(failure);
-            }
+            Err(failure) => failed(&bar, out, failure, &mut failures),
         }
     }
     drop(results);
