@@ -2,7 +2,7 @@
 //! a test and reports every failed request and every read that returned an
 //! older value than one it had been told was written.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -26,7 +26,6 @@ pub struct Report {
 /// The running checker.
 pub struct Checker {
     stop: Arc<AtomicBool>,
-    writes: Arc<AtomicU64>,
     targets: Arc<Mutex<Vec<String>>>,
     task: tokio::task::JoinHandle<Report>,
 }
@@ -37,17 +36,9 @@ impl Checker {
     pub fn start(urls: Vec<String>, prefix: &str, keys: usize) -> Checker {
         let stop = Arc::new(AtomicBool::new(false));
         let targets = Arc::new(Mutex::new(urls));
-        let writes = Arc::new(AtomicU64::new(0));
-        let task = tokio::spawn(run(
-            stop.clone(),
-            writes.clone(),
-            targets.clone(),
-            prefix.to_string(),
-            keys,
-        ));
+        let task = tokio::spawn(run(stop.clone(), targets.clone(), prefix.to_string(), keys));
         Checker {
             stop,
-            writes,
             targets,
             task,
         }
@@ -56,11 +47,6 @@ impl Checker {
     /// Changes the nodes requests go through (e.g. before stopping one).
     pub fn set_targets(&self, urls: Vec<String>) {
         *self.targets.lock().unwrap() = urls;
-    }
-
-    /// Writes acknowledged so far.
-    pub fn writes(&self) -> u64 {
-        self.writes.load(Ordering::Acquire)
     }
 
     /// Stops and reports.
@@ -90,7 +76,6 @@ pub fn assert_clean(report: &Report) {
 
 async fn run(
     stop: Arc<AtomicBool>,
-    writes: Arc<AtomicU64>,
     targets: Arc<Mutex<Vec<String>>>,
     prefix: String,
     keys: usize,
@@ -114,7 +99,6 @@ async fn run(
             Ok(r) if r.status() == StatusCode::CREATED => {
                 acked[i] = counter;
                 report.writes += 1;
-                writes.fetch_add(1, Ordering::Release);
             }
             Ok(r) => {
                 let status = r.status();
