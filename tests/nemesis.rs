@@ -16,6 +16,35 @@ use common::{Cluster, DEADLINE, Options, wait_for};
 /// Nodes in each scenario.
 const NODES: usize = 5;
 
+/// The clients' random seed: `RINGKV_NEMESIS_SEED`, else a fresh one
+/// (printed with each scenario's figures, to run it again).
+fn seed() -> u64 {
+    std::env::var("RINGKV_NEMESIS_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random)
+}
+
+/// How long each fault lasts at least: `RINGKV_NEMESIS_SECONDS` (long
+/// runs, `bench/nemesis.sh`); by default as long as the clients take to
+/// get their writes through.
+fn fault_length() -> Duration {
+    let seconds = std::env::var("RINGKV_NEMESIS_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Duration::from_secs(seconds)
+}
+
+/// Keeps a fault on until the clients had `count` more changes
+/// acknowledged and [`fault_length`] has passed (the fault's length, not a
+/// wait for a condition).
+async fn hold_fault(workload: &Workload, count: u64) {
+    let started = std::time::Instant::now();
+    wait_progress(workload, count).await;
+    tokio::time::sleep(fault_length().saturating_sub(started.elapsed())).await;
+}
+
 /// Node `observer`'s view of node `member`'s state.
 async fn seen_state(cluster: &Cluster, observer: usize, member: usize) -> Option<String> {
     cluster
@@ -68,7 +97,8 @@ async fn scenario(name: &str, nemesis: impl AsyncFnOnce(&mut Cluster, &Workload)
     })
     .await;
     let urls: Vec<String> = (0..NODES).map(|i| cluster.url(i)).collect();
-    let workload = Workload::start(urls.clone(), name, 4, 10, Duration::from_secs(5));
+    let seed = seed();
+    let workload = Workload::start(urls.clone(), name, 4, 10, Duration::from_secs(5), seed);
     wait_progress(&workload, 50).await;
 
     let members = nemesis(&mut cluster, &workload).await;
@@ -88,8 +118,7 @@ async fn scenario(name: &str, nemesis: impl AsyncFnOnce(&mut Cluster, &Workload)
     })
     .await;
     let verdict = history::verify(&cluster.http, &urls, &history).await;
-    eprintln!("{name}:");
-    history::assert_consistent(&history, &verdict);
+    history::assert_consistent(&format!("nemesis {name} seed {seed}"), &history, &verdict);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -100,7 +129,7 @@ async fn a_node_cut_off_from_its_peers_but_not_from_clients() {
         net.partition(&[4], &others);
         wait_seen(cluster, &[4], &others, "down").await;
         wait_seen(cluster, &others, &[4], "down").await;
-        wait_progress(workload, 100).await;
+        hold_fault(workload, 100).await;
         let net = cluster.net.as_mut().expect("namespaces");
         net.heal_partition(&[4], &others);
         everyone()
@@ -116,7 +145,7 @@ async fn a_majority_and_a_minority_with_clients_on_both_sides() {
         net.partition(&majority, &minority);
         wait_seen(cluster, &majority, &minority, "down").await;
         wait_seen(cluster, &minority, &majority, "down").await;
-        wait_progress(workload, 100).await;
+        hold_fault(workload, 100).await;
         let net = cluster.net.as_mut().expect("namespaces");
         net.heal_partition(&majority, &minority);
         everyone()
@@ -132,7 +161,7 @@ async fn a_bridge_partition_where_one_node_sees_both_sides() {
         // requests across the cut are tried and time out.
         let net = cluster.net.as_mut().expect("namespaces");
         net.partition(&[0, 1], &[3, 4]);
-        wait_progress(workload, 100).await;
+        hold_fault(workload, 100).await;
         let net = cluster.net.as_mut().expect("namespaces");
         net.heal_partition(&[0, 1], &[3, 4]);
         everyone()
@@ -144,8 +173,10 @@ async fn a_bridge_partition_where_one_node_sees_both_sides() {
 async fn flapping_links() {
     scenario("flapping", async |cluster, workload| {
         // Each round cuts a different pair of links, then heals them,
-        // without waiting for the failure detector.
-        for round in 0..6usize {
+        // without waiting for the failure detector; six rounds, or as many
+        // as the fault's length takes.
+        let started = std::time::Instant::now();
+        for round in (0..).take_while(|&r| r < 6 || started.elapsed() < fault_length()) {
             let (a, b) = (round % NODES, (round + 2) % NODES);
             let (c, d) = ((round + 1) % NODES, (round + 4) % NODES);
             let net = cluster.net.as_mut().expect("namespaces");
@@ -169,7 +200,7 @@ async fn crash_and_restart_with_the_same_data() {
             cluster.kill(victim);
             let others: Vec<usize> = (0..NODES).filter(|&i| i != victim).collect();
             wait_seen(cluster, &others, &[victim], "down").await;
-            wait_progress(workload, 100).await;
+            hold_fault(workload, 100).await;
             cluster.restart(victim);
             wait_seen(cluster, &others, &[victim], "normal").await;
         }
@@ -185,7 +216,7 @@ async fn a_paused_node_resumed() {
         wait_seen(cluster, &[0, 1, 3, 4], &[2], "down").await;
         // A client that picks the paused node waits for its timeout: fewer
         // requests get through than in the other scenarios.
-        wait_progress(workload, 30).await;
+        hold_fault(workload, 30).await;
         cluster.thaw(2);
         everyone()
     })
@@ -205,7 +236,7 @@ async fn clocks_running_seconds_ahead_and_behind() {
             cluster.restart(node);
         }
         cluster.wait_converged().await;
-        wait_progress(workload, 300).await;
+        hold_fault(workload, 300).await;
         everyone()
     })
     .await;
@@ -226,7 +257,7 @@ async fn a_node_joins_during_a_partition() {
             (state == "joining" || state == "normal").then_some(())
         })
         .await;
-        wait_progress(workload, 100).await;
+        hold_fault(workload, 100).await;
         let net = cluster.net.as_mut().expect("namespaces");
         net.heal_partition(&majority, &minority);
         (0..=joiner).collect()
@@ -246,7 +277,7 @@ async fn a_node_leaves_during_a_partition() {
         let stays: Vec<usize> = vec![0, 1, 3, 4];
         workload.set_targets(stays.iter().map(|&i| cluster.url(i)).collect());
         cluster.signal(2, libc::SIGTERM);
-        wait_progress(workload, 100).await;
+        hold_fault(workload, 100).await;
         let net = cluster.net.as_mut().expect("namespaces");
         net.heal_partition(&majority, &minority);
         let code = tokio::task::block_in_place(|| cluster.wait_exit(2, Duration::from_secs(120)));
@@ -274,7 +305,7 @@ async fn a_dead_node_is_removed_during_a_partition() {
         let (status, body) = (during.status(), during.text().await.unwrap());
         eprintln!("remove during the partition: {status} {body}");
         assert!(status.is_success() || status == 400, "{status} {body}");
-        wait_progress(workload, 100).await;
+        hold_fault(workload, 100).await;
         let net = cluster.net.as_mut().expect("namespaces");
         net.heal_partition(&[0, 1], &[2, 3]);
         if !status.is_success() {
@@ -355,7 +386,8 @@ async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
     cluster.wait_converged().await;
 
     let urls: Vec<String> = (0..NODES).map(|i| cluster.url(i)).collect();
-    let workload = Workload::start(urls.clone(), "disk-", 4, 10, Duration::from_secs(5));
+    let seed = seed();
+    let workload = Workload::start(urls.clone(), "disk-", 4, 10, Duration::from_secs(5), seed);
     wait_progress(&workload, 50).await;
 
     // Fill the disk but for 8 MiB, half the reserve.
@@ -410,7 +442,11 @@ async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
         "{summary}"
     );
     let verdict = history::verify(&cluster.http, &urls, &history).await;
-    history::assert_consistent(&history, &verdict);
+    history::assert_consistent(
+        &format!("nemesis disk-full seed {seed}"),
+        &history,
+        &verdict,
+    );
     // The disk is unmounted (lazily) before the cluster goes, in reverse
     // order of creation.
 }

@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rand::Rng;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use reqwest::StatusCode;
 
 /// What a write or delete left: a value, or nothing.
@@ -103,13 +104,15 @@ fn slot(outcome: Outcome) -> usize {
 impl Workload {
     /// Starts `clients` clients, each owning `keys` keys named
     /// `{prefix}{client}-{i}`, sending requests through `urls` chosen at
-    /// random; a request unanswered after `timeout` is unknown.
+    /// random (client `c` draws from `seed + c`); a request unanswered
+    /// after `timeout` is unknown.
     pub fn start(
         urls: Vec<String>,
         prefix: &str,
         clients: usize,
         keys: usize,
         timeout: Duration,
+        seed: u64,
     ) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let targets = Arc::new(Mutex::new(urls));
@@ -120,6 +123,7 @@ impl Workload {
                     (0..keys).map(|i| format!("{prefix}{client}-{i}")).collect();
                 tokio::spawn(run_client(
                     client as u64,
+                    StdRng::seed_from_u64(seed.wrapping_add(client as u64)),
                     names,
                     timeout,
                     stop.clone(),
@@ -181,6 +185,7 @@ async fn send(request: reqwest::RequestBuilder) -> (Outcome, Option<(StatusCode,
 
 async fn run_client(
     client: u64,
+    mut rng: StdRng,
     names: Vec<String>,
     timeout: Duration,
     stop: Arc<AtomicBool>,
@@ -198,7 +203,6 @@ async fn run_client(
     while !stop.load(Ordering::Acquire) {
         let (node, name, dice) = {
             let nodes = targets.lock().unwrap().clone();
-            let mut rng = rand::rng();
             let node = nodes[rng.random_range(0..nodes.len())].clone();
             (
                 node,
@@ -370,10 +374,11 @@ pub fn summary(history: &History, verdict: &Verdict) -> String {
     )
 }
 
-/// Panics with the details unless the run was clean.
-pub fn assert_consistent(history: &History, verdict: &Verdict) {
+/// Prints `label: figures` and panics with the details unless the run was
+/// clean.
+pub fn assert_consistent(label: &str, history: &History, verdict: &Verdict) {
     let line = summary(history, verdict);
-    eprintln!("{line}");
+    eprintln!("{label}: {line}");
     assert!(
         history.tally.changes[0] > 0 && history.tally.reads[0] > 0,
         "the clients did nothing: {line}"
