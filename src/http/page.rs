@@ -217,6 +217,13 @@ fn gossiped(map: &std::collections::BTreeMap<NodeId, String>, node: &NodeId) -> 
     map.get(node).and_then(|s| serde_json::from_str(s).ok())
 }
 
+/// What `node` last published it holds.
+fn stats_of(view: &View, node: &NodeId) -> Option<NodeStats> {
+    view.stats
+        .get(node)
+        .and_then(|s| serde_json::from_str(s).ok())
+}
+
 /// How a member is doing, in a word, and the CSS class for it.
 fn health(
     member: &crate::ring::Member,
@@ -238,10 +245,7 @@ fn members(ring: &Ring, view: &View, me: &NodeId) -> String {
     let digest = format!("{:016x}", ring.digest());
     let mut rows = String::new();
     for (index, m) in shown_members(ring).into_iter().enumerate() {
-        let stats: Option<NodeStats> = view
-            .stats
-            .get(&m.id)
-            .and_then(|s| serde_json::from_str(s).ok());
+        let stats = stats_of(view, &m.id);
         let agreed = view.digests.get(&m.id) == Some(&digest);
         let (word, class) = health(m, stats.as_ref(), agreed);
         let state = m.shown_state().as_str();
@@ -406,10 +410,7 @@ fn work(ring: &Ring, view: &View) -> String {
                 corrupt = field(&s, "corrupt"),
             );
         }
-        let stats: Option<NodeStats> = view
-            .stats
-            .get(&m.id)
-            .and_then(|s| serde_json::from_str(s).ok());
+        let stats = stats_of(view, &m.id);
         let (uploads, downloads) = stats.as_ref().map(|s| s.streams).unwrap_or_default();
         if uploads + downloads > 0 {
             let _ = write!(
