@@ -83,6 +83,32 @@ struct DirectionLabels {
     direction: &'static str,
 }
 
+/// Labels naming why this node refused a replica write.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    /// `deadline` (its caller's deadline had passed) or `stalled` (read just
+    /// after this process was stopped, so of unknown age).
+    reason: &'static str,
+}
+
+/// Why a replica write was refused unapplied.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The caller's deadline passed before the write was applied.
+    Deadline,
+    /// Read right after this process was stopped: its age is unknown.
+    Stalled,
+}
+
+impl Refusal {
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Deadline => "deadline",
+            Refusal::Stalled => "stalled",
+        }
+    }
+}
+
 /// Which way a large value streams between a client and this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -126,6 +152,8 @@ struct Inner {
     hints_delivered: Counter,
     /// Large values streaming between clients and this node now.
     streams: Family<DirectionLabels, Gauge>,
+    /// Replica writes refused unapplied, by reason.
+    refused_writes: Family<RefusalLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -199,6 +227,17 @@ impl Metrics {
             "Large values streaming between clients and this node now (in: uploads, out: downloads)",
             streams.clone(),
         );
+        let refused_writes = Family::<RefusalLabels, Counter>::default();
+        for refusal in [Refusal::Deadline, Refusal::Stalled] {
+            let _ = refused_writes.get_or_create(&RefusalLabels {
+                reason: refusal.label(),
+            });
+        }
+        registry.register(
+            "replica_writes_refused",
+            "Writes from coordinators this node refused without applying them: past their caller's deadline, or read just after this process was stopped (no ghost writes)",
+            refused_writes.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -209,8 +248,19 @@ impl Metrics {
                 read_repairs,
                 hints_delivered,
                 streams,
+                refused_writes,
             }),
         }
+    }
+
+    /// Counts a replica write refused unapplied.
+    pub fn write_refused(&self, refusal: Refusal) {
+        self.inner
+            .refused_writes
+            .get_or_create(&RefusalLabels {
+                reason: refusal.label(),
+            })
+            .inc();
     }
 
     /// Counts an HTTP request answered after `elapsed`.

@@ -83,6 +83,41 @@ pub struct RunningNode {
     lifecycle: Lifecycle,
     /// The serving task; ends after shutdown completes.
     task: tokio::task::JoinHandle<Result<()>>,
+    /// The node's HTTP and gRPC services, for requests made in-process.
+    routes: Routes,
+}
+
+/// The two services on the node's port, chosen per request by content type.
+#[derive(Clone)]
+struct Routes {
+    /// Node-to-node gRPC (`application/grpc…`).
+    grpc: axum::Router,
+    /// The public API and the status page: everything else.
+    api: axum::Router,
+}
+
+impl Routes {
+    /// Answers one request as the accept loop would.
+    fn call(
+        &self,
+        request: hyper::Request<Body>,
+    ) -> impl std::future::Future<Output = axum::response::Response> + Send + use<> {
+        let is_grpc = request
+            .headers()
+            .get(hyper::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        let mut router = if is_grpc {
+            self.grpc.clone()
+        } else {
+            self.api.clone()
+        };
+        async move {
+            match router.call(request).await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    }
 }
 
 impl RunningNode {
@@ -97,6 +132,16 @@ impl RunningNode {
     /// Leaves the cluster gracefully (F4); stop the node afterwards.
     pub async fn leave(&self) -> Result<TransitionSummary> {
         self.lifecycle.leave().await
+    }
+
+    /// Answers a request without a socket, exactly as one arriving on the
+    /// node's port (gRPC when its content type says so): for fuzzing and
+    /// in-process checks of the parsers behind the port.
+    pub fn call(
+        &self,
+        request: hyper::Request<Body>,
+    ) -> impl std::future::Future<Output = axum::response::Response> + Send + use<> {
+        self.routes.call(request)
     }
 
     /// Waits until the node stops on its own: it failed, or it left the
@@ -300,11 +345,14 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             local,
             node: id.clone(),
             sync: Arc::new(lifecycle.clone()),
+            stall: coordinator.stall_watch(),
+            metrics: metrics.clone(),
         })
         .max_decoding_message_size(MAX_RPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RPC_MESSAGE_BYTES),
     )
-    .into_axum_router();
+    .into_axum_router()
+    .layer(axum::middleware::from_fn(crate::rpc::deadline::keep));
     let left = Arc::new(tokio::sync::Notify::new());
     let stall_watch = tokio::spawn(coordinator.clone().watch_stalls());
     let api = http::router(AppState {
@@ -332,10 +380,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         stall_watch.abort();
         why
     };
+    let routes = Routes { grpc, api };
     let task = tokio::spawn(serve(
         listener,
-        grpc,
-        api,
+        routes.clone(),
         stop,
         membership_for_serve,
         store,
@@ -346,6 +394,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         shutdown: shutdown_tx,
         lifecycle,
         task,
+        routes,
     })
 }
 
@@ -353,8 +402,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
 /// each request routed to gRPC or the public API by its content type.
 async fn serve(
     listener: TcpListener,
-    grpc: axum::Router,
-    api: axum::Router,
+    routes: Routes,
     shutdown: impl std::future::Future<Output = Result<()>> + Send,
     membership: Arc<Membership>,
     store: Store,
@@ -362,13 +410,8 @@ async fn serve(
     let mut shutdown = std::pin::pin!(shutdown);
     let mut outcome = Ok(());
     let service = tower::service_fn(move |request: hyper::Request<Incoming>| {
-        let is_grpc = request
-            .headers()
-            .get(hyper::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let request = request.map(Body::new);
-        let mut router = if is_grpc { grpc.clone() } else { api.clone() };
-        async move { router.call(request).await }
+        let response = routes.call(request.map(Body::new));
+        async move { Ok::<_, std::convert::Infallible>(response.await) }
     });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));

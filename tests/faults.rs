@@ -336,3 +336,92 @@ async fn a_coordinator_resumed_after_a_pause_applies_no_ghost_write() {
         assert_eq!(cluster.haskey(i, "ghost").await, (second_ts, false));
     }
 }
+
+/// The value of one sample of node `i`'s `/metrics`, 0 when absent.
+async fn metric(cluster: &Cluster, i: usize, sample: &str) -> f64 {
+    let text = cluster
+        .http
+        .get(format!("{}/metrics", cluster.url(i)))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .find_map(|line| line.strip_prefix(sample))
+        .and_then(|rest| rest.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_resumed_after_a_pause_drops_the_write_its_coordinator_gave_up_on() {
+    // Hints off: a hint would deliver the write properly later; here only
+    // the request buffered in the stopped replica's socket could bring it.
+    let cluster = Cluster::start(Options {
+        flags: vec!["--no-hints".into(), "--rpc-timeout".into(), "1s".into()],
+        ..Options::default()
+    })
+    .await;
+    let http = cluster.http.clone();
+    // Node 0's connection to node 2 is open before node 2 stops, so the
+    // write below reaches node 2's socket rather than failing to connect.
+    let warm = http
+        .put(key_url(&cluster, 0, "warm"))
+        .body("w")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(warm.status(), StatusCode::CREATED);
+    cluster
+        .wait_haskey(2, "warm", cluster.haskey(0, "warm").await)
+        .await;
+
+    cluster.freeze(2);
+    let paused = std::time::Instant::now();
+    // Nodes 0 and 1 make the quorum; the copy for node 2 waits in its
+    // socket and node 0 gives up on it after its 1 s RPC deadline.
+    let put = http
+        .put(key_url(&cluster, 0, "late"))
+        .body("v")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    // The pause itself (the fault, not a wait for a condition): longer
+    // than a node takes to notice it was stopped.
+    tokio::time::sleep(Duration::from_secs(3).saturating_sub(paused.elapsed())).await;
+    cluster.thaw(2);
+
+    let refused = r#"ringkv_replica_writes_refused_total{reason="stalled"}"#;
+    wait_for(
+        "node 2 to refuse the write read after its pause",
+        DEADLINE,
+        || async { (metric(&cluster, 2, refused).await >= 1.0).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        cluster.haskey(2, "late").await,
+        (0, false),
+        "node 2 applied it"
+    );
+    // Its coordinator's copies are untouched, and a later write lands.
+    assert_ne!(cluster.haskey(0, "late").await.0, 0);
+    // Writes read in the second after a stall are refused too, and node 0
+    // may still count node 2 as down: a client retries until all three take it.
+    wait_for("a write to all three replicas", DEADLINE, || async {
+        let again = http
+            .put(key_url(&cluster, 0, "late"))
+            .query(&[("w", "all")])
+            .body("again")
+            .send()
+            .await
+            .ok()?;
+        (again.status() == StatusCode::CREATED).then_some(())
+    })
+    .await;
+    assert_eq!(
+        cluster.haskey(2, "late").await,
+        cluster.haskey(0, "late").await
+    );
+}

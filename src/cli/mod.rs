@@ -15,6 +15,8 @@ mod ops;
 mod serve;
 mod transfer;
 
+pub use self::serve::ServeArgs;
+
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};

@@ -55,6 +55,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
 pub use self::quorum::Quorum;
+pub use self::stall::StallWatch;
 use crate::error::{Error, Result};
 use crate::membership::Membership;
 use crate::metrics::{Direction, Metrics};
@@ -155,7 +156,7 @@ struct Inner {
     metrics: Metrics,
     /// Notices when the process was stopped, so that writes read right
     /// after are not stamped as new (see `stall.rs`).
-    stall: stall::StallWatch,
+    stall: Arc<StallWatch>,
 }
 
 impl Coordinator {
@@ -178,7 +179,7 @@ impl Coordinator {
                 clock,
                 options,
                 metrics,
-                stall: stall::StallWatch::default(),
+                stall: Arc::new(StallWatch::default()),
             }),
         }
     }
@@ -186,6 +187,11 @@ impl Coordinator {
     /// Watches for stalls of this process until it ends (spawned once).
     pub async fn watch_stalls(self) {
         self.inner.stall.run().await;
+    }
+
+    /// The node's stall watch, which the replica service consults too.
+    pub fn stall_watch(&self) -> Arc<StallWatch> {
+        self.inner.stall.clone()
     }
 
     /// This node's figures.

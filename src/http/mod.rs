@@ -13,6 +13,8 @@ pub mod metrics;
 mod page;
 pub mod range;
 
+pub use self::page::ring_svg;
+
 use std::sync::Arc;
 
 use axum::Router;

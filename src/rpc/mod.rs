@@ -14,6 +14,7 @@
 //! the write (it may have). Streams carry no overall timeout: the caller
 //! bounds each step.
 
+pub mod deadline;
 pub mod local;
 pub mod service;
 

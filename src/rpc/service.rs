@@ -6,6 +6,8 @@ use std::pin::Pin;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::coordinator::StallWatch;
+use crate::metrics::{Metrics, Refusal};
 use crate::proto::replica_server::Replica;
 use crate::proto::{
     BalanceReply, BalanceRequest, PingReply, PingRequest, ReadReply, ReadRequest,
@@ -13,6 +15,7 @@ use crate::proto::{
     ValueChunk, WriteChunk, WriteReply, WriteRequest, write_chunk,
 };
 use crate::ring::{NodeId, Token, TokenRange};
+use crate::rpc::deadline::Deadline;
 use crate::rpc::local::{LocalReplica, MAX_SCAN_RANGES, MAX_TREE_NODES};
 use crate::rpc::{SyncHandler, WriteMsg};
 
@@ -24,6 +27,30 @@ pub struct ReplicaService {
     pub node: NodeId,
     /// Runs `Sync` calls.
     pub sync: std::sync::Arc<dyn SyncHandler>,
+    /// Notices when this process was stopped: writes read right after are
+    /// of unknown age and refused.
+    pub stall: std::sync::Arc<StallWatch>,
+    /// Counts the writes refused.
+    pub metrics: Metrics,
+}
+
+impl ReplicaService {
+    /// Refuses a write its coordinator may have given up on: read right
+    /// after this process was stopped (it may have waited in the socket
+    /// for any time), or past the deadline its caller set.
+    fn admit_write(&self, deadline: Option<&Deadline>) -> Result<(), Status> {
+        if let Err(err) = self.stall.check() {
+            self.metrics.write_refused(Refusal::Stalled);
+            return Err(err.into());
+        }
+        if deadline.is_some_and(Deadline::passed) {
+            self.metrics.write_refused(Refusal::Deadline);
+            return Err(Status::deadline_exceeded(
+                "the coordinator's deadline passed before this replica applied the write; not applied",
+            ));
+        }
+        Ok(())
+    }
 }
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<ValueChunk, Status>> + Send>>;
@@ -32,6 +59,7 @@ type ScanStream = Pin<Box<dyn Stream<Item = Result<ScanItem, Status>> + Send>>;
 #[tonic::async_trait]
 impl Replica for ReplicaService {
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
+        self.admit_write(request.extensions().get::<Deadline>())?;
         let WriteRequest { meta, value } = request.into_inner();
         let meta = meta.ok_or_else(|| Status::invalid_argument("write without meta"))?;
         Ok(Response::new(self.local.write(meta, value).await?))
@@ -41,6 +69,7 @@ impl Replica for ReplicaService {
         &self,
         request: Request<Streaming<WriteChunk>>,
     ) -> Result<Response<WriteReply>, Status> {
+        self.admit_write(request.extensions().get::<Deadline>())?;
         let mut stream = request.into_inner();
         let header = match stream.next().await {
             Some(Ok(WriteChunk {

@@ -129,6 +129,13 @@ impl Store {
             Some(dir) => Box::new(FjallEngine::open(&dir.join("engine"))?),
             None => Box::new(MemoryEngine::default()),
         };
+        Store::open_engine(engine, options)
+    }
+
+    /// Opens the store over an engine already opened, reading back and
+    /// cleaning whatever it holds as [`Store::open`] does (the fuzz target
+    /// of the on-disk format fills a memory engine with arbitrary bytes).
+    pub fn open_engine(engine: Box<dyn Engine>, options: &StorageOptions) -> Result<Store> {
         let engine: Arc<dyn Engine> = Arc::from(engine);
         let syncer = options.fsync.then(|| spawn_group_commit(engine.clone()));
         let store = Store {
@@ -272,16 +279,26 @@ impl Store {
             return Ok(());
         }
         tracing::info!("building the token index of this data dir");
-        let mut after: Option<Vec<u8>> = None;
+        // The cursor is the engine's key, never the key a record names: a
+        // corrupt record naming an earlier key would send the scan back.
+        let mut after = Bound::Unbounded;
         loop {
-            let batch = self.records_after(after.as_deref(), 1024)?;
-            let Some(last) = batch.last() else {
+            let batch = engine.scan(Space::Meta, b"", after, 1024)?;
+            let Some((last, _)) = batch.last() else {
                 return Ok(());
             };
-            after = last.meta.as_ref().map(|m| m.key.clone().into_bytes());
+            after = Bound::Excluded(last.clone());
             let ops = batch
                 .iter()
-                .filter_map(|r| r.meta.as_ref())
+                .filter_map(|(key, raw)| match decode_record_of(key, raw) {
+                    Ok(record) => record.meta,
+                    Err(err) => {
+                        // Left out of the index: reads of it fail as corrupt
+                        // and quarantine it, then repair brings it back.
+                        tracing::warn!(key = %String::from_utf8_lossy(key), %err, "not indexing a corrupt record");
+                        None
+                    }
+                })
                 .map(|m| {
                     Op::Put(
                         Space::ByToken,
@@ -405,7 +422,7 @@ impl Store {
     /// The record held for `key`, if any.
     pub fn record(&self, key: &str) -> Result<Option<StoredRecord>> {
         match self.inner.engine.get(Space::Meta, key.as_bytes())? {
-            Some(bytes) => decode_record(&bytes).map(Some),
+            Some(bytes) => decode_record_of(key.as_bytes(), &bytes).map(Some),
             None => Ok(None),
         }
     }
@@ -781,8 +798,8 @@ impl Store {
             .engine
             .scan(Space::Meta, prefix.as_bytes(), start, limit)?
             .into_iter()
-            .map(|(_, raw)| {
-                decode_record(&raw)?
+            .map(|(key, raw)| {
+                decode_record_of(&key, &raw)?
                     .meta
                     .ok_or_else(|| Error::corrupt("record without meta"))
             })
@@ -799,7 +816,7 @@ impl Store {
             .engine
             .scan(Space::Meta, b"", start, limit)?
             .into_iter()
-            .map(|(_, raw)| decode_record(&raw))
+            .map(|(key, raw)| decode_record_of(&key, &raw))
             .collect()
     }
 
@@ -1351,6 +1368,22 @@ pub fn decode_record(raw: &[u8]) -> Result<StoredRecord> {
     }
 }
 
+/// Decodes the record stored under `key` in the `meta` space; one that
+/// names another key is `Corrupt` (pagination continues from the key a
+/// record names, so a wrong one could send a listing back on itself).
+fn decode_record_of(key: &[u8], raw: &[u8]) -> Result<StoredRecord> {
+    let record = decode_record(raw)?;
+    let named = record.meta.as_ref().map(|m| m.key.as_bytes());
+    if named != Some(key) {
+        return Err(Error::corrupt(format!(
+            "the record stored under {:?} names the key {:?}",
+            String::from_utf8_lossy(key),
+            String::from_utf8_lossy(named.unwrap_or_default())
+        )));
+    }
+    Ok(record)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1628,6 +1661,61 @@ mod tests {
                 leaves_by_brute_force(&store, range)
             );
         }
+    }
+
+    /// Found by the `record` fuzz target: a record naming an earlier key
+    /// than the one it is stored under sent the index build (and any
+    /// listing paged by the names) back to the same record, forever.
+    #[test]
+    fn a_record_naming_another_key_is_corrupt_and_cannot_loop_a_scan() {
+        let engine = MemoryEngine::default();
+        let misnamed = StoredRecord {
+            meta: Some(meta("gone", 5, b"v")),
+            inline_value: Some(Bytes::from_static(b"v")),
+            chunk_count: 0,
+            chunk_size: 0,
+        };
+        let good = StoredRecord {
+            meta: Some(meta("small", 5, b"v")),
+            ..misnamed.clone()
+        };
+        // No token index: the store builds it at open.
+        engine
+            .apply(vec![
+                Op::Put(
+                    Space::Meta,
+                    "go\u{ee}e".as_bytes().to_vec(),
+                    encode_record(&misnamed),
+                ),
+                Op::Put(Space::Meta, b"small".to_vec(), encode_record(&good)),
+            ])
+            .unwrap();
+        let options = StorageOptions {
+            data_dir: None,
+            fsync: false,
+            disk_reserve: 0,
+        };
+        let store = Store::open_engine(Box::new(engine), &options).unwrap();
+        let whole = TokenRange {
+            start: Token(0),
+            end: Token(0),
+        };
+        let indexed: Vec<String> = store
+            .keys_in_range(whole, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.key)
+            .collect();
+        assert_eq!(indexed, ["small"]);
+        assert!(matches!(
+            store.record("go\u{ee}e"),
+            Err(Error::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.list("", None, 10),
+            Err(Error::Corrupt { .. })
+        ));
+        assert_eq!(store.list("s", None, 10).unwrap().len(), 1);
     }
 
     #[test]

@@ -1,0 +1,536 @@
+//! The fuzz harnesses of ringkv's parsers of untrusted input (F26, §7).
+//!
+//! Each harness takes the fuzzer's bytes, drives the real parser behind one
+//! of ringkv's edges with them, and panics when an invariant breaks:
+//!
+//! - [`http_api`]: a request (method, path and query, headers, body) through
+//!   a node's whole public router, in-process.
+//! - [`headers`]: the header and path parsers one by one (Range,
+//!   If-None-Match, If-Modified-Since, keys in paths, quorum parameters),
+//!   with their round trips.
+//! - [`rpc`]: gRPC messages through a node's replica service, in-process.
+//! - [`gossip`]: what peers publish in gossip, turned into a ring.
+//! - [`record`]: arbitrary bytes in every space of a store, read back.
+//!
+//! The same functions serve the cargo-fuzz targets (`fuzz_targets/`) and
+//! `tests/fuzz_corpus.rs`, which replays every corpus and regression file in
+//! the README's test command. Inputs are text-like on purpose, so that a
+//! corpus file can be read and written by hand (see `fuzz/README.md`).
+
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use ringkv::membership::{PeerState, ReplicaSetting, cluster_replicas, ring_from_peers};
+use ringkv::proto::{RecordMeta, StoredRecord};
+use ringkv::ring::{NodeId, Token, TokenRange, decode_tokens, encode_tokens};
+use ringkv::server::RunningNode;
+use ringkv::storage::{Engine, MemoryEngine, Op, Space, StorageOptions, Store};
+use ringkv::version::Version;
+
+/// Longest one request may take in-process before it counts as a hang.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(20);
+/// Inputs served by one node before it is replaced by a fresh one, so that
+/// what the fuzzer stored does not grow without bound.
+const INPUTS_PER_NODE: u64 = 20_000;
+
+/// One in-process node (in memory, one replica) and the runtime it runs on.
+struct Harness {
+    runtime: tokio::runtime::Runtime,
+    node: Option<RunningNode>,
+    served: u64,
+}
+
+static HARNESS: Mutex<Option<Harness>> = Mutex::new(None);
+
+/// Runs `f` with a node, starting one on first use and replacing it every
+/// [`INPUTS_PER_NODE`] inputs.
+fn with_node<T>(f: impl AsyncFnOnce(&RunningNode) -> T) -> T {
+    let mut slot = HARNESS.lock().unwrap_or_else(|p| p.into_inner());
+    let harness = slot.get_or_insert_with(|| Harness {
+        runtime: tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime"),
+        node: None,
+        served: 0,
+    });
+    let Harness {
+        runtime,
+        node,
+        served,
+    } = harness;
+    *served += 1;
+    if *served % INPUTS_PER_NODE == 0
+        && let Some(old) = node.take()
+    {
+        runtime
+            .block_on(old.stop())
+            .expect("an in-memory node stops");
+    }
+    let node = node.get_or_insert_with(|| runtime.block_on(start_node()));
+    runtime.block_on(f(node))
+}
+
+async fn start_node() -> RunningNode {
+    use clap::Parser;
+    let args = ringkv::cli::ServeArgs::try_parse_from([
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--in-memory",
+        "--replicas",
+        "1",
+        "--tokens",
+        "8",
+        "--no-hints",
+    ])
+    .expect("harness flags parse");
+    let node = ringkv::server::start(args.config())
+        .await
+        .expect("an in-memory node starts");
+    // Inputs meet a node that serves, not one still publishing its tokens.
+    let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
+    loop {
+        let health = http::Request::get("/health")
+            .body(Body::empty())
+            .expect("a health request");
+        if node.call(health).await.status().is_success() {
+            return node;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the harness node is not ready after {REQUEST_DEADLINE:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends one request to the node and reads the whole answer.
+async fn exchange(
+    node: &RunningNode,
+    request: http::Request<Body>,
+) -> (
+    http::StatusCode,
+    http::HeaderMap,
+    Bytes,
+    Option<http::HeaderMap>,
+) {
+    let what = format!("{} {}", request.method(), request.uri());
+    let answer = async {
+        let response = node.call(request).await;
+        let (parts, body) = response.into_parts();
+        let collected = body.collect().await;
+        (parts, collected)
+    };
+    let (parts, collected) = tokio::time::timeout(REQUEST_DEADLINE, answer)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish in {REQUEST_DEADLINE:?}"));
+    match collected {
+        Ok(collected) => {
+            let trailers = collected.trailers().cloned();
+            (parts.status, parts.headers, collected.to_bytes(), trailers)
+        }
+        // A body that fails midway (a value read from a broken replica) is
+        // an answer the client sees as a cut connection: allowed.
+        Err(_) => (parts.status, parts.headers, Bytes::new(), None),
+    }
+}
+
+/// Splits `data` at the first `\n\n` into a head of lines and a body.
+fn head_and_body(data: &[u8]) -> (Vec<&[u8]>, &[u8]) {
+    let split = data.windows(2).position(|w| w == b"\n\n");
+    let (head, body) = match split {
+        Some(at) => (&data[..at], &data[at + 2..]),
+        None => (data, &data[data.len()..]),
+    };
+    (head.split(|b| *b == b'\n').collect(), body)
+}
+
+/// A request to the public API, written like HTTP/1 without the version:
+///
+/// ```text
+/// PUT /keys/a%20b?w=1
+/// Content-Type: text/plain
+///
+/// body bytes
+/// ```
+///
+/// Every error answer must be JSON with an `error` field (F20), and no input
+/// may make the node fail with 500: a bad request is the client's error,
+/// said as such. A value written and acknowledged reads back the same.
+pub fn http_api(data: &[u8]) {
+    let (lines, body) = head_and_body(data);
+    let Some((first, header_lines)) = lines.split_first() else {
+        return;
+    };
+    let mut words = first.splitn(2, |b| *b == b' ');
+    let (Some(method), Some(target)) = (words.next(), words.next()) else {
+        return;
+    };
+    // What hyper would refuse before ringkv sees it.
+    let Ok(method) = http::Method::from_bytes(method) else {
+        return;
+    };
+    let Ok(uri) = http::Uri::try_from(target) else {
+        return;
+    };
+    if uri.scheme().is_some() || uri.path_and_query().is_none() {
+        return;
+    }
+    let mut builder = http::Request::builder()
+        .method(method.clone())
+        .uri(uri.clone());
+    for line in header_lines {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(&line[..colon]),
+            http::HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
+        ) else {
+            continue;
+        };
+        // The accept loop routes these to the replica service: the `rpc`
+        // harness covers it.
+        if name == http::header::CONTENT_TYPE && value.as_bytes().starts_with(b"application/grpc") {
+            return;
+        }
+        builder = builder.header(name, value);
+    }
+    let Ok(request) = builder.body(Body::from(body.to_vec())) else {
+        return;
+    };
+    let path = uri.path().to_string();
+    let is_write = method == http::Method::PUT && path.starts_with("/keys/");
+    with_node(async |node| {
+        let (status, headers, answer, _) = exchange(node, request).await;
+        assert_ne!(
+            status,
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "{method} {uri} failed inside the node: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        let is_page = path == "/" || path.starts_with("/?");
+        let has_body = method != http::Method::HEAD;
+        if (status.is_client_error() || status.is_server_error()) && !is_page && has_body {
+            let json: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_else(|_| {
+                panic!(
+                    "{method} {uri} answered {status} without JSON: {:?} ({headers:?})",
+                    String::from_utf8_lossy(&answer)
+                )
+            });
+            assert!(
+                json.get("error").is_some_and(|e| e.is_string()),
+                "{method} {uri} answered {status} without an error message: {json}"
+            );
+        }
+        if is_write && status.is_success() {
+            // Read back what was acknowledged, then drop it so the store
+            // stays small.
+            let get = http::Request::get(uri.path())
+                .body(Body::empty())
+                .expect("a GET of a path that was just accepted");
+            let (read, _, value, _) = exchange(node, get).await;
+            assert_eq!(read, http::StatusCode::OK, "GET after {method} {uri}");
+            assert_eq!(
+                &value[..],
+                body,
+                "{uri} read back differs from what was written"
+            );
+            let delete = http::Request::delete(uri.path())
+                .body(Body::empty())
+                .expect("a DELETE of a path that was just accepted");
+            let (deleted, _, _, _) = exchange(node, delete).await;
+            assert!(
+                deleted.is_success(),
+                "DELETE after {method} {uri}: {deleted}"
+            );
+        }
+    });
+}
+
+/// The header and path parsers the API uses, one by one. The input is
+/// split at newlines: a value size, then strings given to each parser.
+pub fn headers(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut lines = text.split('\n');
+    let size: u64 = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .unwrap_or(1000);
+    for line in lines {
+        use ringkv::http::range::{RangeRequest, none_match, not_modified_since, parse_range};
+        match parse_range(Some(line), size) {
+            RangeRequest::Partial { start, end } => {
+                assert!(
+                    start <= end && end < size,
+                    "Range {line:?} on {size} bytes gave {start}..={end}"
+                );
+            }
+            RangeRequest::Whole | RangeRequest::Unsatisfiable => {}
+        }
+        let _ = none_match(line, "\"0123abcd\"");
+        let _ = not_modified_since(line, 1_700_000_000);
+        if let Ok(key) = ringkv::key::from_url_path(line) {
+            let again = ringkv::key::from_url_path(&ringkv::key::to_url_path(&key));
+            assert_eq!(again.ok().as_deref(), Some(key.as_str()), "key {line:?}");
+        }
+        if let Ok(quorum) = line.parse::<ringkv::coordinator::Quorum>() {
+            for n in 1..=5 {
+                if let Ok(count) = quorum.count(n) {
+                    assert!(
+                        (1..=n).contains(&count),
+                        "quorum {line:?} of {n} is {count}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The replica service's methods, in the order the first input byte picks.
+const RPC_METHODS: [&str; 9] = [
+    "Write",
+    "WriteStream",
+    "Read",
+    "ReadStream",
+    "Scan",
+    "Sync",
+    "Tree",
+    "Balance",
+    "Ping",
+];
+
+/// One gRPC call to the replica service. The first byte picks the method;
+/// the rest is a run of messages, each a big-endian `u16` length and that
+/// many bytes (the last takes what is left), framed as gRPC frames. No
+/// input may panic or hang the node, and a malformed message fails with a
+/// status, never `UNKNOWN`.
+pub fn rpc(data: &[u8]) {
+    let Some((&pick, mut rest)) = data.split_first() else {
+        return;
+    };
+    let method = RPC_METHODS[usize::from(pick) % RPC_METHODS.len()];
+    let mut framed = Vec::new();
+    while !rest.is_empty() {
+        let (len, tail) = match rest {
+            [a, b, tail @ ..] => (usize::from(u16::from_be_bytes([*a, *b])), tail),
+            _ => (rest.len(), &rest[rest.len()..]),
+        };
+        let len = len.min(tail.len());
+        framed.push(0u8);
+        framed.extend_from_slice(&(len as u32).to_be_bytes());
+        framed.extend_from_slice(&tail[..len]);
+        rest = &tail[len..];
+    }
+    let request = http::Request::post(format!("/ringkv.v1.Replica/{method}"))
+        .header(http::header::CONTENT_TYPE, "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-timeout", "500m")
+        .body(Body::from(framed))
+        .expect("a well-formed gRPC request");
+    with_node(async |node| {
+        let (status, headers, _, trailers) = exchange(node, request).await;
+        assert_eq!(status, http::StatusCode::OK, "{method}: HTTP {status}");
+        let code = trailers
+            .as_ref()
+            .and_then(|t| t.get("grpc-status"))
+            .or_else(|| headers.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("0")
+            .to_string();
+        assert_ne!(
+            code, "2",
+            "{method} failed with UNKNOWN: {headers:?} {trailers:?}"
+        );
+    });
+}
+
+/// What peers publish in gossip, as lines: `@host:port generation live`
+/// starts a peer (live is `1`), `key=value` adds one of its keys. The ring
+/// built from it must place every key on distinct members, at most N of
+/// them, and every published value must parse or be ignored.
+pub fn gossip(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let mut peers: Vec<PeerState> = Vec::new();
+    for line in text.split('\n') {
+        if let Some(rest) = line.strip_prefix('@') {
+            let mut words = rest.split(' ');
+            peers.push(PeerState {
+                node: words.next().unwrap_or_default().to_string(),
+                generation: words.next().and_then(|g| g.parse().ok()).unwrap_or(0),
+                live: words.next() == Some("1"),
+                keys: HashMap::new(),
+            });
+        } else if let (Some(peer), Some((key, value))) = (peers.last_mut(), line.split_once('=')) {
+            peer.keys.insert(key.to_string(), value.to_string());
+        }
+    }
+    for peer in &peers {
+        for (key, value) in &peer.keys {
+            match key.as_str() {
+                "tokens" => {
+                    if let Ok(tokens) = decode_tokens(value) {
+                        assert_eq!(decode_tokens(&encode_tokens(&tokens)).ok(), Some(tokens));
+                    }
+                }
+                "replicas" => {
+                    if let Some(setting) = ReplicaSetting::parse(value) {
+                        assert_eq!(ReplicaSetting::parse(&setting.encode()), Some(setting));
+                    }
+                }
+                "stats" => {
+                    let _ = serde_json::from_str::<ringkv::lifecycle::NodeStats>(value);
+                }
+                _ => {}
+            }
+        }
+    }
+    let ring = ring_from_peers(&peers, 3);
+    let setting = cluster_replicas(&peers);
+    let owners = ring.members().filter(|m| m.state.owns_ranges()).count();
+    for probe in [
+        &b""[..],
+        b"a",
+        b"photos/cat.jpg",
+        &data[..data.len().min(16)],
+    ] {
+        let nodes = ring.nodes_of(probe);
+        assert!(
+            nodes.len() <= ring.replicas().max(1),
+            "{nodes:?} for N={}",
+            ring.replicas()
+        );
+        assert!(nodes.len() <= owners, "{nodes:?} from {owners} owners");
+        let mut distinct = nodes.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            nodes.len(),
+            "a key placed twice on one node"
+        );
+        for node in &nodes {
+            assert!(
+                ring.member(node).is_some(),
+                "{node} placed but not a member"
+            );
+        }
+    }
+    if let Some(setting) = setting {
+        assert!(setting.n >= 1);
+    }
+    let _ = ring.movements();
+    let _ = ring.load_shares();
+    let me = NodeId::parse("127.0.0.1:7000").expect("a node id");
+    let svg = ringkv::http::ring_svg(&ring, &me);
+    assert!(
+        !svg.contains("<script"),
+        "markup from gossip reached the page"
+    );
+}
+
+/// The on-disk format read back: the input is a run of entries, each a
+/// space byte, a big-endian `u16` key length, the key, a `u16` value length
+/// and the value. They are put into a memory engine as they are, then the
+/// store is opened over it (which cleans half-written values and rebuilds
+/// its hash-tree leaves) and everything it holds is read: no panic, and a
+/// newer write over any key it lists reads back as written.
+pub fn record(data: &[u8]) {
+    const SPACES: [Space; 5] = [
+        Space::Meta,
+        Space::Chunks,
+        Space::Pending,
+        Space::Hints,
+        Space::ByToken,
+    ];
+    let mut ops = Vec::new();
+    let mut rest = data;
+    while let [space, rest_after_space @ ..] = rest {
+        let Some((key, tail)) = take_u16_prefixed(rest_after_space) else {
+            break;
+        };
+        let (value, tail) = take_u16_prefixed(tail).unwrap_or((tail, &tail[tail.len()..]));
+        ops.push(Op::Put(
+            SPACES[usize::from(*space) % SPACES.len()],
+            key.to_vec(),
+            Bytes::copy_from_slice(value),
+        ));
+        rest = tail;
+    }
+    let engine = MemoryEngine::default();
+    engine.apply(ops).expect("a memory engine takes any bytes");
+    let options = StorageOptions {
+        data_dir: None,
+        fsync: false,
+        disk_reserve: 0,
+    };
+    let Ok(store) = Store::open_engine(Box::new(engine), &options) else {
+        return;
+    };
+    let whole = TokenRange {
+        start: Token(0),
+        end: Token(0),
+    };
+    let _ = store.keys_in_range(whole, None, 1000);
+    let _ = store.leaf_hashes(whole);
+    let _ = store.records_after(None, 1000);
+    let _ = store.hints_after(Bound::Unbounded, 1000);
+    let _ = store.key_count();
+    let listed = store.list("", None, 1000).unwrap_or_default();
+    for meta in &listed {
+        let version = meta.version();
+        if let Ok(Some(record)) = store.record(&meta.key) {
+            let _ = store.inline_value(&record);
+            for index in 0..record.chunk_count.min(4) {
+                let _ = store.read_chunk(&meta.key, version, index);
+            }
+        }
+        let _ = store.verify(&meta.key, version, |_| {});
+    }
+    if let Some(meta) = listed.first()
+        && ringkv::key::validate(&meta.key).is_ok()
+    {
+        let value = Bytes::from_static(b"written over whatever was there");
+        let newer = Version {
+            timestamp: meta.version().timestamp.saturating_add(1),
+            writer: 1,
+        };
+        let fresh = RecordMeta {
+            key: meta.key.clone(),
+            version: Some(newer.into()),
+            deleted: false,
+            content_type: String::new(),
+            size: value.len() as u64,
+            checksum: Bytes::copy_from_slice(blake3::hash(&value).as_bytes()),
+        };
+        if newer > meta.version() && store.write_whole(fresh, value.clone()).is_ok() {
+            let record: Option<StoredRecord> = store.record(&meta.key).ok().flatten();
+            let record = record.expect("a record just written is there");
+            assert_eq!(
+                store.inline_value(&record).ok().flatten(),
+                Some(value),
+                "{:?} read back differs from what was written",
+                meta.key
+            );
+        }
+    }
+}
+
+/// A big-endian `u16` length, then that many bytes (or what is left).
+fn take_u16_prefixed(data: &[u8]) -> Option<(&[u8], &[u8])> {
+    let [a, b, rest @ ..] = data else {
+        return None;
+    };
+    let len = usize::from(u16::from_be_bytes([*a, *b])).min(rest.len());
+    Some(rest.split_at(len))
+}
