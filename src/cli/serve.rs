@@ -170,9 +170,7 @@ async fn leave_until_done(
     let mut wait = FIRST_WAIT;
     loop {
         match node.leave().await {
-            Err(err)
-                if err.is_retryable() || matches!(err, crate::error::Error::Aborted { .. }) =>
-            {
+            Err(err) if err.is_retryable() => {
                 tracing::warn!(%err, retry_in = ?wait, "could not hand this node's ranges over yet; trying again");
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(LONGEST_WAIT);

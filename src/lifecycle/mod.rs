@@ -617,9 +617,12 @@ impl Lifecycle {
                         }
                     }
                 }
-                Err(Error::Aborted {
+                // Retryable (503): the change stays published, and asking
+                // again once the gainer reaches the current replicas (a
+                // partition healed, a node back) completes it.
+                Err(Error::NotReady {
                     reason: format!(
-                        "{gainer} could not fetch its ranges: {}",
+                        "{gainer} could not fetch its ranges ({}); the change stays in progress: try again once it can reach their current replicas",
                         last.map(|e| e.to_string()).unwrap_or_default()
                     ),
                 })
