@@ -144,6 +144,26 @@ impl RunningNode {
         self.routes.call(request)
     }
 
+    /// Waits until the node answers `/health` as ready (asked in-process
+    /// every 20 ms), at most `within`.
+    pub async fn wait_ready(&self, within: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let health = hyper::Request::get("/health")
+                .body(Body::empty())
+                .map_err(|e| Error::invalid(e.to_string()))?;
+            if self.call(health).await.status().is_success() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    what: format!("{} to be ready", self.id),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits until the node stops on its own: it failed, or it left the
     /// cluster on request (`POST /leave`).
     pub async fn wait(&mut self) -> Result<()> {

@@ -30,11 +30,9 @@ async fn start_node() -> RunningNode {
     let node = ringkv::server::start(args.config())
         .await
         .expect("node starts");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while !node.call(get("/health")).await.status().is_success() {
-        assert!(tokio::time::Instant::now() < deadline, "node not ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    node.wait_ready(Duration::from_secs(30))
+        .await
+        .expect("node ready");
     node
 }
 
@@ -88,28 +86,26 @@ fn write(key: &str, value: &'static [u8]) -> Vec<u8> {
     .encode_to_vec()
 }
 
-async fn held(node: &RunningNode, key: &str) -> u64 {
-    let response = node.call(get(&format!("/haskey/{key}"))).await;
-    let body = response
+/// The body of `GET path`.
+async fn body_of(node: &RunningNode, path: &str) -> Bytes {
+    let response = node.call(get(path)).await;
+    response
         .into_body()
         .collect()
         .await
         .expect("body")
-        .to_bytes();
+        .to_bytes()
+}
+
+async fn held(node: &RunningNode, key: &str) -> u64 {
+    let body = body_of(node, &format!("/haskey/{key}")).await;
     let json: Value = serde_json::from_slice(&body).expect("json");
     json["timestamp"].as_u64().expect("timestamp")
 }
 
 async fn refused(node: &RunningNode, reason: &str) -> String {
-    let response = node.call(get("/metrics")).await;
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .expect("body")
-        .to_bytes();
     let sample = format!("ringkv_replica_writes_refused_total{{reason=\"{reason}\"}} ");
-    String::from_utf8_lossy(&body)
+    String::from_utf8_lossy(&body_of(node, "/metrics").await)
         .lines()
         .find_map(|l| l.strip_prefix(sample.as_str()).map(str::to_string))
         .unwrap_or_default()

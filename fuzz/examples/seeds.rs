@@ -154,7 +154,7 @@ fn main() -> std::io::Result<()> {
     let dumped = ringkv::storage::MemoryEngine::default();
     let dumped: std::sync::Arc<dyn Engine> = std::sync::Arc::new(dumped);
     let store = Store::open_engine(
-        Box::new(Shared(dumped.clone())),
+        dumped.clone(),
         &StorageOptions {
             data_dir: None,
             fsync: false,
@@ -211,40 +211,4 @@ fn main() -> std::io::Result<()> {
     }
     std::fs::write(record.join("store"), whole)?;
     Ok(())
-}
-
-/// Lets the dump read the engine the store writes to.
-struct Shared(std::sync::Arc<dyn Engine>);
-
-impl Engine for Shared {
-    fn get(&self, space: Space, key: &[u8]) -> ringkv::error::Result<Option<Bytes>> {
-        self.0.get(space, key)
-    }
-    fn scan(
-        &self,
-        space: Space,
-        prefix: &[u8],
-        start: Bound<Vec<u8>>,
-        limit: usize,
-    ) -> ringkv::error::Result<Vec<(Vec<u8>, Bytes)>> {
-        self.0.scan(space, prefix, start, limit)
-    }
-    fn scan_keys(
-        &self,
-        space: Space,
-        prefix: &[u8],
-        start: Bound<Vec<u8>>,
-        limit: usize,
-    ) -> ringkv::error::Result<Vec<Vec<u8>>> {
-        self.0.scan_keys(space, prefix, start, limit)
-    }
-    fn apply(&self, ops: Vec<ringkv::storage::Op>) -> ringkv::error::Result<()> {
-        self.0.apply(ops)
-    }
-    fn persist(&self) -> ringkv::error::Result<()> {
-        self.0.persist()
-    }
-    fn disk_bytes(&self) -> u64 {
-        self.0.disk_bytes()
-    }
 }

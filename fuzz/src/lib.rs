@@ -98,20 +98,10 @@ async fn start_node() -> RunningNode {
         .await
         .expect("an in-memory node starts");
     // Inputs meet a node that serves, not one still publishing its tokens.
-    let deadline = tokio::time::Instant::now() + REQUEST_DEADLINE;
-    loop {
-        let health = http::Request::get("/health")
-            .body(Body::empty())
-            .expect("a health request");
-        if node.call(health).await.status().is_success() {
-            return node;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the harness node is not ready after {REQUEST_DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    node.wait_ready(REQUEST_DEADLINE)
+        .await
+        .expect("the harness node gets ready");
+    node
 }
 
 /// Sends one request to the node and reads the whole answer.
@@ -474,7 +464,7 @@ pub fn record(data: &[u8]) {
         fsync: false,
         disk_reserve: 0,
     };
-    let Ok(store) = Store::open_engine(Box::new(engine), &options) else {
+    let Ok(store) = Store::open_engine(std::sync::Arc::new(engine), &options) else {
         return;
     };
     let whole = TokenRange {

@@ -66,10 +66,12 @@ pub async fn keep(mut request: axum::extract::Request, next: axum::middleware::N
     };
     let deadline = Instant::now() + timeout;
     request.extensions_mut().insert(Deadline(deadline));
-    let path = request.uri().path().to_string();
+    // Shares the request's bytes: no copy unless the deadline passes.
+    let uri = request.uri().clone();
     match tokio::time::timeout_at(deadline, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {
+            let path = uri.path();
             tracing::debug!(call = %path, ?timeout, "dropping a call past its caller's deadline");
             tonic::Status::deadline_exceeded(format!(
                 "{path}: the caller's deadline ({timeout:?}) passed before it was answered"

@@ -96,8 +96,9 @@ pub struct Store {
 }
 
 struct Inner {
-    /// The engine: fjall on disk or maps in memory.
-    engine: Box<dyn Engine>,
+    /// The engine: fjall on disk or maps in memory; shared with the
+    /// group-commit task.
+    engine: Arc<dyn Engine>,
     /// Serialises read-compare-write of one key's record; std mutexes,
     /// never held across an await.
     locks: Vec<Mutex<()>>,
@@ -125,9 +126,9 @@ impl Store {
     /// Opens the store and removes what a crash left half-written. Must be
     /// called inside a tokio runtime when `fsync` is on.
     pub fn open(options: &StorageOptions) -> Result<Store> {
-        let engine: Box<dyn Engine> = match &options.data_dir {
-            Some(dir) => Box::new(FjallEngine::open(&dir.join("engine"))?),
-            None => Box::new(MemoryEngine::default()),
+        let engine: Arc<dyn Engine> = match &options.data_dir {
+            Some(dir) => Arc::new(FjallEngine::open(&dir.join("engine"))?),
+            None => Arc::new(MemoryEngine::default()),
         };
         Store::open_engine(engine, options)
     }
@@ -135,12 +136,11 @@ impl Store {
     /// Opens the store over an engine already opened, reading back and
     /// cleaning whatever it holds as [`Store::open`] does (the fuzz target
     /// of the on-disk format fills a memory engine with arbitrary bytes).
-    pub fn open_engine(engine: Box<dyn Engine>, options: &StorageOptions) -> Result<Store> {
-        let engine: Arc<dyn Engine> = Arc::from(engine);
+    pub fn open_engine(engine: Arc<dyn Engine>, options: &StorageOptions) -> Result<Store> {
         let syncer = options.fsync.then(|| spawn_group_commit(engine.clone()));
         let store = Store {
             inner: Arc::new(Inner {
-                engine: Box::new(SharedEngine(engine)),
+                engine,
                 locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
                 syncer,
                 leaves: (0..merkle::LEAVES).map(|_| AtomicU64::new(0)).collect(),
@@ -988,48 +988,6 @@ impl Staged {
     }
 }
 
-/// Forwards to an engine shared with the group-commit task.
-struct SharedEngine(Arc<dyn Engine>);
-
-impl Engine for SharedEngine {
-    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Bytes>> {
-        self.0.get(space, key)
-    }
-    fn scan(
-        &self,
-        space: Space,
-        prefix: &[u8],
-        start: Bound<Vec<u8>>,
-        limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Bytes)>> {
-        self.0.scan(space, prefix, start, limit)
-    }
-    fn scan_keys(
-        &self,
-        space: Space,
-        prefix: &[u8],
-        start: Bound<Vec<u8>>,
-        limit: usize,
-    ) -> Result<Vec<Vec<u8>>> {
-        self.0.scan_keys(space, prefix, start, limit)
-    }
-    fn apply(&self, ops: Vec<Op>) -> Result<()> {
-        self.0.apply(ops)
-    }
-    fn persist(&self) -> Result<()> {
-        self.0.persist()
-    }
-    fn flush(&self, deadline: std::time::Duration) -> Result<()> {
-        self.0.flush(deadline)
-    }
-    fn disk_bytes(&self) -> u64 {
-        self.0.disk_bytes()
-    }
-    fn chunk_backlog(&self) -> bool {
-        self.0.chunk_backlog()
-    }
-}
-
 /// Group commit: whoever waits when an fsync starts is answered by it.
 fn spawn_group_commit(
     engine: Arc<dyn Engine>,
@@ -1695,7 +1653,7 @@ mod tests {
             fsync: false,
             disk_reserve: 0,
         };
-        let store = Store::open_engine(Box::new(engine), &options).unwrap();
+        let store = Store::open_engine(Arc::new(engine), &options).unwrap();
         let whole = TokenRange {
             start: Token(0),
             end: Token(0),
