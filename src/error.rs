@@ -103,6 +103,14 @@ pub enum Error {
         /// The `error` field of its JSON body, or the body itself.
         message: String,
     },
+    /// The request contradicts the cluster's state (removing a member
+    /// that is up or already removed, leaving twice); repeating it as is
+    /// cannot succeed.
+    #[error("conflict: {reason}")]
+    Conflict {
+        /// What it contradicts, and what to do instead.
+        reason: String,
+    },
     /// The node is shutting down or not ready.
     #[error("node not ready: {reason}")]
     NotReady {
@@ -150,6 +158,7 @@ impl Error {
             Error::Io(e) if is_disk_full(e) => 507,
             Error::Io(_) | Error::Storage(_) => 500,
             Error::NotReady { .. } => 503,
+            Error::Conflict { .. } => 409,
             Error::Remote { status, .. } => *status,
             Error::Unreachable { .. } => 503,
         }
@@ -171,6 +180,7 @@ impl Error {
             Error::Io(_) => "io",
             Error::Storage(_) => "storage",
             Error::NotReady { .. } => "not_ready",
+            Error::Conflict { .. } => "conflict",
             Error::Remote { .. } => "remote",
             Error::Unreachable { .. } => "unreachable",
         }
@@ -230,6 +240,7 @@ impl From<Error> for tonic::Status {
             }
             Error::Timeout { .. } => tonic::Status::deadline_exceeded(message),
             Error::Aborted { .. } => tonic::Status::aborted(message),
+            Error::Conflict { .. } => tonic::Status::failed_precondition(message),
             Error::DiskFull => tonic::Status::resource_exhausted(message),
             Error::Corrupt { .. } => tonic::Status::data_loss(message),
             Error::NotReady { .. } | Error::Unavailable { .. } => {

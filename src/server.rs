@@ -130,8 +130,8 @@ impl RunningNode {
     }
 
     /// Leaves the cluster gracefully (F4); stop the node afterwards.
-    pub async fn leave(&self) -> Result<TransitionSummary> {
-        self.lifecycle.leave().await
+    pub async fn leave(&self, until_done: bool) -> Result<TransitionSummary> {
+        self.lifecycle.leave(until_done).await
     }
 
     /// Answers a request without a socket, exactly as one arriving on the

@@ -273,7 +273,7 @@ async fn hints_reach_a_node_that_comes_back_and_remove_re_replicates() {
     let live = cluster.nodes[1].id.clone();
     for (path, status) in [
         (format!("{url0}/ring/127.0.0.1:1"), StatusCode::NOT_FOUND),
-        (format!("{url0}/ring/{live}"), StatusCode::BAD_REQUEST),
+        (format!("{url0}/ring/{live}"), StatusCode::CONFLICT),
         (format!("{url0}/ring/not-a-node"), StatusCode::BAD_REQUEST),
     ] {
         let response = cluster.http.delete(&path).send().await.unwrap();

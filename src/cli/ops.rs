@@ -242,6 +242,32 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
                     ring["digest"].as_str().unwrap_or("?"),
                     ring["replicas"]
                 );
+                let list = |field: &str| {
+                    let names: Vec<&str> = ring[field]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    if names.is_empty() {
+                        "none".to_string()
+                    } else {
+                        names.join(",")
+                    }
+                };
+                println!("owning ranges: {}", list("nodes"));
+                println!("joining (own nothing yet): {}", list("joining"));
+                for t in ring["transitions"].as_array().into_iter().flatten() {
+                    if t["done"] == true {
+                        continue;
+                    }
+                    println!(
+                        "{} {}: waiting for {}",
+                        t["action"].as_str().unwrap_or("?"),
+                        t["target"].as_str().unwrap_or(""),
+                        t["waiting_for"].as_str().unwrap_or("?")
+                    );
+                }
                 println!(
                     "{:<24} {:<8} {:<10} {:>7} {:>6}  TRANSFER",
                     "NODE", "STATE", "ZONE", "LOAD", "TOKENS"
@@ -349,7 +375,7 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
             }
         }
         Command::Remove(args) => {
-            let summary = client.remove(&args.member).await?;
+            let summary = until_done(&out, || client.remove(&args.member)).await?;
             if out.json {
                 print_json(&summary)?;
             } else {
@@ -357,7 +383,7 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
             }
         }
         Command::Replicas(args) => {
-            let summary = client.set_replicas(args.n).await?;
+            let summary = until_done(&out, || client.set_replicas(args.n)).await?;
             if out.json {
                 print_json(&summary)?;
             } else {
@@ -373,6 +399,34 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Asks for a membership change again while the node answers that it is
+/// still in progress (each request waits up to a minute for it), saying
+/// on stderr what it waits for; Ctrl-C leaves it running on the cluster.
+async fn until_done<F, Fut>(out: &Output, mut ask: F) -> anyhow::Result<Value>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = crate::error::Result<Value>>,
+{
+    loop {
+        let reply = ask().await?;
+        if reply["in_progress"] != true {
+            return Ok(reply);
+        }
+        if !out.json {
+            eprintln!(
+                "{} {} in progress: waiting for {}{}",
+                reply["action"].as_str().unwrap_or("change"),
+                reply["target"].as_str().unwrap_or(""),
+                reply["waiting_for"].as_str().unwrap_or("it"),
+                reply["last_error"]
+                    .as_str()
+                    .map(|e| format!(" (last failure: {e})"))
+                    .unwrap_or_default()
+            );
+        }
+    }
 }
 
 /// Largest value `get --json` prints inline (it holds it in memory).

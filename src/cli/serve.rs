@@ -157,29 +157,6 @@ impl ServeArgs {
     }
 }
 
-/// Leaves the cluster (F4), trying again while the nodes taking this
-/// node's ranges cannot be reached or cannot fetch them (a partition, a
-/// node restarting): it exits only once they have them, or on a second
-/// signal. A leave that cannot be done at all (too few members, not a
-/// normal member) fails at once.
-async fn leave_until_done(
-    node: &crate::server::RunningNode,
-) -> crate::error::Result<crate::lifecycle::TransitionSummary> {
-    const FIRST_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
-    const LONGEST_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-    let mut wait = FIRST_WAIT;
-    loop {
-        match node.leave().await {
-            Err(err) if err.is_retryable() => {
-                tracing::warn!(%err, retry_in = ?wait, "could not hand this node's ranges over yet; trying again");
-                tokio::time::sleep(wait).await;
-                wait = (wait * 2).min(LONGEST_WAIT);
-            }
-            result => return result,
-        }
-    }
-}
-
 /// Runs the node; prints `listening on http://HOST:PORT` on stdout once it
 /// serves (tests and `ringkv cluster` read that line), or with `json`
 /// `{"listening": "http://HOST:PORT"}`.
@@ -208,7 +185,10 @@ pub async fn run(args: ServeArgs, json: bool) -> anyhow::Result<ExitCode> {
     if args.on_signal == OnSignal::Leave {
         tracing::info!("signal received: leaving the cluster (a second signal exits at once)");
         tokio::select! {
-            result = leave_until_done(&node) => match result {
+            // Tries again while the nodes taking this node's ranges cannot
+            // fetch them (a partition, a node restarting): it exits only
+            // once they have them, or on a second signal.
+            result = node.leave(true) => match result {
                 Ok(summary) => tracing::info!(
                     keys = summary.keys,
                     bytes = summary.bytes,

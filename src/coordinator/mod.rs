@@ -33,9 +33,11 @@
 //! # Transitions and hints
 //! While a node joins or leaves or N changes, a write also goes to the
 //! key's *pending* replicas (those it will have once the transition is
-//! over, [`Ring::pending_of`]) and needs W + (number of pending) answers, as
-//! in Cassandra, so that at least W of the key's replicas have it whichever
-//! way the transition ends. Reads stay with the current replicas.
+//! over, [`Ring::pending_of`]) and needs W of the current replicas and W of
+//! the target ones ([`WritePlan`]), so that at least W of the key's
+//! replicas have it whichever way the transition ends, and a pending
+//! replica that is down does not fail writes. Reads stay with the current
+//! replicas.
 //!
 //! A replica that fails a write (down, timed out) gets a *hint*: the
 //! record kept in this node's store, with its value when small, delivered
@@ -54,7 +56,7 @@ use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::mpsc;
 
-pub use self::quorum::Quorum;
+pub use self::quorum::{Quorum, WritePlan};
 pub use self::stall::StallWatch;
 use crate::error::{Error, Result};
 use crate::membership::Membership;
@@ -92,8 +94,31 @@ pub struct WriteResult {
     pub version: Version,
     /// The key's replicas, in preference order.
     pub replicas: Vec<NodeId>,
-    /// Those that confirmed before the reply.
+    /// Those of `replicas` that confirmed before the reply.
     pub stored_on: Vec<NodeId>,
+    /// Nodes becoming replicas of the key (a transition is under way) that
+    /// confirmed before the reply.
+    pub pending: Vec<NodeId>,
+}
+
+impl WriteResult {
+    /// The result of a write stamped `version` under `plan`, confirmed by
+    /// `acked`.
+    fn new(version: Version, plan: &WritePlan, acked: &[NodeId]) -> WriteResult {
+        let of = |set: &[NodeId]| {
+            acked
+                .iter()
+                .filter(|n| set.contains(n))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        WriteResult {
+            version,
+            stored_on: of(&plan.replicas),
+            pending: of(&plan.pending),
+            replicas: plan.replicas.clone(),
+        }
+    }
 }
 
 /// The newest record found by a quorum read.
@@ -121,16 +146,6 @@ const PROBE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// How often a write is stamped again after meeting a newer version (a
 /// concurrent writer can keep winning; after these, the write fails).
 const RESTAMP_ATTEMPTS: usize = 3;
-
-/// The nodes a write goes to.
-struct WritePlacement {
-    /// The key's replicas, in preference order.
-    replicas: Vec<NodeId>,
-    /// The replication factor.
-    n: usize,
-    /// Nodes that will be replicas once the transition under way ends.
-    pending: Vec<NodeId>,
-}
 
 /// The request router of one node.
 #[derive(Clone)]
@@ -221,27 +236,25 @@ impl Coordinator {
         }
     }
 
+    /// The replicas of `key` and the replication factor, for a read.
     fn placement(&self, key: &str) -> Result<(Vec<NodeId>, usize)> {
-        let placement = self.write_placement(key)?;
-        Ok((placement.replicas, placement.n))
-    }
-
-    /// Where a write of `key` goes.
-    fn write_placement(&self, key: &str) -> Result<WritePlacement> {
         crate::key::validate(key)?;
         let ring = self.ring();
         let nodes = ring.nodes_of(key.as_bytes());
         if nodes.is_empty() {
-            return Err(Error::NotReady {
-                reason: "the ring has no members yet (is the node still joining?)".into(),
-            });
+            return Err(no_members());
         }
-        let pending = ring.pending_of(key.as_bytes());
-        Ok(WritePlacement {
-            replicas: nodes,
-            n: ring.replicas(),
-            pending,
-        })
+        Ok((nodes, ring.replicas()))
+    }
+
+    /// Where a write of `key` goes and what makes it succeed.
+    fn write_plan(&self, key: &str, w: Quorum) -> Result<WritePlan> {
+        crate::key::validate(key)?;
+        let plan = WritePlan::new(&self.ring(), key.as_bytes(), w)?;
+        if plan.replicas.is_empty() {
+            return Err(no_members());
+        }
+        Ok(plan)
     }
 
     /// Keeps a write `target` missed, to deliver when it is back.
@@ -291,12 +304,7 @@ impl Coordinator {
         body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
         w: Quorum,
     ) -> Result<WriteResult> {
-        let WritePlacement {
-            replicas,
-            n,
-            pending,
-        } = self.write_placement(key)?;
-        let needed = w.count(n)? + pending.len();
+        let plan = self.write_plan(key, w)?;
         let version = self.inner.clock.now();
         let header = RecordMeta {
             key: key.to_string(),
@@ -312,21 +320,18 @@ impl Coordinator {
             let mut meta = header;
             meta.size = first.len() as u64;
             meta.checksum = Bytes::copy_from_slice(blake3::hash(&first).as_bytes());
-            return self
-                .write_whole(meta, first, replicas, pending, needed)
-                .await;
+            return self.write_whole(meta, first, plan).await;
         }
         // A streamed body cannot be sent again under a new stamp (see
         // `write_whole`): the clock first moves past what the replicas hold.
         let mut header = header;
-        if let Some(held) = self.newest_held(key, &replicas).await
+        if let Some(held) = self.newest_held(key, &plan.replicas).await
             && held >= header.version()
             && self.inner.clock.observe(held)
         {
             header.version = Some(self.inner.clock.now().into());
         }
-        self.write_streamed(header, first, body, replicas, pending, needed)
-            .await
+        self.write_streamed(header, first, body, plan).await
     }
 
     /// Writes a tombstone for `key` on W of its replicas.
@@ -340,12 +345,7 @@ impl Coordinator {
     }
 
     async fn write_tombstone(&self, key: &str, w: Quorum) -> Result<WriteResult> {
-        let WritePlacement {
-            replicas,
-            n,
-            pending,
-        } = self.write_placement(key)?;
-        let needed = w.count(n)? + pending.len();
+        let plan = self.write_plan(key, w)?;
         let version = self.inner.clock.now();
         let meta = RecordMeta {
             key: key.to_string(),
@@ -355,8 +355,7 @@ impl Coordinator {
             size: 0,
             checksum: Bytes::new(),
         };
-        self.write_whole(meta, Bytes::new(), replicas, pending, needed)
-            .await
+        self.write_whole(meta, Bytes::new(), plan).await
     }
 
     /// Reads up to `limit` bytes from the body (the first piece), enforcing
@@ -423,7 +422,7 @@ impl Coordinator {
             .max()
     }
 
-    /// Writes a whole value or a tombstone on `needed` of the replicas.
+    /// Writes a whole value or a tombstone as `plan` says.
     ///
     /// A replica that already holds a newer version does not apply it. When
     /// one of the quorum says so, this write was stamped by a clock behind
@@ -437,14 +436,12 @@ impl Coordinator {
         &self,
         mut meta: RecordMeta,
         value: Bytes,
-        replicas: Vec<NodeId>,
-        pending: Vec<NodeId>,
-        needed: usize,
+        plan: WritePlan,
     ) -> Result<WriteResult> {
         let mut attempt = 0;
         loop {
             let result = self
-                .write_whole_once(meta.clone(), value.clone(), &replicas, &pending, needed)
+                .write_whole_once(meta.clone(), value.clone(), &plan)
                 .await?;
             let Some(newer) = result.newer else {
                 return Ok(result.written);
@@ -468,14 +465,11 @@ impl Coordinator {
         &self,
         meta: RecordMeta,
         value: Bytes,
-        replicas: &[NodeId],
-        pending: &[NodeId],
-        needed: usize,
+        plan: &WritePlan,
     ) -> Result<Stamped> {
         let version = meta.version();
-        let mut calls: Calls<WriteReply> = replicas
-            .iter()
-            .chain(pending)
+        let mut calls: Calls<WriteReply> = plan
+            .nodes()
             .map(|node| {
                 let (this, meta, value, node) =
                     (self.clone(), meta.clone(), value.clone(), node.clone());
@@ -489,7 +483,7 @@ impl Coordinator {
                 .boxed()
             })
             .collect();
-        let (ok, failed) = gather(&mut calls, needed).await;
+        let (ok, failed) = gather(&mut calls, |ok| plan.satisfied(ok)).await;
         let newer = ok
             .iter()
             .filter(|(_, reply)| !reply.applied)
@@ -500,19 +494,12 @@ impl Coordinator {
             // The replicas slower than the quorum still get the write.
             tokio::spawn(async move { while calls.next().await.is_some() {} });
         }
-        if ok.len() < needed {
-            return Err(quorum_error(
-                needed,
-                ok.into_iter().map(|(n, _)| n).collect(),
-                failed,
-            ));
+        let acked: Vec<NodeId> = ok.into_iter().map(|(n, _)| n).collect();
+        if !plan.satisfied(&acked) {
+            return Err(quorum_error(plan.shortfall(&acked).0, acked, failed));
         }
         Ok(Stamped {
-            written: WriteResult {
-                version,
-                replicas: replicas.to_vec(),
-                stored_on: ok.into_iter().map(|(n, _)| n).collect(),
-            },
+            written: WriteResult::new(version, plan, &acked),
             newer,
         })
     }
@@ -523,15 +510,13 @@ impl Coordinator {
         header: RecordMeta,
         first: Bytes,
         mut body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
-        replicas: Vec<NodeId>,
-        pending: Vec<NodeId>,
-        needed: usize,
+        plan: WritePlan,
     ) -> Result<WriteResult> {
         let _streaming = self.inner.metrics.stream_started(Direction::In);
         let version = header.version();
         let (result_tx, result_rx) = mpsc::unbounded_channel();
         let mut streams: Vec<(NodeId, mpsc::Sender<WriteMsg>)> = Vec::new();
-        for node in replicas.iter().chain(&pending) {
+        for node in plan.nodes() {
             let (tx, rx) = mpsc::channel(STREAM_QUEUE_PIECES);
             let handle = self.replica(node);
             let (header, result_tx, node2) = (header.clone(), result_tx.clone(), node.clone());
@@ -551,9 +536,9 @@ impl Coordinator {
                 hasher.update(&piece);
                 size += piece.len() as u64;
                 fan_out(&mut streams, &mut failed, WriteMsg::Data(piece)).await;
-                if streams.len() < needed {
+                if !plan.satisfied(streams.iter().map(|(n, _)| n)) {
                     // Dropping the senders aborts every replica's write.
-                    return Err(unavailable(needed, &streams, failed));
+                    return Err(unavailable(&plan, &streams, failed));
                 }
             }
             let (next, ended) = self.read_piece(&mut body, STREAM_PIECE_BYTES, size).await?;
@@ -578,8 +563,7 @@ impl Coordinator {
         )
         .await;
         drop(streams);
-        let total = replicas.len() + pending.len();
-        let (stored_on, rest) = await_quorum(result_rx, total, needed).await?;
+        let (acked, rest) = await_quorum(result_rx, &plan).await?;
         // Replicas that failed the write get a hint with the whole record.
         let mut meta = header;
         meta.size = size;
@@ -590,11 +574,7 @@ impl Coordinator {
                 this.hint(&node, &meta, None, &err);
             }
         });
-        Ok(WriteResult {
-            version,
-            replicas,
-            stored_on,
-        })
+        Ok(WriteResult::new(version, &plan, &acked))
     }
 
     /// Reads the newest record of `key` from R of its replicas; repairs the
@@ -615,7 +595,7 @@ impl Coordinator {
                 async move { (node, handle.read(&key, INLINE_MAX_BYTES as u64).await) }.boxed()
             })
             .collect();
-        let (mut answers, failed) = gather(&mut calls, needed).await;
+        let (mut answers, failed) = gather(&mut calls, |ok| ok.len() >= needed).await;
         if answers.len() < needed {
             return Err(quorum_error(
                 needed,
@@ -970,32 +950,44 @@ async fn fan_out(
 }
 
 fn unavailable(
-    needed: usize,
+    plan: &WritePlan,
     streams: &[(NodeId, mpsc::Sender<WriteMsg>)],
     failed: Vec<(NodeId, String)>,
 ) -> Error {
+    let (needed, got) = plan.shortfall(streams.iter().map(|(n, _)| n));
     Error::Unavailable {
         needed,
-        got: streams.len(),
+        got,
         answered: streams.iter().map(|(n, _)| n.clone()).collect(),
         failed,
+    }
+}
+
+/// The error of a request that came before this node knew any member.
+fn no_members() -> Error {
+    Error::NotReady {
+        reason: "the ring has no members yet (is the node still joining?)".into(),
     }
 }
 
 /// Calls to replicas in flight, each resolving to the replica and its answer.
 type Calls<T> = FuturesUnordered<BoxFuture<'static, (NodeId, Result<T>)>>;
 
-/// Polls `calls` until `needed` succeeded or none is left; the calls still
-/// running stay in `calls`.
+/// Polls `calls` until the nodes that succeeded are `enough` or none is
+/// left; the calls still running stay in `calls`.
 async fn gather<T>(
     calls: &mut Calls<T>,
-    needed: usize,
+    enough: impl Fn(&[NodeId]) -> bool,
 ) -> (Vec<(NodeId, T)>, Vec<(NodeId, Error)>) {
-    let mut ok = Vec::new();
+    let mut ok: Vec<(NodeId, T)> = Vec::new();
+    let mut succeeded: Vec<NodeId> = Vec::new();
     let mut failed = Vec::new();
-    while ok.len() < needed {
+    while !enough(&succeeded) {
         match calls.next().await {
-            Some((node, Ok(answer))) => ok.push((node, answer)),
+            Some((node, Ok(answer))) => {
+                succeeded.push(node.clone());
+                ok.push((node, answer));
+            }
             Some((node, Err(err))) => {
                 tracing::debug!(replica = %node, %err, "replica call failed");
                 failed.push((node, err));
@@ -1041,15 +1033,15 @@ impl Failures {
     }
 }
 
-/// Waits for `needed` successes among the results of `total` spawned calls.
+/// Waits until the replicas that confirmed a streamed write satisfy `plan`
+/// (or every one of its nodes answered).
 async fn await_quorum(
     mut rx: mpsc::UnboundedReceiver<(NodeId, Result<()>)>,
-    total: usize,
-    needed: usize,
+    plan: &WritePlan,
 ) -> Result<(Vec<NodeId>, Failures)> {
     let mut ok = Vec::new();
     let mut failed = Vec::new();
-    while ok.len() < needed && ok.len() + failed.len() < total {
+    while !plan.satisfied(&ok) && ok.len() + failed.len() < plan.len() {
         match rx.recv().await {
             Some((node, Ok(()))) => ok.push(node),
             Some((node, Err(err))) => {
@@ -1059,8 +1051,8 @@ async fn await_quorum(
             None => break,
         }
     }
-    if ok.len() < needed {
-        return Err(quorum_error(needed, ok, failed));
+    if !plan.satisfied(&ok) {
+        return Err(quorum_error(plan.shortfall(&ok).0, ok, failed));
     }
     Ok((ok, Failures { seen: failed, rx }))
 }

@@ -1,9 +1,12 @@
-//! Quorum sizes (F12): per request `?w=` / `?r=` as a count or `all`; the
-//! default is a majority of N.
+//! Quorum sizes: per request `?w=` / `?r=` as a count or `all`; the
+//! default is a majority of N. [`WritePlan`]: which nodes a write goes to
+//! and which sets of acknowledgements make it succeed, during a ring
+//! transition too.
 
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
+use crate::ring::{NodeId, Ring};
 
 /// How many replicas must answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -27,6 +30,105 @@ impl Quorum {
             Quorum::Count(k) => Err(Error::invalid(format!(
                 "quorum {k} is outside 1..={n} (the replication factor)"
             ))),
+        }
+    }
+
+    /// The number needed among `n` replicas, a count above `n` meaning all
+    /// of them (the replication factor a transition moves to may be smaller
+    /// than the one the request was checked against).
+    pub fn count_clamped(self, n: usize) -> usize {
+        match self {
+            Quorum::Count(k) => k.clamp(1, n.max(1)),
+            other => other.count(n).unwrap_or(n),
+        }
+    }
+}
+
+/// Where one write goes and when it has succeeded: W of the key's current
+/// replicas and, while a transition is under way, also W of the replicas it
+/// will have once the transition is over (a joint quorum, as Garage does
+/// over layout versions).
+///
+/// Whichever way the transition ends, W of the key's replicas then hold
+/// every acknowledged write, so a read of R with W + R > N sees it. Unlike
+/// asking W + (number of pending replicas) answers, a pending replica that
+/// is down costs nothing as long as W of each set answer: with one of the
+/// nodes involved down, a write succeeds (its copy becomes a hint).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WritePlan {
+    /// The key's replicas now, in preference order (what `/whereis` says).
+    pub replicas: Vec<NodeId>,
+    /// Nodes that become replicas of the key when the transition under way
+    /// ends; empty outside transitions.
+    pub pending: Vec<NodeId>,
+    /// The key's replicas once the transition is over (`replicas` outside
+    /// transitions).
+    pub target: Vec<NodeId>,
+    /// Acknowledgements needed among `replicas`.
+    pub needed: usize,
+    /// Acknowledgements needed among `target`.
+    pub target_needed: usize,
+}
+
+impl WritePlan {
+    /// The plan for `key` on `ring` with write quorum `w`.
+    pub fn new(ring: &Ring, key: &[u8], w: Quorum) -> Result<WritePlan> {
+        let replicas = ring.nodes_of(key);
+        let pending = ring.pending_of(key);
+        let target = ring.target_nodes_of(key);
+        Ok(WritePlan {
+            needed: w.count(ring.replicas())?,
+            target_needed: w.count_clamped(ring.target_replicas()),
+            replicas,
+            pending,
+            target,
+        })
+    }
+
+    /// Every node the write is sent to: the replicas, then the pending ones.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
+        self.replicas.iter().chain(&self.pending)
+    }
+
+    /// How many nodes the write is sent to.
+    pub fn len(&self) -> usize {
+        self.replicas.len() + self.pending.len()
+    }
+
+    /// Whether the write goes nowhere (a ring without members).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Whether the nodes `acked` make the write succeed.
+    pub fn satisfied<'a>(&self, acked: impl IntoIterator<Item = &'a NodeId> + Clone) -> bool {
+        let count = |set: &[NodeId]| {
+            acked
+                .clone()
+                .into_iter()
+                .filter(|n| set.contains(n))
+                .count()
+        };
+        count(&self.replicas) >= self.needed && count(&self.target) >= self.target_needed
+    }
+
+    /// The set `acked` falls short in, as (needed, got), for the error.
+    pub fn shortfall<'a>(
+        &self,
+        acked: impl IntoIterator<Item = &'a NodeId> + Clone,
+    ) -> (usize, usize) {
+        let count = |set: &[NodeId]| {
+            acked
+                .clone()
+                .into_iter()
+                .filter(|n| set.contains(n))
+                .count()
+        };
+        let now = count(&self.replicas);
+        if now < self.needed {
+            (self.needed, now)
+        } else {
+            (self.target_needed, count(&self.target))
         }
     }
 }
@@ -62,5 +164,54 @@ mod tests {
         assert_eq!("all".parse::<Quorum>().unwrap(), Quorum::All);
         assert_eq!("2".parse::<Quorum>().unwrap(), Quorum::Count(2));
         assert!("two".parse::<Quorum>().is_err());
+        assert_eq!(Quorum::Count(4).count_clamped(3), 3);
+        assert_eq!(Quorum::Majority.count_clamped(5), 3);
+    }
+
+    fn ids(names: &[&str]) -> Vec<NodeId> {
+        names.iter().map(|n| NodeId::parse(n).unwrap()).collect()
+    }
+
+    /// Natural replicas a, b, c; d joining takes c's place for this key.
+    fn joining_plan() -> WritePlan {
+        WritePlan {
+            replicas: ids(&["a:1", "b:1", "c:1"]),
+            pending: ids(&["d:1"]),
+            target: ids(&["a:1", "b:1", "d:1"]),
+            needed: 2,
+            target_needed: 2,
+        }
+    }
+
+    #[test]
+    fn a_transition_needs_w_of_the_current_and_of_the_target_replicas() {
+        let plan = joining_plan();
+        assert_eq!(plan.nodes().count(), 4);
+        // W of the current replicas but only one of the target ones.
+        assert!(!plan.satisfied(&ids(&["a:1", "c:1"])));
+        assert_eq!(plan.shortfall(&ids(&["a:1", "c:1"])), (2, 1));
+        // The pending replica down: a and b make both quorums.
+        assert!(plan.satisfied(&ids(&["a:1", "b:1"])));
+        // Any one of the four down still leaves both quorums reachable.
+        let all = ids(&["a:1", "b:1", "c:1", "d:1"]);
+        for down in &all {
+            let up: Vec<NodeId> = all.iter().filter(|n| *n != down).cloned().collect();
+            assert!(plan.satisfied(&up), "{down} down");
+        }
+        assert!(!plan.satisfied(&ids(&["c:1", "d:1"])));
+        assert_eq!(plan.shortfall(&ids(&["c:1", "d:1"])), (2, 1));
+    }
+
+    #[test]
+    fn outside_a_transition_the_plan_is_w_of_n() {
+        let plan = WritePlan {
+            replicas: ids(&["a:1", "b:1", "c:1"]),
+            pending: Vec::new(),
+            target: ids(&["a:1", "b:1", "c:1"]),
+            needed: 2,
+            target_needed: 2,
+        };
+        assert!(plan.satisfied(&ids(&["b:1", "c:1"])));
+        assert!(!plan.satisfied(&ids(&["b:1"])));
     }
 }

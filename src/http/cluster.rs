@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{ApiResult, AppState};
+use crate::ring::MemberState;
 
 /// `GET /ring`: members, their state, zone, load and tokens, transfers,
 /// anti-entropy and scrub in progress, and the digest each member reports.
@@ -27,6 +28,7 @@ pub async fn ring(State(state): State<AppState>) -> Response {
                 "node": m.id,
                 "state": m.shown_state().as_str(),
                 "announced": m.state.as_str(),
+                "owns_ranges": m.state.owns_ranges(),
                 "live": m.live,
                 "zone": m.zone,
                 "tokens": m.tokens.len(),
@@ -40,19 +42,31 @@ pub async fn ring(State(state): State<AppState>) -> Response {
             })
         })
         .collect();
+    // `nodes`: the members that own ranges now (normal or leaving), the
+    // ring `/whereis` places keys on; members still streaming their ranges
+    // in are listed apart, and own nothing until they turn normal.
     let nodes: Vec<_> = ring
         .members()
-        .filter(|m| m.state != crate::ring::MemberState::Removed)
+        .filter(|m| m.state.owns_ranges())
+        .map(|m| m.id.clone())
+        .collect();
+    let joining: Vec<_> = ring
+        .members()
+        .filter(|m| m.state == MemberState::Joining)
         .map(|m| m.id.clone())
         .collect();
     axum::Json(json!({
         "node": state.node,
         "nodes": nodes,
+        "joining": joining,
         "replicas": ring.replicas(),
         "target_replicas": ring.target_replicas(),
         "in_transition": ring.in_transition(),
         "digest": format!("{:016x}", ring.digest()),
         "agreed": state.membership.agreed(),
+        // Live members whose ring differs from this node's.
+        "lagging": state.membership.lagging(&ring),
+        "transitions": state.lifecycle.transitions(),
         "members": members,
     }))
     .into_response()

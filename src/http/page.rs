@@ -19,6 +19,7 @@ use serde_json::Value;
 use super::{ApiResult, AppState};
 use crate::error::Error;
 use crate::lifecycle::NodeStats;
+use crate::lifecycle::machine::Status;
 use crate::membership::View;
 use crate::proto::RecordMeta;
 use crate::ring::{MemberState, NodeId, Ring, Token};
@@ -57,7 +58,7 @@ pub async fn status_page(
     let after = params.after.as_deref();
     let html = match params.part.as_deref() {
         Some("members") => members(&ring, &view, &state.node),
-        Some("work") => work(&ring, &view),
+        Some("work") => work(&ring, &view, &state.lifecycle.transitions()),
         Some("ring") => ring_svg(&ring, &state.node),
         Some("keys") => keys(&state, prefix, after)?,
         Some("key") => {
@@ -138,7 +139,7 @@ async fn page(
 "#,
         members = members(ring, view, &state.node),
         ring_svg = ring_svg(ring, &state.node),
-        work = work(ring, view),
+        work = work(ring, view, &state.lifecycle.transitions()),
         keys = keys(state, prefix, params.after.as_deref())?,
         prefix_value = escape(prefix),
     ))
@@ -275,9 +276,18 @@ fn members(ring: &Ring, view: &View, me: &NodeId) -> String {
         );
     }
     format!(
-        r#"<p class="summary" data-digest="{digest}">{count} members · N = {n}{target} · ring digest <code>{digest}</code>{transition}</p>
+        r#"<p class="summary" data-digest="{digest}">{count} members ({owners} owning ranges{joining}) · N = {n}{target} · ring digest <code>{digest}</code>{transition}</p>
 <div class="scroll"><table class="members"><thead><tr><th>node</th><th>state</th><th class="opt">zone</th><th>load</th><th class="opt">tokens</th><th>keys</th><th>bytes</th><th class="opt">hints</th><th>health</th></tr></thead><tbody>{rows}</tbody></table></div>"#,
         count = ring.members().count(),
+        owners = ring.members().filter(|m| m.state.owns_ranges()).count(),
+        joining = match ring
+            .members()
+            .filter(|m| m.state == MemberState::Joining)
+            .count()
+        {
+            0 => String::new(),
+            j => format!(", {j} joining"),
+        },
         n = ring.replicas(),
         target = if ring.target_replicas() != ring.replicas() {
             format!(" (→ {})", ring.target_replicas())
@@ -370,8 +380,23 @@ fn arc_path(centre: f64, inner: f64, outer: f64, start: u64, end: u64) -> String
 }
 
 /// Transfers, anti-entropy, scrubs and hints in progress, per member.
-fn work(ring: &Ring, view: &View) -> String {
+fn work(ring: &Ring, view: &View, transitions: &[Status]) -> String {
     let mut items = String::new();
+    // This node's membership changes, with what each waits for.
+    for t in transitions.iter().filter(|t| !t.done) {
+        let _ = write!(
+            items,
+            r#"<li class="transition"><b>{action} {target}</b> (run by this node) waiting for {waiting}{error}</li>"#,
+            action = escape(&t.action),
+            target = escape(&t.target),
+            waiting = escape(&t.waiting_for),
+            error = t
+                .last_error
+                .as_deref()
+                .map(|e| format!(" · last failure: {}", escape(e)))
+                .unwrap_or_default(),
+        );
+    }
     let field = |v: &Value, name: &str| v.get(name).and_then(Value::as_u64).unwrap_or(0);
     let active = |v: &Option<Value>| {
         v.as_ref()

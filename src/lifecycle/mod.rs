@@ -4,30 +4,35 @@
 //! longer owns once its owners hold it, anti-entropy (F17, `repair.rs`)
 //! and the scrub that finds and repairs corrupt copies (F26, `scrub.rs`).
 //!
-//! Every change is a *transition* of the ring ([`Ring::movements`]): the
-//! node that starts it announces it in gossip (its own state, a removal
-//! marker, a replication setting), waits until every live member sees the
-//! same ring (so every write from then on also reaches the nodes gaining
-//! ranges), asks each gaining node to fetch its ranges (`Sync`), and then
-//! announces the end. A gaining node fetches from every live current
-//! replica of each range and keeps the newest version of each key, so a
-//! write acknowledged by any W replicas before the transition is not
-//! missed. Values are streamed replica to replica, throttled by
-//! `--stream-rate`; progress is published in gossip and shown in `/ring`.
+//! Every change is a *transition* of the ring ([`Ring::movements`]),
+//! decided by a pure state machine (`machine.rs`, scripted tests in
+//! `testscripts/`) that `driver.rs` runs: the node that starts it announces
+//! it in gossip (its own state, a removal marker, a replication setting),
+//! waits until every live member sees the same ring (so every write from
+//! then on also reaches the nodes gaining ranges), asks each gaining node
+//! to fetch its ranges (`Sync`), and then announces the end. A gaining node
+//! reads each range from enough of its live current replicas to meet every
+//! write a majority of them acknowledged, newest version winning. Values
+//! are streamed replica to replica, throttled by `--stream-rate`; progress
+//! is published in gossip and shown in `/ring`, with what each transition
+//! waits for.
 //!
 //! Guarantees and limits: a transition whose driver dies midway stays under
 //! way (writes keep reaching both old and new owners; nothing is lost) until
-//! it is issued again. A source that fails midway is skipped if another
-//! replica of the same range answered.
+//! it is issued again. A source that fails midway is skipped if enough
+//! other replicas of the same range answered.
 
 pub mod alive;
+mod driver;
 mod gc;
 mod hints;
+pub mod machine;
 mod repair;
 mod scrub;
+#[cfg(test)]
+mod sim;
 mod transfer;
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -38,25 +43,25 @@ use serde::Serialize;
 
 use crate::coordinator::Coordinator;
 use crate::error::{Error, Result};
-use crate::membership::{Membership, Removal, ReplicaSetting, tokens_hash};
+use crate::membership::Membership;
 use crate::proto::{BalanceReply, SyncReply};
 use crate::ring::{MemberState, NodeId, Ring};
 use crate::rpc::SyncHandler;
 use crate::storage::Store;
 use crate::throttle::Throttle;
 
+use self::machine::{Goal, RETRY_PAUSE, Status, check_enough_members};
 pub use self::repair::RepairProgress;
 pub use self::scrub::ScrubProgress;
 pub use self::transfer::{Progress, PurgeReport};
 
-/// How long a driver waits for every live member to see its ring.
-const AGREEMENT_WAIT: Duration = Duration::from_secs(15);
 /// How long a node asked to `Sync` waits to see the caller's ring.
 const SYNC_RING_WAIT: Duration = Duration::from_secs(15);
-/// Attempts at each gaining node's `Sync` before a transition fails.
-const SYNC_ATTEMPTS: usize = 3;
-/// Pause between retries of a failed bootstrap or `Sync`.
-const RETRY_PAUSE: Duration = Duration::from_secs(1);
+/// How long a member the failure detector believes up has to answer a
+/// `Ping` before a removal goes ahead without waiting for the detector.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often a wait for the ring to settle looks at the members' agreement.
+const SETTLE_POLL: Duration = Duration::from_millis(100);
 /// How often the background tasks look at the ring.
 const TICK: Duration = Duration::from_millis(500);
 
@@ -110,6 +115,16 @@ pub struct TransitionSummary {
     pub digest: String,
 }
 
+/// A transition asked for over the API: done within the wait, or still
+/// running in the background.
+#[derive(Debug)]
+pub enum Started {
+    /// Done: what it did.
+    Done(TransitionSummary),
+    /// Still running: what it is doing now.
+    Running(Status),
+}
+
 /// What a node holds, published in gossip for the status page and `/ring`.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 #[serde(default)]
@@ -154,6 +169,8 @@ struct Inner {
     scrub: std::sync::Mutex<ScrubProgress>,
     /// `--repair-rate`: paces the records anti-entropy moves.
     repair_throttle: Throttle,
+    /// The transitions this node runs (and the last finished ones).
+    transitions: driver::Registry,
 }
 
 impl Lifecycle {
@@ -179,6 +196,7 @@ impl Lifecycle {
                 repair: std::sync::Mutex::default(),
                 scrub: std::sync::Mutex::default(),
                 repair_throttle,
+                transitions: driver::Registry::default(),
             }),
         }
     }
@@ -329,8 +347,9 @@ impl Lifecycle {
         self.inner.leaving.load(Ordering::Acquire)
     }
 
-    /// Joining: once every member sees this node joining, fetch its ranges,
-    /// then turn normal and remember that it did.
+    /// Joining: runs the join transition (`machine.rs`): once every live
+    /// member sees this node joining, it fetches its ranges, makes a last
+    /// pass over them and turns normal, remembering that it did.
     async fn bootstrap(self) {
         let membership = &self.inner.membership;
         let mut rings = membership.subscribe();
@@ -342,93 +361,60 @@ impl Lifecycle {
         if membership.own_state().await != MemberState::Joining {
             return;
         }
-        let me = self.inner.node.clone();
-        let mut ring = membership
-            .wait_for_agreement(AGREEMENT_WAIT, |r| {
-                state_of(r, &me) == Some(MemberState::Joining)
-            })
-            .await;
-        tracing::info!(node = %self.inner.node, "bootstrapping: fetching the ranges this node will own");
-        loop {
-            match self.inner.transfer.receive(&self, &ring).await {
-                Ok(reply) => {
-                    tracing::info!(keys = reply.keys, bytes = reply.bytes, "bootstrap done");
-                    break;
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "bootstrap failed; retrying");
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    ring = membership.ring();
-                }
-            }
+        let driver::Waiter::Started(_, done) = driver::start(&self, Goal::Join) else {
+            return;
+        };
+        match done.await {
+            Ok(Ok(summary)) => tracing::info!(
+                keys = summary.keys,
+                bytes = summary.bytes,
+                "bootstrap done: this node is normal"
+            ),
+            Ok(Err(err)) => tracing::error!(%err, "bootstrap ended without turning normal"),
+            Err(_) => {}
         }
-        let tokens = ring
-            .member(&self.inner.node)
-            .map(|m| m.tokens.clone())
-            .unwrap_or_default();
-        if let Err(err) = membership.keep_identity(Some(&tokens), true) {
-            tracing::error!(%err, "cannot record that bootstrap finished");
-        }
-        membership.set_state(MemberState::Normal).await;
     }
 
-    /// Leaves the cluster: announces leaving, has every range this node
-    /// holds fetched by the nodes taking it over, announces the end and
-    /// forgets its tokens. The node may exit afterwards.
-    pub async fn leave(&self) -> Result<TransitionSummary> {
+    /// What this node's transitions are doing (running ones first, then the
+    /// last finished ones), for `/ring` and the status page.
+    pub fn transitions(&self) -> Vec<Status> {
+        self.inner.transitions.statuses()
+    }
+
+    /// Leaves the cluster gracefully (F4): announces leaving, has every
+    /// node gaining a range fetch it, then announces that it is gone. With
+    /// `until_done` (a SIGTERM) it keeps trying while gainers cannot fetch;
+    /// otherwise it gives up after a few failures and turns normal again.
+    pub async fn leave(&self, until_done: bool) -> Result<TransitionSummary> {
         if self.inner.leaving.swap(true, Ordering::AcqRel) {
-            return Err(Error::invalid("this node is already leaving"));
+            return Err(Error::Conflict {
+                reason: "this node is already leaving".into(),
+            });
         }
-        let result = self.leave_inner().await;
+        let result = match driver::start(self, Goal::Leave { until_done }) {
+            driver::Waiter::Started(_, done) => done.await.unwrap_or_else(|_| {
+                Err(Error::NotReady {
+                    reason: "the node is shutting down".into(),
+                })
+            }),
+            driver::Waiter::Joined(_) => Err(Error::Conflict {
+                reason: "this node is already leaving".into(),
+            }),
+        };
         if result.is_err() {
             self.inner.leaving.store(false, Ordering::Release);
         }
         result
     }
 
-    async fn leave_inner(&self) -> Result<TransitionSummary> {
-        let membership = &self.inner.membership;
-        let state = membership.own_state().await;
-        if state != MemberState::Normal {
-            return Err(Error::invalid(format!(
-                "this node is {}, not normal; only a normal member can leave",
-                state.as_str()
-            )));
-        }
-        check_enough_members(&membership.ring(), Some(&self.inner.node), None)?;
-        membership.set_state(MemberState::Leaving).await;
-        let me = &self.inner.node;
-        let ring = membership
-            .wait_for_agreement(AGREEMENT_WAIT, |r| {
-                state_of(r, me) == Some(MemberState::Leaving)
-            })
-            .await;
-        let summary = match self.drive(&ring, "leave").await {
-            Ok(summary) => summary,
-            Err(err) => {
-                membership.set_state(MemberState::Normal).await;
-                return Err(err);
-            }
-        };
-        membership.set_state(MemberState::Removed).await;
-        membership.keep_identity(None, false)?;
-        let ring = membership
-            .wait_for_agreement(AGREEMENT_WAIT, |r| {
-                state_of(r, me) == Some(MemberState::Removed)
-            })
-            .await;
-        Ok(TransitionSummary {
-            node: Some(self.inner.node.to_string()),
-            digest: format!("{:016x}", ring.digest()),
-            ..summary
-        })
-    }
-
     /// Removes a dead member for good and re-replicates its ranges from the
-    /// others (F8).
-    pub async fn remove(&self, node: &NodeId) -> Result<TransitionSummary> {
-        let membership = &self.inner.membership;
-        let ring = membership.ring();
+    /// others (F8). A member the failure detector still believes up is
+    /// asked directly first (a connection and a `Ping`, [`PROBE_TIMEOUT`]):
+    /// if it answers, it is up and the removal is refused (409). The
+    /// removal then runs in the background until done; this waits up to
+    /// `wait` for it.
+    pub async fn remove(&self, node: &NodeId, wait: Duration) -> Result<Started> {
+        let ring = self.inner.membership.ring();
         let member = ring
             .member(node)
             .ok_or_else(|| Error::not_found(format!("no member {node} in the ring")))?;
@@ -438,118 +424,113 @@ impl Lifecycle {
             ));
         }
         if member.state == MemberState::Removed {
-            return Err(Error::invalid(format!("{node} is already removed")));
+            return Err(Error::Conflict {
+                reason: format!("{node} is already removed"),
+            });
         }
-        if member.live {
-            return Err(Error::invalid(format!(
-                "{node} is up; only a down member can be removed (stop it, or make it leave with \
-                 `ringkv leave --node {node}`)"
-            )));
+        let goal = Goal::Remove { node: node.clone() };
+        if self.inner.transitions.running(&goal).is_none() && self.answers(node).await {
+            return Err(Error::Conflict {
+                reason: format!(
+                    "{node} is up (it answered); only a dead member can be removed: stop it, or \
+                     make it leave with `ringkv leave --node {node}`"
+                ),
+            });
         }
-        check_enough_members(&ring, Some(node), None)?;
-        let tokens_hash = tokens_hash(&member.tokens);
-        membership
-            .publish_removal(
-                node,
-                Removal {
-                    tokens_hash,
-                    done: false,
-                },
-            )
-            .await;
-        let ring = membership
-            .wait_for_agreement(AGREEMENT_WAIT, |r| {
-                state_of(r, node) == Some(MemberState::Leaving)
-            })
-            .await;
-        let summary = self.drive(&ring, "remove").await?;
-        membership
-            .publish_removal(
-                node,
-                Removal {
-                    tokens_hash,
-                    done: true,
-                },
-            )
-            .await;
-        let ring = membership
-            .wait_for_agreement(AGREEMENT_WAIT, |r| {
-                state_of(r, node) == Some(MemberState::Removed)
-            })
-            .await;
-        tracing::info!(node = %node, keys = summary.keys, "removed");
-        Ok(TransitionSummary {
-            node: Some(node.to_string()),
-            digest: format!("{:016x}", ring.digest()),
-            ..summary
-        })
+        self.run_until(goal, wait).await
+    }
+
+    /// Whether `node` answers a `Ping` within [`PROBE_TIMEOUT`].
+    async fn answers(&self, node: &NodeId) -> bool {
+        let handle = self.inner.coordinator.replica(node);
+        match tokio::time::timeout(PROBE_TIMEOUT, handle.ping()).await {
+            Ok(Ok(answered)) => answered == *node,
+            _ => false,
+        }
+    }
+
+    /// Starts the transition toward `goal` (or finds it running) and waits
+    /// up to `wait` for its end.
+    async fn run_until(&self, goal: Goal, wait: Duration) -> Result<Started> {
+        match driver::start(self, goal) {
+            driver::Waiter::Started(running, done) => {
+                match tokio::time::timeout(wait, done).await {
+                    Ok(Ok(result)) => result.map(Started::Done),
+                    Ok(Err(_)) => Err(Error::NotReady {
+                        reason: "the node is shutting down".into(),
+                    }),
+                    Err(_) => Ok(Started::Running(running.status())),
+                }
+            }
+            driver::Waiter::Joined(running) => match running.wait(wait).await {
+                Some(Ok(summary)) => Ok(Started::Done(summary)),
+                Some(Err(reason)) => Err(Error::NotReady { reason }),
+                None => Ok(Started::Running(running.status())),
+            },
+        }
     }
 
     /// Changes the cluster's replication factor and copies data to match
     /// (F10); surplus copies are dropped by each node's purge once the new
-    /// owners hold them.
-    pub async fn set_replicas(&self, n: usize) -> Result<TransitionSummary> {
-        let membership = &self.inner.membership;
+    /// owners hold them. Runs in the background until done; this waits up
+    /// to `wait` for it.
+    pub async fn set_replicas(&self, n: usize, wait: Duration) -> Result<Started> {
         if n == 0 {
             return Err(Error::invalid("the replication factor must be at least 1"));
         }
-        check_enough_members(&membership.ring(), None, Some(n))?;
-        let current = membership.replica_setting().await;
-        if current.n == n && current.from.is_none() {
-            return Ok(TransitionSummary {
-                action: "replicas".into(),
-                digest: format!("{:016x}", membership.ring().digest()),
-                ..TransitionSummary::default()
-            });
+        check_enough_members(&self.inner.membership.ring(), None, Some(n))?;
+        self.run_until(Goal::Replicas { n }, wait).await
+    }
+
+    /// Waits up to `wait` until the ring has settled: no transition under
+    /// way and every live member seeing the same ring. Fails with a
+    /// retryable error saying what it waited for.
+    async fn settled(&self, wait: Duration) -> Result<Arc<Ring>> {
+        let membership = &self.inner.membership;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut rings = membership.subscribe();
+        loop {
+            let ring = membership.ring();
+            let lagging = membership.lagging(&ring);
+            if !ring.in_transition() && lagging.is_empty() {
+                return Ok(ring);
+            }
+            if tokio::time::Instant::now() >= deadline {
+                let what = if ring.in_transition() {
+                    let moving: Vec<String> = ring
+                        .members()
+                        .filter(|m| matches!(m.state, MemberState::Joining | MemberState::Leaving))
+                        .map(|m| format!("{} {}", m.id, m.state.as_str()))
+                        .collect();
+                    format!("a ring change to end ({})", moving.join(", "))
+                } else {
+                    let names: Vec<&str> = lagging.iter().map(|n| n.as_str()).collect();
+                    format!("{} to see this node's ring", names.join(", "))
+                };
+                return Err(Error::NotReady {
+                    reason: format!("waited {wait:?} for {what}; try again later"),
+                });
+            }
+            // Agreement changes without the ring changing: look again
+            // every refresh, or at once when the ring changes.
+            let _ = tokio::time::timeout(SETTLE_POLL, rings.changed()).await;
         }
-        let epoch = current.epoch + 1;
-        membership
-            .publish_replicas(ReplicaSetting {
-                n,
-                epoch,
-                from: Some(current.current()),
-            })
-            .await;
-        let from = current.current();
-        let ring = membership
-            .wait_for_agreement(AGREEMENT_WAIT, |r| {
-                r.target_replicas() == n && r.replicas() == from
-            })
-            .await;
-        let summary = self.drive(&ring, "replicas").await?;
-        membership
-            .publish_replicas(ReplicaSetting {
-                n,
-                epoch,
-                from: None,
-            })
-            .await;
-        let ring = membership
-            .wait_for_agreement(AGREEMENT_WAIT, |r| r.replicas() == n && !r.in_transition())
-            .await;
-        Ok(TransitionSummary {
-            digest: format!("{:016x}", ring.digest()),
-            ..summary
-        })
     }
 
     /// Drops the keys this node no longer owns that every owner holds
-    /// (`POST /purge`, F19); refused while the ring is changing.
-    pub async fn purge(&self) -> Result<PurgeReport> {
-        let ring = self.inner.membership.ring();
-        if ring.in_transition() || !self.inner.membership.agreed() {
-            return Err(Error::NotReady {
-                reason: "the ring is changing (or members do not agree on it yet); purge once it has settled".into(),
-            });
-        }
+    /// (`POST /purge`, F19), once the ring has settled (waiting up to
+    /// `wait` for it).
+    pub async fn purge(&self, wait: Duration) -> Result<PurgeReport> {
+        let ring = self.settled(wait).await?;
         transfer::purge(self, &ring).await
     }
 
-    /// Cluster-wide anti-entropy (`POST /balance`): every live member
-    /// compares its ranges with their other replicas; the replies summed,
-    /// with each member's failures named.
-    pub async fn balance_cluster(&self) -> Result<BalanceReply> {
-        let ring = self.inner.membership.ring();
+    /// Cluster-wide anti-entropy (`POST /balance`) once the ring has
+    /// settled (waiting up to `wait` for it): every live member compares
+    /// its ranges with their other replicas; the replies summed, with each
+    /// member's failures named.
+    pub async fn balance_cluster(&self, wait: Duration) -> Result<BalanceReply> {
+        let ring = self.settled(wait).await?;
         let members: Vec<NodeId> = ring
             .members()
             .filter(|m| m.live && m.state.owns_ranges())
@@ -584,62 +565,6 @@ impl Lifecycle {
             }
         }
         Ok(total)
-    }
-
-    /// Has every node gaining ranges in `ring` fetch them; fails if one
-    /// cannot.
-    async fn drive(&self, ring: &Ring, action: &str) -> Result<TransitionSummary> {
-        let gainers: BTreeSet<NodeId> = ring.movements().into_iter().map(|m| m.gainer).collect();
-        let digest = ring.digest();
-        let calls = gainers.iter().map(|gainer| {
-            let this = self.clone();
-            let gainer = gainer.clone();
-            async move {
-                let mut last = None;
-                for attempt in 0..SYNC_ATTEMPTS {
-                    if attempt > 0 {
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                    }
-                    let handle = this.inner.coordinator.replica(&gainer);
-                    match handle.sync(digest, &this).await {
-                        Ok(reply) => {
-                            tracing::info!(
-                                %gainer,
-                                keys = reply.keys,
-                                bytes = reply.bytes,
-                                "a node gaining ranges fetched them"
-                            );
-                            return Ok(reply);
-                        }
-                        Err(err) => {
-                            tracing::warn!(%gainer, %err, "sync failed");
-                            last = Some(err);
-                        }
-                    }
-                }
-                // Retryable (503): the change stays published, and asking
-                // again once the gainer reaches the current replicas (a
-                // partition healed, a node back) completes it.
-                Err(Error::NotReady {
-                    reason: format!(
-                        "{gainer} could not fetch its ranges ({}); the change stays in progress: try again once it can reach their current replicas",
-                        last.map(|e| e.to_string()).unwrap_or_default()
-                    ),
-                })
-            }
-        });
-        let results = futures::future::join_all(calls).await;
-        let mut summary = TransitionSummary {
-            action: action.to_string(),
-            receivers: gainers.iter().map(|g| g.to_string()).collect(),
-            ..TransitionSummary::default()
-        };
-        for result in results {
-            let reply = result?;
-            summary.keys += reply.keys;
-            summary.bytes += reply.bytes;
-        }
-        Ok(summary)
     }
 
     /// Watches the ring: drops what this node no longer owns once the ring
@@ -697,8 +622,11 @@ impl Lifecycle {
                 continue;
             }
             tracing::warn!(%node, down_for = ?since.elapsed(), "removing a member down too long");
-            if let Err(err) = self.remove(node).await {
-                tracing::warn!(%node, %err, "automatic removal failed");
+            match self.remove(node, Duration::ZERO).await {
+                Ok(_) => {}
+                // Up after all: the detector will see it soon.
+                Err(Error::Conflict { .. }) => {}
+                Err(err) => tracing::warn!(%node, %err, "automatic removal failed"),
             }
         }
     }
@@ -769,7 +697,10 @@ impl SyncHandler for Lifecycle {
                     });
                 }
             };
-            this.inner.transfer.receive(&this, &ring).await
+            this.inner
+                .transfer
+                .receive(&this, &ring, crate::storage::INLINE_MAX_BYTES as u64)
+                .await
         }
         .boxed()
     }
@@ -778,39 +709,4 @@ impl SyncHandler for Lifecycle {
         let this = self.clone();
         async move { repair::balance_local(&this).await }.boxed()
     }
-}
-
-/// The announced state of `node` in `ring`.
-fn state_of(ring: &Ring, node: &NodeId) -> Option<MemberState> {
-    ring.member(node).map(|m| m.state)
-}
-
-/// Checks that the members left after `leaving` goes (or with `replicas`
-/// copies) can hold every key's N replicas.
-fn check_enough_members(
-    ring: &Ring,
-    leaving: Option<&NodeId>,
-    replicas: Option<usize>,
-) -> Result<()> {
-    let owners = ring
-        .members()
-        .filter(|m| Some(&m.id) != leaving)
-        .filter(|m| matches!(m.state, MemberState::Normal | MemberState::Joining))
-        .count();
-    let n = replicas.unwrap_or(ring.target_replicas());
-    if owners < n {
-        let what = match (leaving, replicas) {
-            (Some(node), _) => format!("without {node} the cluster would have {owners} members"),
-            _ => format!("the cluster has {owners} members"),
-        };
-        return Err(Error::invalid(format!(
-            "{what}, fewer than the {n} replicas each key needs; {}",
-            if replicas.is_some() {
-                "add members first"
-            } else {
-                "lower the replication factor first (ringkv replicas)"
-            }
-        )));
-    }
-    Ok(())
 }

@@ -45,8 +45,24 @@ pub struct Progress {
 
 /// A range to fetch and the replicas to read it from.
 struct Wanted {
+    /// The range.
     range: TokenRange,
+    /// Its current replicas (this node left out).
     sources: Vec<NodeId>,
+    /// How many of them must be read: enough that every write a default
+    /// (majority) quorum of them acknowledged is among those read.
+    enough: usize,
+}
+
+/// Sources of a range a node gaining it must read, of the `sources`
+/// replicas it has now with replication factor `n`: every write was
+/// acknowledged by a majority of N of them, so reading all but a majority
+/// less one of them meets each such write (at least one).
+fn sources_needed(sources: usize, n: usize) -> usize {
+    (sources + 1)
+        .saturating_sub(n / 2 + 1)
+        .max(1)
+        .min(sources.max(1))
 }
 
 /// Transfer state of one node: progress and the `--stream-rate` throttle.
@@ -93,7 +109,15 @@ impl Transfers {
     /// Fetches every range this node gains in `ring` from each live
     /// current replica of it, keeping the newest version of each key.
     /// Fails when some range could be read from none of its replicas.
-    pub async fn receive(&self, lifecycle: &Lifecycle, ring: &Ring) -> Result<SyncReply> {
+    /// Values up to `inline_max` bytes come with the scan; the others (all
+    /// with 0: a pass comparing keys and versions) are read on their own,
+    /// only where the source holds a newer version.
+    pub async fn receive(
+        &self,
+        lifecycle: &Lifecycle,
+        ring: &Ring,
+        inline_max: u64,
+    ) -> Result<SyncReply> {
         let me = &lifecycle.inner.node;
         let mine: Vec<Wanted> = ring
             .movements()
@@ -101,10 +125,11 @@ impl Transfers {
             .filter(|m| m.gainer == *me)
             .map(|m| Wanted {
                 range: m.range,
+                enough: sources_needed(m.sources.len(), ring.replicas()),
                 sources: m.sources,
             })
             .collect();
-        self.fetch(lifecycle, ring, mine).await
+        self.fetch(lifecycle, ring, mine, inline_max).await
     }
 
     /// Re-reads every range this node holds from its other replicas, as
@@ -117,10 +142,14 @@ impl Transfers {
             .map(|(range, replicas)| Wanted {
                 range,
                 sources: replicas.into_iter().filter(|r| r != me).collect(),
+                // A write this node missed is on every other replica of a
+                // quorum without it: any one of them has it.
+                enough: 1,
             })
             .filter(|w| !w.sources.is_empty())
             .collect();
-        self.fetch(lifecycle, ring, mine).await
+        self.fetch(lifecycle, ring, mine, INLINE_MAX_BYTES as u64)
+            .await
     }
 
     /// Fetches each wanted range from its live sources, newest version
@@ -130,6 +159,7 @@ impl Transfers {
         lifecycle: &Lifecycle,
         ring: &Ring,
         mine: Vec<Wanted>,
+        inline_max: u64,
     ) -> Result<SyncReply> {
         let _running = self.running.lock().await;
         let me = &lifecycle.inner.node;
@@ -169,7 +199,7 @@ impl Transfers {
         for (source, ranges) in &per_source {
             let before = self.progress();
             match self
-                .receive_from(lifecycle, source, ranges, &mut stale)
+                .receive_from(lifecycle, source, ranges, inline_max, &mut stale)
                 .await
             {
                 Ok(()) => {
@@ -214,18 +244,22 @@ impl Transfers {
                 "dropped own copies older than the tombstone grace period that no replica holds"
             );
         }
-        if let Some(missed) = mine
-            .iter()
-            .find(|m| !m.sources.iter().any(|s| answered.contains(s)))
-        {
+        let read = |m: &Wanted| m.sources.iter().filter(|s| answered.contains(s)).count();
+        if let Some(missed) = mine.iter().find(|m| read(m) < m.enough) {
             return Err(Error::Unavailable {
-                needed: 1,
-                got: 0,
+                needed: missed.enough,
+                got: read(missed),
                 answered,
                 failed: if failures.is_empty() {
                     vec![(
                         me.clone(),
-                        format!("no live replica of range {:?}", missed.range),
+                        format!(
+                            "range {:?} needs {} of its replicas {:?} to be read, {} live",
+                            missed.range,
+                            missed.enough,
+                            missed.sources,
+                            missed.sources.iter().filter(|s| ring.is_live(s)).count()
+                        ),
                     )]
                 } else {
                     failures
@@ -255,16 +289,14 @@ impl Transfers {
         lifecycle: &Lifecycle,
         source: &NodeId,
         ranges: &[TokenRange],
+        inline_max: u64,
         stale: &mut BTreeMap<String, (Token, Version)>,
     ) -> Result<()> {
         let grace = lifecycle.inner.options.tombstone_grace;
         let coordinator = &lifecycle.inner.coordinator;
         let store = &lifecycle.inner.store;
         let local = coordinator.replica(&lifecycle.inner.node);
-        let mut items = coordinator
-            .replica(source)
-            .scan(ranges, INLINE_MAX_BYTES as u64)
-            .await?;
+        let mut items = coordinator.replica(source).scan(ranges, inline_max).await?;
         loop {
             let item = match tokio::time::timeout(STEP_TIMEOUT, items.next()).await {
                 Ok(Some(item)) => item?,
@@ -494,4 +526,21 @@ pub struct PurgeReport {
     pub dropped_keys: Vec<String>,
     /// The first kept keys, with why.
     pub kept_keys: Vec<(String, String)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_gainer_reads_enough_sources_to_meet_every_majority_write() {
+        // N = 3, three replicas: any two meet every majority of the three.
+        assert_eq!(sources_needed(3, 3), 2);
+        // Two members so far (N = 3): a majority of 3 is both of them.
+        assert_eq!(sources_needed(2, 3), 1);
+        assert_eq!(sources_needed(5, 5), 3);
+        assert_eq!(sources_needed(1, 1), 1);
+        assert_eq!(sources_needed(2, 2), 1);
+        assert_eq!(sources_needed(0, 3), 1);
+    }
 }

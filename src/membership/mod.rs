@@ -259,10 +259,11 @@ pub fn ring_from_peers(peers: &[PeerState], fallback_replicas: usize) -> Ring {
         if let Some(removal) = removals.get(&peer.node)
             && removal.tokens_hash == tokens_hash(&tokens)
         {
-            state = if removal.done {
+            // A member being removed hands its ranges over (leaving) unless
+            // it owned none yet: a joiner is gone at once.
+            state = if removal.done || matches!(state, MemberState::Removed | MemberState::Joining)
+            {
                 MemberState::Removed
-            } else if state == MemberState::Removed {
-                state
             } else {
                 MemberState::Leaving
             };
@@ -307,6 +308,8 @@ pub struct View {
     pub stats: BTreeMap<NodeId, String>,
     /// When each member that is down was last heard from.
     pub down_since: BTreeMap<NodeId, Instant>,
+    /// The winning replication setting gossiped.
+    pub replicas: Option<ReplicaSetting>,
 }
 
 /// A running membership: gossip plus the ring derived from it.
@@ -523,6 +526,29 @@ impl Membership {
         })
     }
 
+    /// The members believed up, other than this node, that publish the
+    /// digest of another ring than `ring` (their gossip lags, or this
+    /// node's does).
+    pub fn lagging(&self, ring: &Ring) -> Vec<NodeId> {
+        let want = format!("{:016x}", ring.digest());
+        let view = self.view();
+        ring.members()
+            .filter(|m| m.live && m.state != MemberState::Removed && m.id != self.node)
+            .filter(|m| view.digests.get(&m.id) != Some(&want))
+            .map(|m| m.id.clone())
+            .collect()
+    }
+
+    /// The cluster's replication setting as last gossiped (that of `ring`
+    /// when none was seen yet).
+    pub fn replica_setting_seen(&self, ring: &Ring) -> ReplicaSetting {
+        self.view().replicas.unwrap_or(ReplicaSetting {
+            n: ring.target_replicas(),
+            epoch: 0,
+            from: None,
+        })
+    }
+
     /// Whether every live member publishes the digest of this node's ring.
     pub fn agreed(&self) -> bool {
         let ring = self.ring();
@@ -531,34 +557,6 @@ impl Membership {
         ring.members()
             .filter(|m| m.live && m.state != MemberState::Removed)
             .all(|m| view.digests.get(&m.id) == Some(&want))
-    }
-
-    /// Waits until this node's ring shows what `shows` looks for (a change
-    /// it just published) and every live member sees that same ring, or
-    /// `limit` has passed (then goes on with a warning: a member whose
-    /// gossip lags only misses writes that repair will bring).
-    pub async fn wait_for_agreement(
-        &self,
-        limit: Duration,
-        shows: impl Fn(&Ring) -> bool,
-    ) -> Arc<Ring> {
-        let deadline = tokio::time::Instant::now() + limit;
-        let mut rings = self.subscribe();
-        loop {
-            if shows(&self.ring()) && self.agreed() {
-                return self.ring();
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!("members did not all agree on the ring in time; going on");
-                return self.ring();
-            }
-            // Others' digests change without our ring changing: look again
-            // every refresh, or at once when the ring changes.
-            let wait = Duration::from_millis(REFRESH_INTERVAL_MS);
-            if let Ok(Err(_)) = tokio::time::timeout(wait, rings.changed()).await {
-                return self.ring(); // the refresh task stopped: shutting down
-            }
-        }
     }
 
     /// Stops gossiping.
@@ -748,7 +746,10 @@ impl Refresh {
     async fn publish(&mut self, peers: &[PeerState]) {
         let ring = ring_from_peers(peers, self.options.replicas);
         let digest = format!("{:016x}", ring.digest());
-        let mut view = View::default();
+        let mut view = View {
+            replicas: cluster_replicas(peers),
+            ..View::default()
+        };
         for (node, peer) in newest_instances(peers) {
             let Ok(id) = NodeId::parse(node) else {
                 continue;
@@ -1013,6 +1014,15 @@ mod tests {
             Some(MemberState::Leaving)
         );
         assert_eq!(state_of(&base(&removed), "b:1"), Some(MemberState::Removed));
+        // A joiner being removed owned nothing yet: it is removed at once.
+        let mut joiner = base(&removing);
+        joiner[1] = peer(
+            "b:1",
+            1,
+            false,
+            &[(KEY_TOKENS, "2"), (KEY_STATE, "joining")],
+        );
+        assert_eq!(state_of(&joiner, "b:1"), Some(MemberState::Removed));
         // The marker names b's tokens, not c's: c stays.
         assert_eq!(state_of(&base(&removed), "c:1"), Some(MemberState::Normal));
         // A later "removed" from another node completes a "removing".

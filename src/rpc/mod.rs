@@ -31,9 +31,9 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::proto::replica_client::ReplicaClient;
 use crate::proto::{
-    BalanceReply, BalanceRequest, ReadReply, ReadRequest, ReadStreamRequest, RecordMeta, ScanItem,
-    ScanRequest, SyncReply, SyncRequest, TreeRequest, WriteChunk, WriteReply, WriteRequest,
-    WriteTrailer, write_chunk,
+    BalanceReply, BalanceRequest, PingRequest, ReadReply, ReadRequest, ReadStreamRequest,
+    RecordMeta, ScanItem, ScanRequest, SyncReply, SyncRequest, TreeRequest, WriteChunk, WriteReply,
+    WriteRequest, WriteTrailer, write_chunk,
 };
 use crate::ring::{NodeId, TokenRange};
 use crate::version::Version;
@@ -173,6 +173,9 @@ fn rpc_error(node: &NodeId, status: tonic::Status) -> Error {
             what: format!("rpc to {node}"),
         },
         tonic::Code::DataLoss => Error::corrupt(format!("{node}: {}", status.message())),
+        tonic::Code::FailedPrecondition => Error::Conflict {
+            reason: format!("{node}: {}", status.message()),
+        },
         _ => Error::Rpc {
             node: node.clone(),
             reason: status.message().to_string(),
@@ -370,6 +373,22 @@ impl ReplicaHandle {
                     });
                 }
                 Ok(hashes)
+            }
+        }
+    }
+
+    /// The node's own id, as it answers a `Ping` (within the call timeout).
+    pub async fn ping(&self) -> Result<NodeId> {
+        match self {
+            ReplicaHandle::Local(_) => Err(Error::invalid("a node does not ping itself")),
+            ReplicaHandle::Remote { node, peers } => {
+                let request = self.with_timeout(PingRequest {});
+                let reply = peers
+                    .client(node)?
+                    .ping(request)
+                    .await
+                    .map_err(|s| peers.failed(node, "ping", s))?;
+                NodeId::parse(&reply.into_inner().node)
             }
         }
     }
