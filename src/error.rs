@@ -111,6 +111,19 @@ pub enum Error {
         /// What it contradicts, and what to do instead.
         reason: String,
     },
+    /// A port this node must listen on is taken by another program.
+    #[error(
+        "{protocol} {addr} is in use: another program (or a connection still closing) holds it; \
+         give this node another --port, stop what holds it, or keep the kernel from lending it \
+         to outgoing connections (ringkv's default ports lie in Linux's ephemeral range \
+         32768-60999: sysctl -w net.ipv4.ip_local_reserved_ports=50140-50199)"
+    )]
+    PortInUse {
+        /// `TCP` (API and node RPC) or `UDP` (gossip).
+        protocol: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+    },
     /// The node is shutting down or not ready.
     #[error("node not ready: {reason}")]
     NotReady {
@@ -159,6 +172,7 @@ impl Error {
             Error::Io(_) | Error::Storage(_) => 500,
             Error::NotReady { .. } => 503,
             Error::Conflict { .. } => 409,
+            Error::PortInUse { .. } => 500,
             Error::Remote { status, .. } => *status,
             Error::Unreachable { .. } => 503,
         }
@@ -181,6 +195,7 @@ impl Error {
             Error::Storage(_) => "storage",
             Error::NotReady { .. } => "not_ready",
             Error::Conflict { .. } => "conflict",
+            Error::PortInUse { .. } => "port_in_use",
             Error::Remote { .. } => "remote",
             Error::Unreachable { .. } => "unreachable",
         }

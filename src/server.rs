@@ -174,9 +174,15 @@ impl RunningNode {
 }
 
 /// Binds TCP (and checks UDP) on `bind:port`; port 0 picks a port free for both.
+/// A port in use is named with its protocol.
 async fn bind(config: &NodeConfig) -> Result<TcpListener> {
     if config.port != 0 {
-        let listener = TcpListener::bind((config.bind, config.port)).await?;
+        let addr = SocketAddr::new(config.bind, config.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|e| port_error("TCP", addr, e))?;
+        // Gossip binds the same port over UDP later; say now if it cannot.
+        std::net::UdpSocket::bind(addr).map_err(|e| port_error("UDP", addr, e))?;
         return Ok(listener);
     }
     for _ in 0..PORT_PICK_ATTEMPTS {
@@ -189,6 +195,17 @@ async fn bind(config: &NodeConfig) -> Result<TcpListener> {
     Err(Error::Io(std::io::Error::other(
         "found no port free for both TCP and UDP",
     )))
+}
+
+/// The error of a port that cannot be bound, naming protocol and address.
+fn port_error(protocol: &'static str, addr: SocketAddr, err: std::io::Error) -> Error {
+    if err.kind() == std::io::ErrorKind::AddrInUse {
+        return Error::PortInUse { protocol, addr };
+    }
+    Error::Io(std::io::Error::new(
+        err.kind(),
+        format!("cannot bind {protocol} {addr}: {err}"),
+    ))
 }
 
 /// The node's tokens kept in its data dir, if it has joined before.

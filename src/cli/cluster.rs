@@ -215,6 +215,7 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
     let exe = std::env::current_exe().context("cannot find the ringkv binary")?;
     let mut children: Vec<(String, Child)> = Vec::new();
     for (i, node) in plan(&args)?.into_iter().enumerate() {
+        wait_ports_free(&node.id).await?;
         let mut command = Command::new(&exe);
         command
             .arg("serve")
@@ -289,6 +290,42 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long a taken port is tried again before the cluster gives up: an
+/// outgoing connection of any program may hold a port of the ephemeral
+/// range for a while after it closes.
+const PORT_RETRY: Duration = Duration::from_secs(5);
+
+/// Waits (up to [`PORT_RETRY`]) until the TCP and UDP ports of the node
+/// `id` (`host:port`) can be bound, so that a node fails to start only
+/// for a port that stays taken, and says which one.
+async fn wait_ports_free(id: &str) -> anyhow::Result<()> {
+    let (host, port) = id.rsplit_once(':').context("node without a port")?;
+    let port: u16 = port.parse().context("bad port")?;
+    let ip: std::net::IpAddr = host
+        .parse()
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let addr = std::net::SocketAddr::new(ip, port);
+    let deadline = tokio::time::Instant::now() + PORT_RETRY;
+    loop {
+        let taken = match std::net::TcpListener::bind(addr) {
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Some("TCP"),
+            _ => match std::net::UdpSocket::bind(addr) {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => Some("UDP"),
+                _ => None,
+            },
+        };
+        let Some(protocol) = taken else {
+            return Ok(());
+        };
+        if tokio::time::Instant::now() >= deadline {
+            return Err(crate::error::Error::PortInUse { protocol, addr }).context(format!(
+                "still taken after {PORT_RETRY:?}; use --base-port to pick other ports"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Waits until the node at `url` shows itself normal in its `/ring`.

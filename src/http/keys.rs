@@ -56,6 +56,7 @@ fn write_reply(key: &str, result: &WriteResult, deleted: bool) -> serde_json::Va
         "timestamp": result.version.timestamp,
         "replicas": result.replicas,
         "stored_on": result.stored_on,
+        "pending": result.pending,
     });
     if deleted {
         body["deleted"] = json!(true);
