@@ -54,6 +54,9 @@ pub struct NodeConfig {
     pub auto_remove_after: Option<Duration>,
     /// Keep hints for replicas that miss writes (F15).
     pub hints: bool,
+    /// Ring-version fencing of client reads and writes (off only in fault
+    /// tests, to show what it prevents).
+    pub ring_fence: bool,
     /// Periodic anti-entropy; `None`: only on demand.
     pub repair_interval: Option<Duration>,
     /// Periodic scrub of this node's data; `None`: never.

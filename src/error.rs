@@ -111,6 +111,18 @@ pub enum Error {
         /// What it contradicts, and what to do instead.
         reason: String,
     },
+    /// A replica refused a client's read or write planned on a ring that
+    /// places the key on other nodes than its own ring does.
+    #[error(
+        "the ring changed while the request was under way ({node} places the key elsewhere); try again"
+    )]
+    RingChanged {
+        /// The replica that refused.
+        node: NodeId,
+        /// Its view of the ring, encoded (`proto::RingView`), for the
+        /// coordinator to learn.
+        view: bytes::Bytes,
+    },
     /// A port this node must listen on is taken by another program.
     #[error(
         "{protocol} {addr} is in use: another program (or a connection still closing) holds it; \
@@ -172,6 +184,7 @@ impl Error {
             Error::Io(_) | Error::Storage(_) => 500,
             Error::NotReady { .. } => 503,
             Error::Conflict { .. } => 409,
+            Error::RingChanged { .. } => 503,
             Error::PortInUse { .. } => 500,
             Error::Remote { status, .. } => *status,
             Error::Unreachable { .. } => 503,
@@ -195,6 +208,7 @@ impl Error {
             Error::Storage(_) => "storage",
             Error::NotReady { .. } => "not_ready",
             Error::Conflict { .. } => "conflict",
+            Error::RingChanged { .. } => "ring_changed",
             Error::PortInUse { .. } => "port_in_use",
             Error::Remote { .. } => "remote",
             Error::Unreachable { .. } => "unreachable",
@@ -210,6 +224,7 @@ impl Error {
                 | Error::Rpc { .. }
                 | Error::NotReady { .. }
                 | Error::Unreachable { .. }
+                | Error::RingChanged { .. }
         ) || matches!(self, Error::Remote { status, .. } if *status == 503 || *status == 502 || *status == 504)
     }
 

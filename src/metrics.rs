@@ -154,6 +154,16 @@ struct Inner {
     streams: Family<DirectionLabels, Gauge>,
     /// Replica writes refused unapplied, by reason.
     refused_writes: Family<RefusalLabels, Counter>,
+    /// Client reads and writes refused because their coordinator planned
+    /// them on a ring that places the key elsewhere, by call.
+    fence_refusals: Family<FenceLabels, Counter>,
+}
+
+/// Labels naming the call a ring fence refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FenceLabels {
+    /// `write`, `write_stream` or `read`.
+    rpc: &'static str,
 }
 
 fn latency_histogram() -> Histogram {
@@ -238,6 +248,15 @@ impl Metrics {
             "Writes from coordinators this node refused without applying them: past their caller's deadline, or read just after this process was stopped (no ghost writes)",
             refused_writes.clone(),
         );
+        let fence_refusals = Family::<FenceLabels, Counter>::default();
+        for rpc in ["write", "write_stream", "read"] {
+            let _ = fence_refusals.get_or_create(&FenceLabels { rpc });
+        }
+        registry.register(
+            "ring_fence_refusals",
+            "Client reads and writes this replica refused because their coordinator planned them on a ring that places the key on other nodes (the coordinator learns this node's ring and asks again)",
+            fence_refusals.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -249,8 +268,17 @@ impl Metrics {
                 hints_delivered,
                 streams,
                 refused_writes,
+                fence_refusals,
             }),
         }
+    }
+
+    /// Counts a call refused by the ring fence.
+    pub fn fence_refused(&self, rpc: &'static str) {
+        self.inner
+            .fence_refusals
+            .get_or_create(&FenceLabels { rpc })
+            .inc();
     }
 
     /// Counts a replica write refused unapplied.

@@ -574,6 +574,21 @@ impl Ring {
     }
 }
 
+/// A hash of a set of replicas, order aside: two rings that give a key the
+/// same replicas give the same hash, so a replica can tell whether a
+/// request was planned on a ring that places the key elsewhere
+/// (ring-version fencing).
+pub fn replica_set_hash(nodes: &[NodeId]) -> u64 {
+    let mut set: Vec<&str> = nodes.iter().map(|n| n.as_str()).collect();
+    set.sort_unstable();
+    let mut bytes = Vec::new();
+    for node in set {
+        bytes.extend_from_slice(node.as_bytes());
+        bytes.push(0);
+    }
+    xxh3_64(&bytes)
+}
+
 fn digest_of(members: &BTreeMap<NodeId, Member>, replicas: usize, target: usize) -> u64 {
     let mut bytes = Vec::new();
     bytes.extend_from_slice(&(replicas as u64).to_be_bytes());
@@ -816,6 +831,34 @@ mod tests {
             let set: HashSet<_> = nodes.iter().collect();
             assert_eq!(set.len(), 3);
         }
+    }
+
+    #[test]
+    fn replica_set_hashes_change_only_where_a_join_moves_a_key() {
+        let members: Vec<Member> = (0..4).map(|i| member(i, "", 16)).collect();
+        let before = Ring::new(members.clone(), 3);
+        let mut joiner = member(4, "", 16);
+        joiner.state = MemberState::Normal;
+        let after = Ring::new(members.into_iter().chain([joiner]), 3);
+        let (mut same, mut moved) = (0, 0);
+        for k in 0..500 {
+            let key = format!("key{k}");
+            let (old, new) = (
+                before.nodes_of(key.as_bytes()),
+                after.nodes_of(key.as_bytes()),
+            );
+            let mut sorted = old.clone();
+            sorted.reverse();
+            assert_eq!(replica_set_hash(&old), replica_set_hash(&sorted));
+            if old.iter().all(|n| new.contains(n)) {
+                assert_eq!(replica_set_hash(&old), replica_set_hash(&new));
+                same += 1;
+            } else {
+                assert_ne!(replica_set_hash(&old), replica_set_hash(&new));
+                moved += 1;
+            }
+        }
+        assert!(same > 0 && moved > 0, "{same} {moved}");
     }
 
     #[test]

@@ -357,6 +357,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         CoordinatorOptions {
             max_value_size: config.max_value_size,
             hints: config.hints,
+            ring_fence: config.ring_fence,
         },
         metrics.clone(),
     );
@@ -384,6 +385,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             sync: Arc::new(lifecycle.clone()),
             stall: coordinator.stall_watch(),
             metrics: metrics.clone(),
+            fence: config.ring_fence.then(|| membership.clone()),
         })
         .max_decoding_message_size(MAX_RPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_RPC_MESSAGE_BYTES),

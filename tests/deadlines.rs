@@ -82,6 +82,7 @@ fn write(key: &str, value: &'static [u8]) -> Vec<u8> {
             checksum: Bytes::copy_from_slice(blake3::hash(value).as_bytes()),
         }),
         value: Bytes::from_static(value),
+        fence: None,
     }
     .encode_to_vec()
 }

@@ -300,7 +300,7 @@ async fn a_dead_node_is_removed_during_a_partition() {
         // Removed through node 0 while half the cluster is out of reach:
         // it may be refused (node 0 cannot re-replicate from there) with
         // 503 and a reason; then it is done once the partition heals.
-        let remove = format!("{}/ring/{}", cluster.url(0), cluster.nodes[4].id);
+        let remove = format!("{}/ring/{}?wait=5s", cluster.url(0), cluster.nodes[4].id);
         let during = cluster.http.delete(&remove).send().await.unwrap();
         let (status, body) = (during.status(), during.text().await.unwrap());
         eprintln!("remove during the partition: {status} {body}");
@@ -321,6 +321,105 @@ async fn a_dead_node_is_removed_during_a_partition() {
         live
     })
     .await;
+}
+
+/// Two nodes join a 3-node cluster while node 2's gossip is cut off (UDP
+/// only: clients and the node-to-node RPC still reach it), clients
+/// writing and reading through it more than through the others. The
+/// others see node 2 down and go on without it; node 2 keeps its old ring,
+/// in which the keys the joiners took are still on the old owners (and
+/// those purge them). `fence`: ring-version fencing on (the default) or
+/// off (the hidden `--no-ring-fence`).
+async fn gossip_cut_during_joins(fence: bool) -> (String, history::History, history::Verdict) {
+    let flags: Vec<String> = if fence {
+        Vec::new()
+    } else {
+        vec!["--no-ring-fence".into()]
+    };
+    let mut cluster = Cluster::start(Options {
+        nodes: 3,
+        netns: true,
+        flags: flags.clone(),
+        ..Options::default()
+    })
+    .await;
+    let seed = seed();
+    let label = format!("gossip cut during joins, fencing {fence}, seed {seed}");
+    let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
+    let workload = Workload::start(urls, "gossip-cut", 4, 10, Duration::from_secs(5), seed);
+    wait_progress(&workload, 50).await;
+    // Node 2 hears no gossip from anyone, the joiners included.
+    let net = cluster.net.as_mut().expect("namespaces");
+    for other in [0, 1, 3, 4] {
+        net.cut_udp(2, other);
+    }
+    wait_seen(&cluster, &[0, 1], &[2], "down").await;
+    let seed_node = cluster.nodes[0].id.clone();
+    let mut joiners = Vec::new();
+    for _ in 0..2 {
+        let mut join = flags.clone();
+        join.extend(["--join".to_string(), seed_node.clone()]);
+        joiners.push(cluster.spawn(join));
+    }
+    let moved_on = [0, 1, joiners[0], joiners[1]];
+    let joined =
+        tokio::time::timeout(DEADLINE, wait_seen(&cluster, &moved_on, &joiners, "normal")).await;
+    if joined.is_err() {
+        for &j in &joiners {
+            eprintln!(
+                "node {j} ring: {:#}",
+                cluster.ring(j).await.unwrap_or_default()
+            );
+            eprintln!("node {j} log:\n{}", cluster.log_tail(j));
+        }
+        panic!("the joiners did not turn normal");
+    }
+    // Clients go through node 2 half the time.
+    let target = |i: usize| cluster.url(i);
+    workload.set_targets(vec![
+        target(2),
+        target(2),
+        target(2),
+        target(0),
+        target(1),
+        target(joiners[0]),
+    ]);
+    hold_fault(&workload, 200).await;
+    let net = cluster.net.as_mut().expect("namespaces");
+    for other in [0, 1, 3, 4] {
+        net.heal_udp(2, other);
+    }
+    let everyone: Vec<usize> = (0..5).collect();
+    workload.set_targets(everyone.iter().map(|&i| cluster.url(i)).collect());
+    wait_seen(&cluster, &everyone, &everyone, "normal").await;
+    wait_progress(&workload, 50).await;
+    let history = workload.stop().await;
+    wait_for("a balance comparing every pair", DEADLINE, || async {
+        let summary = cluster.balance(0);
+        (summary["failed"].as_array().map(Vec::len) == Some(0)).then_some(())
+    })
+    .await;
+    let urls: Vec<String> = everyone.iter().map(|&i| cluster.url(i)).collect();
+    let verdict = history::verify(&cluster.http, &urls, &history).await;
+    (label, history, verdict)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_gossip_is_cut_plans_nothing_on_its_old_ring() {
+    let (label, history, verdict) = gossip_cut_during_joins(true).await;
+    history::assert_consistent(&label, &history, &verdict);
+}
+
+/// What fencing prevents: the same run with it off goes wrong.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_ring_fencing_a_node_whose_gossip_is_cut_serves_stale_reads() {
+    let (label, history, verdict) = gossip_cut_during_joins(false).await;
+    let line = history::summary(&history, &verdict);
+    eprintln!("{label}: {line}");
+    assert!(
+        !history.tally.stale.is_empty() || !verdict.violations.is_empty(),
+        "with fencing off the checker found nothing: {line}"
+    );
 }
 
 /// A tmpfs of `mib` MiB mounted at `dir`, unmounted on drop.

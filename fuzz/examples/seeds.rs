@@ -51,6 +51,7 @@ fn main() -> std::io::Result<()> {
                 WriteRequest {
                     meta: Some(meta("a", false, &value)),
                     value: value.clone(),
+                    fence: None,
                 }
                 .encode_to_vec(),
             ],
@@ -62,6 +63,7 @@ fn main() -> std::io::Result<()> {
                 WriteRequest {
                     meta: Some(meta("a", true, b"")),
                     value: Bytes::new(),
+                    fence: None,
                 }
                 .encode_to_vec(),
             ],
@@ -72,10 +74,12 @@ fn main() -> std::io::Result<()> {
             vec![
                 WriteChunk {
                     part: Some(write_chunk::Part::Header(meta("big", false, b""))),
+                    fence: None,
                 }
                 .encode_to_vec(),
                 WriteChunk {
                     part: Some(write_chunk::Part::Data(value.clone())),
+                    fence: None,
                 }
                 .encode_to_vec(),
                 WriteChunk {
@@ -83,6 +87,7 @@ fn main() -> std::io::Result<()> {
                         size: value.len() as u64,
                         checksum: Bytes::copy_from_slice(blake3::hash(&value).as_bytes()),
                     })),
+                    fence: None,
                 }
                 .encode_to_vec(),
             ],
@@ -94,6 +99,7 @@ fn main() -> std::io::Result<()> {
                 ReadRequest {
                     key: "a".into(),
                     inline_max: 1024,
+                    fence: None,
                 }
                 .encode_to_vec(),
             ],

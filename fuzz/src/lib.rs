@@ -26,7 +26,7 @@ use axum::body::Body;
 use axum::http;
 use bytes::Bytes;
 use http_body_util::BodyExt;
-use ringkv::membership::{PeerState, ReplicaSetting, cluster_replicas, ring_from_peers};
+use ringkv::membership::{PeerState, ReplicaSetting, cluster_replicas, merge, ring_from_peers};
 use ringkv::proto::{RecordMeta, StoredRecord};
 use ringkv::ring::{NodeId, Token, TokenRange, decode_tokens, encode_tokens};
 use ringkv::server::RunningNode;
@@ -345,10 +345,13 @@ pub fn rpc(data: &[u8]) {
     });
 }
 
-/// What peers publish in gossip, as lines: `@host:port generation live`
-/// starts a peer (live is `1`), `key=value` adds one of its keys. The ring
-/// built from it must place every key on distinct members, at most N of
-/// them, and every published value must parse or be ignored.
+/// What peers publish in gossip, as lines: `@host:port generation live
+/// [version]` starts a peer (live is `1`), `key=value` adds one of its
+/// keys. The ring built from it must place every key on distinct members,
+/// at most N of them, and every published value must parse or be ignored.
+/// The view as sent to another node over RPC (ring-version fencing) comes
+/// back the same, and merging it (with itself, or its two halves in either
+/// order) builds the same ring.
 pub fn gossip(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let mut peers: Vec<PeerState> = Vec::new();
@@ -359,6 +362,7 @@ pub fn gossip(data: &[u8]) {
                 node: words.next().unwrap_or_default().to_string(),
                 generation: words.next().and_then(|g| g.parse().ok()).unwrap_or(0),
                 live: words.next() == Some("1"),
+                version: words.next().and_then(|v| v.parse().ok()).unwrap_or(0),
                 keys: HashMap::new(),
             });
         } else if let (Some(peer), Some((key, value))) = (peers.last_mut(), line.split_once('=')) {
@@ -421,6 +425,28 @@ pub fn gossip(data: &[u8]) {
     }
     let _ = ring.movements();
     let _ = ring.load_shares();
+    // Fencing: the placement view survives the wire, and merges obey the
+    // laws that make views exchanged in any order converge.
+    let view = merge::placement_only(&peers);
+    let digest = |peers: &[PeerState]| ring_from_peers(peers, 3).digest();
+    let sent = merge::from_wire(merge::to_wire(&view));
+    if view.len() <= merge::MAX_VIEW_PEERS && view.iter().all(|p| p.keys.len() <= 256) {
+        assert_eq!(digest(&sent), digest(&view));
+    }
+    let merged = merge::merge(&view, &view);
+    assert_eq!(digest(&merge::merge(&merged, &merged)), digest(&merged));
+    let (left, right) = view.split_at(view.len() / 2);
+    assert_eq!(
+        digest(&merge::merge(left, right)),
+        digest(&merge::merge(right, left))
+    );
+    for key in [&b"a"[..], &data[..data.len().min(16)]] {
+        let nodes = ring.nodes_of(key);
+        assert_eq!(
+            ringkv::ring::replica_set_hash(&nodes),
+            ringkv::ring::replica_set_hash(&nodes.iter().rev().cloned().collect::<Vec<_>>())
+        );
+    }
     let me = NodeId::parse("127.0.0.1:7000").expect("a node id");
     let svg = ringkv::http::ring_svg(&ring, &me);
     assert!(

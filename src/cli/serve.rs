@@ -83,6 +83,11 @@ pub struct ServeArgs {
     /// read repair and anti-entropy (tests of those use it).
     #[arg(long)]
     pub no_hints: bool,
+    /// Turns ring-version fencing off: replicas take client reads and
+    /// writes planned on any ring (fault tests, to show what fencing
+    /// prevents).
+    #[arg(long, hide = true)]
+    pub no_ring_fence: bool,
     /// Compare this node's ranges with their other replicas (hash trees)
     /// about this often, jittered; `0` only on demand (`ringkv balance`).
     #[arg(long, value_parser = parse_duration, default_value = "10m")]
@@ -147,6 +152,7 @@ impl ServeArgs {
             stream_rate: self.stream_rate,
             auto_remove_after: self.auto_remove_after,
             hints: !self.no_hints,
+            ring_fence: !self.no_ring_fence,
             repair_interval: (!self.repair_interval.is_zero()).then_some(self.repair_interval),
             scrub_interval: (!self.scrub_interval.is_zero()).then_some(self.scrub_interval),
             scrub_rate: (self.scrub_rate > 0).then_some(self.scrub_rate),

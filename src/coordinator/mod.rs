@@ -54,15 +54,16 @@ use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
 use futures::stream::{BoxStream, FuturesUnordered};
 use futures::{FutureExt, Stream, StreamExt};
+use prost::Message;
 use tokio::sync::mpsc;
 
 pub use self::quorum::{Quorum, WritePlan};
 pub use self::stall::StallWatch;
 use crate::error::{Error, Result};
-use crate::membership::Membership;
+use crate::membership::{Membership, merge};
 use crate::metrics::{Direction, Metrics};
-use crate::proto::{ReadReply, RecordMeta, StoredRecord, WriteReply};
-use crate::ring::{NodeId, Ring};
+use crate::proto::{Fence, ReadReply, RecordMeta, RingView, StoredRecord, WriteReply};
+use crate::ring::{NodeId, Ring, replica_set_hash};
 use crate::rpc::{LocalReplica, Peers, ReplicaHandle, WriteMsg};
 use crate::storage::{CHUNK_SIZE_BYTES, INLINE_MAX_BYTES};
 use crate::version::{Clock, Version};
@@ -85,6 +86,9 @@ pub struct CoordinatorOptions {
     pub max_value_size: u64,
     /// Keep hints for replicas that miss a write (off with `--no-hints`).
     pub hints: bool,
+    /// Fence client reads and writes with the ring they were planned on
+    /// (off with the hidden `--no-ring-fence`, for fault tests).
+    pub ring_fence: bool,
 }
 
 /// What a successful write (or delete) reports.
@@ -138,6 +142,17 @@ struct Stamped {
     written: WriteResult,
     newer: Option<Version>,
 }
+
+/// A write too few replicas stored: those that did, and the failures (a
+/// ring-fence refusal among them means asking again on a newer ring).
+struct Refused {
+    acked: Vec<NodeId>,
+    failed: Vec<(NodeId, Error)>,
+}
+
+/// How often a client's read or write is planned again after replicas
+/// said the ring changed (each time the coordinator learns their ring).
+const FENCE_ATTEMPTS: usize = 3;
 
 /// How long a streamed write waits for a replica's version before it
 /// stamps its own.
@@ -236,10 +251,10 @@ impl Coordinator {
         }
     }
 
-    /// The replicas of `key` and the replication factor, for a read.
-    fn placement(&self, key: &str) -> Result<(Vec<NodeId>, usize)> {
+    /// The replicas of `key` on `ring` and the replication factor, for a
+    /// read.
+    fn placement(&self, ring: &Ring, key: &str) -> Result<(Vec<NodeId>, usize)> {
         crate::key::validate(key)?;
-        let ring = self.ring();
         let nodes = ring.nodes_of(key.as_bytes());
         if nodes.is_empty() {
             return Err(no_members());
@@ -247,14 +262,60 @@ impl Coordinator {
         Ok((nodes, ring.replicas()))
     }
 
-    /// Where a write of `key` goes and what makes it succeed.
-    fn write_plan(&self, key: &str, w: Quorum) -> Result<WritePlan> {
+    /// Where a write of `key` goes on `ring` (and this node's last agreed
+    /// ring, `agreed`) and what makes it succeed.
+    fn write_plan(&self, ring: &Ring, agreed: &Ring, key: &str, w: Quorum) -> Result<WritePlan> {
         crate::key::validate(key)?;
-        let plan = WritePlan::new(&self.ring(), key.as_bytes(), w)?;
+        let plan = WritePlan::new(ring, agreed, key.as_bytes(), w)?;
         if plan.replicas.is_empty() {
             return Err(no_members());
         }
         Ok(plan)
+    }
+
+    /// The fence of a client's read or write planned on `ring` and
+    /// `agreed`, needing a quorum of each of `sets` (replica set hashes);
+    /// with `view` (asking again after a refusal), this node's view of the
+    /// ring goes with it, so that a replica whose ring lags learns it.
+    /// `None` with fencing off.
+    fn fence(&self, ring: &Ring, agreed: &Ring, sets: Vec<u64>, view: bool) -> Option<Fence> {
+        self.inner.options.ring_fence.then(|| Fence {
+            digest: ring.digest(),
+            agreed: agreed.digest(),
+            sets,
+            view: view.then(|| merge::to_wire(&self.inner.membership.ring_view())),
+        })
+    }
+
+    /// The current ring and the last agreed one.
+    fn rings(&self) -> (Arc<Ring>, Arc<Ring>) {
+        let membership = &self.inner.membership;
+        (membership.ring(), membership.agreed_ring())
+    }
+
+    /// Learns the ring views replicas sent with their refusals (see
+    /// `rpc/service.rs`); true when there was one to learn.
+    async fn learn_from<'a>(&self, failures: impl IntoIterator<Item = &'a Error>) -> bool {
+        let mut learned = Vec::new();
+        for failure in failures {
+            if let Error::RingChanged { node, view } = failure {
+                match RingView::decode(view.clone()) {
+                    Ok(view) => learned = merge::merge(&learned, &merge::from_wire(view)),
+                    Err(err) => {
+                        tracing::warn!(%node, %err, "a replica sent a ring view that does not decode")
+                    }
+                }
+            }
+        }
+        if learned.is_empty() {
+            return false;
+        }
+        tracing::debug!(
+            peers = learned.len(),
+            "a replica places a key elsewhere: learning its ring"
+        );
+        self.inner.membership.learn(learned).await;
+        true
     }
 
     /// Keeps a write `target` missed, to deliver when it is back.
@@ -304,7 +365,8 @@ impl Coordinator {
         body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
         w: Quorum,
     ) -> Result<WriteResult> {
-        let plan = self.write_plan(key, w)?;
+        let (ring, agreed) = self.rings();
+        self.write_plan(&ring, &agreed, key, w)?;
         let version = self.inner.clock.now();
         let header = RecordMeta {
             key: key.to_string(),
@@ -320,18 +382,20 @@ impl Coordinator {
             let mut meta = header;
             meta.size = first.len() as u64;
             meta.checksum = Bytes::copy_from_slice(blake3::hash(&first).as_bytes());
-            return self.write_whole(meta, first, plan).await;
+            return self.write_whole(meta, first, w).await;
         }
         // A streamed body cannot be sent again under a new stamp (see
-        // `write_whole`): the clock first moves past what the replicas hold.
+        // `write_whole`): the clock first moves past what the replicas hold
+        // (and the ring, should a replica place the key elsewhere).
         let mut header = header;
-        if let Some(held) = self.newest_held(key, &plan.replicas).await
+        let (held, plan, fence) = self.newest_held(key, w).await?;
+        if let Some(held) = held
             && held >= header.version()
             && self.inner.clock.observe(held)
         {
             header.version = Some(self.inner.clock.now().into());
         }
-        self.write_streamed(header, first, body, plan).await
+        self.write_streamed(header, first, body, plan, fence).await
     }
 
     /// Writes a tombstone for `key` on W of its replicas.
@@ -345,7 +409,8 @@ impl Coordinator {
     }
 
     async fn write_tombstone(&self, key: &str, w: Quorum) -> Result<WriteResult> {
-        let plan = self.write_plan(key, w)?;
+        let (ring, agreed) = self.rings();
+        self.write_plan(&ring, &agreed, key, w)?;
         let version = self.inner.clock.now();
         let meta = RecordMeta {
             key: key.to_string(),
@@ -355,7 +420,7 @@ impl Coordinator {
             size: 0,
             checksum: Bytes::new(),
         };
-        self.write_whole(meta, Bytes::new(), plan).await
+        self.write_whole(meta, Bytes::new(), w).await
     }
 
     /// Reads up to `limit` bytes from the body (the first piece), enforcing
@@ -405,21 +470,55 @@ impl Coordinator {
         Ok((piece, ended))
     }
 
-    /// The newest version of `key` any of the live `replicas` holds, asked
+    /// The newest version of `key` any of its live replicas holds, asked
     /// in parallel (those that do not answer within [`PROBE_TIMEOUT`] are
-    /// left out).
-    async fn newest_held(&self, key: &str, replicas: &[NodeId]) -> Option<Version> {
-        let ring = self.ring();
-        let asks = replicas.iter().filter(|n| ring.is_live(n)).map(|node| {
-            let replica = self.replica(node);
-            async move { tokio::time::timeout(PROBE_TIMEOUT, replica.read(key, 0)).await }
-        });
-        futures::future::join_all(asks)
-            .await
-            .into_iter()
-            .filter_map(|reply| reply.ok()?.ok()?.meta)
-            .map(|meta| meta.version())
-            .max()
+    /// left out), and the plan of the write: the probe is fenced, so that a
+    /// streamed write starts on the ring its replicas place the key on.
+    async fn newest_held(
+        &self,
+        key: &str,
+        w: Quorum,
+    ) -> Result<(Option<Version>, WritePlan, Option<Fence>)> {
+        let mut fenced = 0;
+        loop {
+            let (ring, agreed) = self.rings();
+            let plan = self.write_plan(&ring, &agreed, key, w)?;
+            // The probe reads where the write goes: fenced like the write.
+            let fence = self.fence(&ring, &agreed, plan.set_hashes(), fenced > 0);
+            let read_fence = self.fence(
+                &ring,
+                &agreed,
+                vec![replica_set_hash(&plan.replicas)],
+                fenced > 0,
+            );
+            let asks = plan
+                .replicas
+                .iter()
+                .filter(|n| ring.is_live(n))
+                .map(|node| {
+                    let (replica, fence) = (self.replica(node), read_fence.clone());
+                    async move {
+                        tokio::time::timeout(PROBE_TIMEOUT, replica.read_fenced(key, 0, fence))
+                            .await
+                    }
+                });
+            let replies: Vec<Result<ReadReply>> = futures::future::join_all(asks)
+                .await
+                .into_iter()
+                .filter_map(|reply| reply.ok())
+                .collect();
+            let refusals = replies.iter().filter_map(|r| r.as_ref().err());
+            if fenced < FENCE_ATTEMPTS && self.learn_from(refusals).await {
+                fenced += 1;
+                continue;
+            }
+            let held = replies
+                .into_iter()
+                .filter_map(|reply| reply.ok()?.meta)
+                .map(|meta| meta.version())
+                .max();
+            return Ok((held, plan, fence));
+        }
     }
 
     /// Writes a whole value or a tombstone as `plan` says.
@@ -432,20 +531,48 @@ impl Coordinator {
     /// again and resent, so that what is acknowledged last wins. Any two
     /// write quorums share a replica, so a write acknowledged before this
     /// one began is always seen.
+    ///
+    /// A replica whose ring places the key elsewhere refuses the write (see
+    /// `rpc/service.rs`): the coordinator learns its ring and sends the
+    /// write again, planned anew, to the nodes of the new plan that do not
+    /// hold it yet, with its own view of the ring for replicas that lag.
     async fn write_whole(
         &self,
         mut meta: RecordMeta,
         value: Bytes,
-        plan: WritePlan,
+        w: Quorum,
     ) -> Result<WriteResult> {
         let mut attempt = 0;
+        let mut fenced = 0;
+        // Nodes that stored this version (kept across fence refusals).
+        let mut acked: Vec<NodeId> = Vec::new();
         loop {
-            let result = self
-                .write_whole_once(meta.clone(), value.clone(), &plan)
-                .await?;
+            let (ring, agreed) = self.rings();
+            let plan = self.write_plan(&ring, &agreed, &meta.key, w)?;
+            let fence = self.fence(&ring, &agreed, plan.set_hashes(), fenced > 0);
+            let sent = self
+                .write_whole_once(meta.clone(), value.clone(), &plan, fence, &acked)
+                .await;
+            let result = match sent {
+                Err(Refused {
+                    acked: stored,
+                    failed,
+                }) => {
+                    if fenced < FENCE_ATTEMPTS
+                        && self.learn_from(failed.iter().map(|(_, e)| e)).await
+                    {
+                        fenced += 1;
+                        acked = stored;
+                        continue;
+                    }
+                    return Err(quorum_error(plan.shortfall(&stored).0, stored, failed));
+                }
+                Ok(result) => result,
+            };
             let Some(newer) = result.newer else {
                 return Ok(result.written);
             };
+            acked.clear();
             attempt += 1;
             if attempt > RESTAMP_ATTEMPTS || !self.inner.clock.observe(newer) {
                 return Err(Error::NotReady {
@@ -461,20 +588,34 @@ impl Coordinator {
         }
     }
 
+    /// Sends the write to the nodes of `plan` not in `already` (which hold
+    /// it) until the plan is satisfied; the nodes that hold it and the
+    /// failures when it is not.
     async fn write_whole_once(
         &self,
         meta: RecordMeta,
         value: Bytes,
         plan: &WritePlan,
-    ) -> Result<Stamped> {
+        fence: Option<Fence>,
+        already: &[NodeId],
+    ) -> std::result::Result<Stamped, Refused> {
         let version = meta.version();
         let mut calls: Calls<WriteReply> = plan
             .nodes()
+            .filter(|node| !already.contains(node))
             .map(|node| {
-                let (this, meta, value, node) =
-                    (self.clone(), meta.clone(), value.clone(), node.clone());
+                let (this, meta, value, node, fence) = (
+                    self.clone(),
+                    meta.clone(),
+                    value.clone(),
+                    node.clone(),
+                    fence.clone(),
+                );
                 async move {
-                    let result = this.replica(&node).write(meta.clone(), value.clone()).await;
+                    let handle = this.replica(&node);
+                    let result = handle
+                        .write_fenced(meta.clone(), value.clone(), fence)
+                        .await;
                     if let Err(err) = &result {
                         this.hint(&node, &meta, Some(&value), err);
                     }
@@ -483,7 +624,7 @@ impl Coordinator {
                 .boxed()
             })
             .collect();
-        let (ok, failed) = gather(&mut calls, |ok| plan.satisfied(ok)).await;
+        let (ok, failed) = gather(&mut calls, |ok| plan.satisfied(ok.iter().chain(already))).await;
         let newer = ok
             .iter()
             .filter(|(_, reply)| !reply.applied)
@@ -494,9 +635,10 @@ impl Coordinator {
             // The replicas slower than the quorum still get the write.
             tokio::spawn(async move { while calls.next().await.is_some() {} });
         }
-        let acked: Vec<NodeId> = ok.into_iter().map(|(n, _)| n).collect();
+        let mut acked: Vec<NodeId> = already.to_vec();
+        acked.extend(ok.into_iter().map(|(n, _)| n));
         if !plan.satisfied(&acked) {
-            return Err(quorum_error(plan.shortfall(&acked).0, acked, failed));
+            return Err(Refused { acked, failed });
         }
         Ok(Stamped {
             written: WriteResult::new(version, plan, &acked),
@@ -511,6 +653,7 @@ impl Coordinator {
         first: Bytes,
         mut body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
         plan: WritePlan,
+        fence: Option<Fence>,
     ) -> Result<WriteResult> {
         let _streaming = self.inner.metrics.stream_started(Direction::In);
         let version = header.version();
@@ -520,8 +663,9 @@ impl Coordinator {
             let (tx, rx) = mpsc::channel(STREAM_QUEUE_PIECES);
             let handle = self.replica(node);
             let (header, result_tx, node2) = (header.clone(), result_tx.clone(), node.clone());
+            let fence = fence.clone();
             tokio::spawn(async move {
-                let result = handle.write_stream(header, rx).await;
+                let result = handle.write_stream(header, fence, rx).await;
                 let _ = result_tx.send((node2, result.map(|_| ())));
             });
             streams.push((node.clone(), tx));
@@ -563,7 +707,22 @@ impl Coordinator {
         )
         .await;
         drop(streams);
-        let (acked, rest) = await_quorum(result_rx, &plan).await?;
+        let (acked, rest) = match await_quorum(result_rx, &plan).await {
+            Ok(done) => done,
+            Err(Refused { acked, failed }) => {
+                // A stream cannot be sent again: the client is told to.
+                if self.learn_from(failed.iter().map(|(_, e)| e)).await {
+                    return Err(Error::NotReady {
+                        reason: format!(
+                            "the ring changed while {} streamed in: its replicas place it on \
+                             other nodes now; send it again",
+                            header.key
+                        ),
+                    });
+                }
+                return Err(quorum_error(plan.shortfall(&acked).0, acked, failed));
+            }
+        };
         // Replicas that failed the write get a hint with the whole record.
         let mut meta = header;
         meta.size = size;
@@ -586,23 +745,43 @@ impl Coordinator {
     }
 
     async fn read_newest(&self, key: &str, r: Quorum) -> Result<ReadResult> {
-        let (replicas, n) = self.placement(key)?;
-        let needed = r.count(n)?;
-        let mut calls: Calls<ReadReply> = replicas
-            .iter()
-            .map(|node| {
-                let (handle, node, key) = (self.replica(node), node.clone(), key.to_string());
-                async move { (node, handle.read(&key, INLINE_MAX_BYTES as u64).await) }.boxed()
-            })
-            .collect();
-        let (mut answers, failed) = gather(&mut calls, |ok| ok.len() >= needed).await;
-        if answers.len() < needed {
+        let mut fenced = 0;
+        let (mut answers, failed, calls) = loop {
+            let (ring, agreed) = self.rings();
+            let (replicas, n) = self.placement(&ring, key)?;
+            let needed = r.count(n)?;
+            let sets = vec![replica_set_hash(&replicas)];
+            let fence = self.fence(&ring, &agreed, sets, fenced > 0);
+            let mut calls: Calls<ReadReply> = replicas
+                .iter()
+                .map(|node| {
+                    let (handle, node, key) = (self.replica(node), node.clone(), key.to_string());
+                    let fence = fence.clone();
+                    async move {
+                        let reply = handle
+                            .read_fenced(&key, INLINE_MAX_BYTES as u64, fence)
+                            .await;
+                        (node, reply)
+                    }
+                    .boxed()
+                })
+                .collect();
+            let (answers, failed) = gather(&mut calls, |ok| ok.len() >= needed).await;
+            if answers.len() >= needed {
+                break (answers, failed, calls);
+            }
+            // Replicas that place the key elsewhere: learn their ring and
+            // read again where it says.
+            if fenced < FENCE_ATTEMPTS && self.learn_from(failed.iter().map(|(_, e)| e)).await {
+                fenced += 1;
+                continue;
+            }
             return Err(quorum_error(
                 needed,
                 answers.into_iter().map(|(n, _)| n).collect(),
                 failed,
             ));
-        }
+        };
         // Replicas whose copy was corrupt have dropped it: for read repair
         // they hold nothing (they are not among the answers that make R).
         let corrupt: Vec<(NodeId, ReadReply)> = failed
@@ -793,7 +972,7 @@ impl Coordinator {
         let mut header = meta.clone();
         header.size = 0;
         header.checksum = Bytes::new();
-        let write = tokio::spawn(async move { handle.write_stream(header, rx).await });
+        let write = tokio::spawn(async move { handle.write_stream(header, None, rx).await });
         while let Some(piece) = pieces.next().await {
             if tx.send(WriteMsg::Data(piece?)).await.is_err() {
                 break;
@@ -1038,7 +1217,7 @@ impl Failures {
 async fn await_quorum(
     mut rx: mpsc::UnboundedReceiver<(NodeId, Result<()>)>,
     plan: &WritePlan,
-) -> Result<(Vec<NodeId>, Failures)> {
+) -> std::result::Result<(Vec<NodeId>, Failures), Refused> {
     let mut ok = Vec::new();
     let mut failed = Vec::new();
     while !plan.satisfied(&ok) && ok.len() + failed.len() < plan.len() {
@@ -1052,7 +1231,7 @@ async fn await_quorum(
         }
     }
     if !plan.satisfied(&ok) {
-        return Err(quorum_error(plan.shortfall(&ok).0, ok, failed));
+        return Err(Refused { acked: ok, failed });
     }
     Ok((ok, Failures { seen: failed, rx }))
 }

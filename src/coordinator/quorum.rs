@@ -6,7 +6,7 @@
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::ring::{NodeId, Ring};
+use crate::ring::{NodeId, Ring, replica_set_hash};
 
 /// How many replicas must answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -47,10 +47,13 @@ impl Quorum {
 /// Where one write goes and when it has succeeded: W of the key's current
 /// replicas and, while a transition is under way, also W of the replicas it
 /// will have once the transition is over (a joint quorum, as Garage does
-/// over layout versions).
+/// over layout versions); and, until every member is seen on this node's
+/// ring, W of the replicas the last agreed ring gives the key, which a
+/// member that has not caught up yet still reads from.
 ///
 /// Whichever way the transition ends, W of the key's replicas then hold
-/// every acknowledged write, so a read of R with W + R > N sees it. Unlike
+/// every acknowledged write, and a reader on any ring a live member may
+/// still use finds it, so a read of R with W + R > N sees it. Unlike
 /// asking W + (number of pending replicas) answers, a pending replica that
 /// is down costs nothing as long as W of each set answer: with one of the
 /// nodes involved down, a write succeeds (its copy becomes a hint).
@@ -64,35 +67,68 @@ pub struct WritePlan {
     /// The key's replicas once the transition is over (`replicas` outside
     /// transitions).
     pub target: Vec<NodeId>,
+    /// The key's replicas in the last ring every member was seen on, when
+    /// they differ from `replicas` and `target` (else empty).
+    pub previous: Vec<NodeId>,
     /// Acknowledgements needed among `replicas`.
     pub needed: usize,
     /// Acknowledgements needed among `target`.
     pub target_needed: usize,
+    /// Acknowledgements needed among `previous`.
+    pub previous_needed: usize,
 }
 
 impl WritePlan {
-    /// The plan for `key` on `ring` with write quorum `w`.
-    pub fn new(ring: &Ring, key: &[u8], w: Quorum) -> Result<WritePlan> {
+    /// The plan for `key` on `ring` with write quorum `w`; `agreed` is the
+    /// last ring every member was seen on.
+    pub fn new(ring: &Ring, agreed: &Ring, key: &[u8], w: Quorum) -> Result<WritePlan> {
         let replicas = ring.nodes_of(key);
         let pending = ring.pending_of(key);
         let target = ring.target_nodes_of(key);
+        let mut previous = agreed.nodes_of(key);
+        let same =
+            |a: &[NodeId], b: &[NodeId]| a.len() == b.len() && a.iter().all(|n| b.contains(n));
+        if same(&previous, &replicas) || same(&previous, &target) {
+            previous.clear();
+        }
         Ok(WritePlan {
             needed: w.count(ring.replicas())?,
             target_needed: w.count_clamped(ring.target_replicas()),
+            previous_needed: w.count_clamped(agreed.replicas()),
             replicas,
             pending,
             target,
+            previous,
         })
     }
 
-    /// Every node the write is sent to: the replicas, then the pending ones.
+    /// Every node the write is sent to: the replicas, then the pending
+    /// ones, then those of the previous ring that are neither.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
-        self.replicas.iter().chain(&self.pending)
+        let extra = self
+            .previous
+            .iter()
+            .filter(|n| !self.replicas.contains(n) && !self.pending.contains(n));
+        self.replicas.iter().chain(&self.pending).chain(extra)
     }
 
     /// How many nodes the write is sent to.
     pub fn len(&self) -> usize {
-        self.replicas.len() + self.pending.len()
+        self.nodes().count()
+    }
+
+    /// The sets whose quorums make the write (each a [`replica_set_hash`]),
+    /// for the replicas' ring fence.
+    pub fn set_hashes(&self) -> Vec<u64> {
+        let mut sets = vec![
+            replica_set_hash(&self.replicas),
+            replica_set_hash(&self.target),
+        ];
+        if !self.previous.is_empty() {
+            sets.push(replica_set_hash(&self.previous));
+        }
+        sets.dedup();
+        sets
     }
 
     /// Whether the write goes nowhere (a ring without members).
@@ -109,7 +145,9 @@ impl WritePlan {
                 .filter(|n| set.contains(n))
                 .count()
         };
-        count(&self.replicas) >= self.needed && count(&self.target) >= self.target_needed
+        count(&self.replicas) >= self.needed
+            && count(&self.target) >= self.target_needed
+            && (self.previous.is_empty() || count(&self.previous) >= self.previous_needed)
     }
 
     /// The set `acked` falls short in, as (needed, got), for the error.
@@ -125,10 +163,13 @@ impl WritePlan {
                 .count()
         };
         let now = count(&self.replicas);
+        let target = count(&self.target);
         if now < self.needed {
             (self.needed, now)
+        } else if target < self.target_needed {
+            (self.target_needed, target)
         } else {
-            (self.target_needed, count(&self.target))
+            (self.previous_needed, count(&self.previous))
         }
     }
 }
@@ -178,8 +219,10 @@ mod tests {
             replicas: ids(&["a:1", "b:1", "c:1"]),
             pending: ids(&["d:1"]),
             target: ids(&["a:1", "b:1", "d:1"]),
+            previous: Vec::new(),
             needed: 2,
             target_needed: 2,
+            previous_needed: 2,
         }
     }
 
@@ -203,13 +246,35 @@ mod tests {
     }
 
     #[test]
+    fn until_every_member_left_the_previous_ring_its_replicas_get_w_too() {
+        // d turned normal (replacing c) on this node's ring; some member
+        // may still read a, b, c.
+        let plan = WritePlan {
+            replicas: ids(&["a:1", "b:1", "d:1"]),
+            pending: Vec::new(),
+            target: ids(&["a:1", "b:1", "d:1"]),
+            previous: ids(&["a:1", "b:1", "c:1"]),
+            needed: 2,
+            target_needed: 2,
+            previous_needed: 2,
+        };
+        assert_eq!(plan.nodes().count(), 4);
+        assert!(!plan.satisfied(&ids(&["b:1", "d:1"])));
+        assert!(plan.satisfied(&ids(&["b:1", "d:1", "c:1"])));
+        assert!(plan.satisfied(&ids(&["a:1", "b:1"])));
+        assert_eq!(plan.set_hashes().len(), 2);
+    }
+
+    #[test]
     fn outside_a_transition_the_plan_is_w_of_n() {
         let plan = WritePlan {
             replicas: ids(&["a:1", "b:1", "c:1"]),
             pending: Vec::new(),
             target: ids(&["a:1", "b:1", "c:1"]),
+            previous: Vec::new(),
             needed: 2,
             target_needed: 2,
+            previous_needed: 2,
         };
         assert!(plan.satisfied(&ids(&["b:1", "c:1"])));
         assert!(!plan.satisfied(&ids(&["b:1"])));

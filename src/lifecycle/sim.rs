@@ -134,6 +134,7 @@ impl Sim {
         let mut peers = vec![PeerState {
             node: me.id.to_string(),
             generation: me.generation,
+            version: me.version.1,
             live: true,
             keys: me.keys.clone().into_iter().collect(),
         }];
@@ -144,6 +145,7 @@ impl Sim {
             peers.push(PeerState {
                 node: node.id.to_string(),
                 generation: 0,
+                version: 0,
                 live: node.up,
                 keys: keys.clone().into_iter().collect(),
             });

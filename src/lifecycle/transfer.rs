@@ -326,7 +326,15 @@ impl Transfers {
                 None if meta.deleted => {
                     local.write(meta, Bytes::new()).await?;
                 }
-                None => self.stream_value(lifecycle, source, meta).await?,
+                None => match self.stream_value(lifecycle, source, meta).await {
+                    Ok(()) => {}
+                    // Overwritten (or deleted) at the source since the scan
+                    // listed it: the newer write was sent here too, as this
+                    // node already was a replica-to-be (or is kept as a
+                    // hint for it).
+                    Err(Error::NotFound { .. }) => continue,
+                    Err(err) => return Err(err),
+                },
             }
             self.update(|p| {
                 p.keys += 1;

@@ -37,6 +37,8 @@ use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
 use tokio::sync::{Mutex, watch};
 
+pub mod merge;
+
 use crate::error::{Error, Result};
 use crate::ring::{
     Member, MemberState, NodeId, Ring, Token, allocate_tokens, decode_tokens, encode_tokens,
@@ -108,6 +110,8 @@ pub struct MembershipOptions {
 
 /// How often the ring is rebuilt from the gossip state.
 const REFRESH_INTERVAL_MS: u64 = 100;
+/// Longest wait for the ring to be rebuilt after learning a view.
+const LEARN_WAIT: Duration = Duration::from_millis(500);
 
 /// What gossip says about one peer, the input of [`ring_from_peers`].
 #[derive(Debug, Clone, Default)]
@@ -116,6 +120,9 @@ pub struct PeerState {
     pub node: String,
     /// Incremented on every restart of the peer.
     pub generation: u64,
+    /// The peer's gossip version (it grows with every change of its keys):
+    /// of two copies of one instance, the higher is newer.
+    pub version: u64,
     /// Whether the failure detector believes it is up.
     pub live: bool,
     /// The keys it published.
@@ -199,11 +206,12 @@ pub fn tokens_hash(tokens: &[Token]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(encode_tokens(tokens).as_bytes())
 }
 
-/// The instance of each node to believe: up before down, with tokens before
-/// without (a newcomer wrongly using a member's `host:port` does not hide
-/// it), then the newest generation.
+/// The instance of each node to believe: with tokens before without (a
+/// restarted member owns its ranges until it has announced its tokens
+/// again, and a newcomer wrongly using a member's `host:port` does not hide
+/// it), then up before down, then the newest generation.
 fn newest_instances(peers: &[PeerState]) -> BTreeMap<&str, &PeerState> {
-    let rank = |p: &PeerState| (p.live, p.keys.contains_key(KEY_TOKENS), p.generation);
+    let rank = |p: &PeerState| (p.keys.contains_key(KEY_TOKENS), p.live, p.generation);
     let mut newest: BTreeMap<&str, &PeerState> = BTreeMap::new();
     for peer in peers {
         let entry = newest.entry(peer.node.as_str()).or_insert(peer);
@@ -328,6 +336,18 @@ pub struct Membership {
     fatal: watch::Receiver<Option<String>>,
     /// Keeps the node's identity.
     keep: IdentitySink,
+    /// Ring views learned from other nodes over RPC (ring-version fencing),
+    /// merged into what gossip says; shared with the refresh task.
+    learned: Arc<std::sync::Mutex<Vec<PeerState>>>,
+    /// The placement part of the last view the ring was built from.
+    placement: Arc<std::sync::Mutex<Vec<PeerState>>>,
+    /// Wakes the refresh task early (something was learned).
+    refresh_now: Arc<tokio::sync::Notify>,
+    /// Counts the refresh task's rounds, so that a caller can wait for one.
+    rounds: watch::Receiver<u64>,
+    /// The last ring every live member was seen to publish (see
+    /// [`Membership::agreed_ring`]).
+    agreed_ring: Arc<std::sync::Mutex<Arc<Ring>>>,
 }
 
 impl Membership {
@@ -392,6 +412,14 @@ impl Membership {
         let (tx, rx) = watch::channel(Arc::new(Ring::new(Vec::new(), options.replicas)));
         let (fatal_tx, fatal_rx) = watch::channel(None);
         let view = Arc::new(std::sync::Mutex::new(View::default()));
+        let learned = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let placement = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let refresh_now = Arc::new(tokio::sync::Notify::new());
+        let (rounds_tx, rounds) = watch::channel(0);
+        let agreed_ring = Arc::new(std::sync::Mutex::new(Arc::new(Ring::new(
+            Vec::new(),
+            options.replicas,
+        ))));
         let refresh = Refresh {
             chitchat: handle.chitchat(),
             tx,
@@ -400,6 +428,11 @@ impl Membership {
             options: options.clone(),
             ready: ready.clone(),
             heard: HashMap::new(),
+            learned: learned.clone(),
+            placement: placement.clone(),
+            refresh_now: refresh_now.clone(),
+            rounds: rounds_tx,
+            agreed_ring: agreed_ring.clone(),
         };
         tokio::spawn(refresh.run());
         Ok(Membership {
@@ -410,7 +443,51 @@ impl Membership {
             ready,
             fatal: fatal_rx,
             keep: options.keep.clone(),
+            learned,
+            placement,
+            refresh_now,
+            rounds,
+            agreed_ring,
         })
+    }
+
+    /// The last ring this node saw every live member publish, with a
+    /// majority of the members live: until every member is seen to have
+    /// left it, writes still go to W of its replicas of a key too, since a
+    /// member still on it reads from them. A node cut off from most of the
+    /// cluster keeps the ring it last saw agreed.
+    pub fn agreed_ring(&self) -> Arc<Ring> {
+        self.agreed_ring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The placement part of what this node knows of the ring (gossip and
+    /// what it learned), to send a node whose ring differs.
+    pub fn ring_view(&self) -> Vec<PeerState> {
+        self.placement
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Merges a ring view another node sent into what this node knows, and
+    /// waits (briefly) until the ring is rebuilt from it. A node whose
+    /// gossip is cut off still learns this way, from the replicas it talks
+    /// to.
+    pub async fn learn(&self, view: Vec<PeerState>) {
+        {
+            let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+            let merged = merge::merge(&learned, &view);
+            *learned = merged;
+            let excess = learned.len().saturating_sub(merge::MAX_VIEW_PEERS);
+            learned.drain(..excess);
+        }
+        let mut rounds = self.rounds.clone();
+        let seen = *rounds.borrow_and_update();
+        self.refresh_now.notify_one();
+        let _ = tokio::time::timeout(LEARN_WAIT, rounds.wait_for(|round| *round > seen)).await;
     }
 
     /// This node.
@@ -613,6 +690,16 @@ struct Refresh {
     ready: Arc<AtomicBool>,
     /// Each instance's last heartbeat and when it changed.
     heard: HashMap<ChitchatId, (u64, Instant)>,
+    /// Views learned over RPC (see [`Membership::learn`]).
+    learned: Arc<std::sync::Mutex<Vec<PeerState>>>,
+    /// Where the placement view of each round is kept.
+    placement: Arc<std::sync::Mutex<Vec<PeerState>>>,
+    /// Wakes a round early.
+    refresh_now: Arc<tokio::sync::Notify>,
+    /// Counts rounds.
+    rounds: watch::Sender<u64>,
+    /// Where the last agreed ring is kept.
+    agreed_ring: Arc<std::sync::Mutex<Arc<Ring>>>,
 }
 
 impl Refresh {
@@ -621,7 +708,10 @@ impl Refresh {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut last_wait_log = Instant::now();
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.refresh_now.notified() => {}
+            }
             if self.tx.is_closed() {
                 return;
             }
@@ -644,6 +734,7 @@ impl Refresh {
                 }
             }
             self.publish(&peers).await;
+            self.rounds.send_modify(|round| *round += 1);
         }
     }
 
@@ -664,6 +755,7 @@ impl Refresh {
             peers.push(PeerState {
                 node: id.node_id.to_string(),
                 generation: id.generation_id,
+                version: state.max_version(),
                 live: is_self || live.contains(id) || !silent,
                 keys: state
                     .key_values()
@@ -742,9 +834,29 @@ impl Refresh {
         }
     }
 
-    /// Builds the ring; publishes it, its digest and the view.
+    /// Builds the ring from gossip and what was learned over RPC;
+    /// publishes it, its digest and the view.
     async fn publish(&mut self, peers: &[PeerState]) {
-        let ring = ring_from_peers(peers, self.options.replicas);
+        let placement = {
+            let mut learned = self.learned.lock().unwrap_or_else(|p| p.into_inner());
+            merge::prune(&mut learned, peers);
+            let mut placement = merge::merge(&merge::placement_only(peers), &learned);
+            // Whether a member is up is this node's failure detector's
+            // call wherever gossip knows the instance; a learned view says
+            // so only of instances gossip has not brought (a node cannot
+            // vouch for itself or others to a node that sees them silent).
+            for peer in &mut placement {
+                if let Some(known) = peers
+                    .iter()
+                    .find(|g| g.node == peer.node && g.generation == peer.generation)
+                {
+                    peer.live = known.live;
+                }
+            }
+            placement
+        };
+        let ring = ring_from_peers(&placement, self.options.replicas);
+        *self.placement.lock().unwrap_or_else(|p| p.into_inner()) = placement;
         let digest = format!("{:016x}", ring.digest());
         let mut view = View {
             replicas: cluster_replicas(peers),
@@ -788,6 +900,7 @@ impl Refresh {
                 me.set(KEY_DIGEST, &digest);
             }
         }
+        self.keep_if_agreed(&ring);
         let current = self.tx.borrow().clone();
         let liveness_changed = ring
             .members()
@@ -822,6 +935,38 @@ impl Refresh {
                 );
             }
             let _ = self.tx.send(Arc::new(ring));
+        }
+    }
+}
+
+impl Refresh {
+    /// Keeps `ring` as the agreed ring when every live member publishes
+    /// its digest and the live members are a majority of the members (a
+    /// node that hears from few members cannot know what the others see).
+    fn keep_if_agreed(&self, ring: &Ring) {
+        let digest = format!("{:016x}", ring.digest());
+        let me = &self.options.node;
+        let digests = self
+            .view
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .digests
+            .clone();
+        let members: Vec<&Member> = ring
+            .members()
+            .filter(|m| m.state != MemberState::Removed)
+            .collect();
+        let live = members.iter().filter(|m| m.live || m.id == *me).count();
+        let all_see_it = members
+            .iter()
+            .filter(|m| m.live && m.id != *me)
+            .all(|m| digests.get(&m.id) == Some(&digest));
+        if !(all_see_it && live * 2 > members.len()) {
+            return;
+        }
+        let mut agreed = self.agreed_ring.lock().unwrap_or_else(|p| p.into_inner());
+        if agreed.digest() != ring.digest() || agreed.members().count() != ring.members().count() {
+            *agreed = Arc::new(ring.clone());
         }
     }
 }
@@ -904,6 +1049,7 @@ mod tests {
         PeerState {
             node: node.into(),
             generation,
+            version: 1,
             live,
             keys: keys
                 .iter()
@@ -1029,6 +1175,22 @@ mod tests {
         let mut mixed = base(&removing);
         mixed.push(peer("d:1", 1, true, &[("remove:b:1", removed.as_str())]));
         assert_eq!(state_of(&mixed, "b:1"), Some(MemberState::Removed));
+    }
+
+    #[test]
+    fn a_restarted_member_keeps_its_ranges_until_it_announces_its_tokens() {
+        // Killed, restarted: the new instance is up but has not announced
+        // its tokens yet; the old one, down, still owns the ranges.
+        let peers = vec![
+            peer("a:1", 1, false, &[(KEY_TOKENS, "1"), (KEY_STATE, "normal")]),
+            peer("a:1", 2, true, &[(KEY_STATE, "joining")]),
+        ];
+        let ring = ring_from_peers(&peers, 3);
+        let a = ring.members().next().expect("a member");
+        assert_eq!(
+            (a.tokens.clone(), a.state),
+            (vec![Token(1)], MemberState::Normal)
+        );
     }
 
     #[test]

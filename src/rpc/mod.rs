@@ -31,7 +31,7 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::proto::replica_client::ReplicaClient;
 use crate::proto::{
-    BalanceReply, BalanceRequest, PingRequest, ReadReply, ReadRequest, ReadStreamRequest,
+    BalanceReply, BalanceRequest, Fence, PingRequest, ReadReply, ReadRequest, ReadStreamRequest,
     RecordMeta, ScanItem, ScanRequest, SyncReply, SyncRequest, TreeRequest, WriteChunk, WriteReply,
     WriteRequest, WriteTrailer, write_chunk,
 };
@@ -173,6 +173,10 @@ fn rpc_error(node: &NodeId, status: tonic::Status) -> Error {
             what: format!("rpc to {node}"),
         },
         tonic::Code::DataLoss => Error::corrupt(format!("{node}: {}", status.message())),
+        tonic::Code::FailedPrecondition if !status.details().is_empty() => Error::RingChanged {
+            node: node.clone(),
+            view: bytes::Bytes::copy_from_slice(status.details()),
+        },
         tonic::Code::FailedPrecondition => Error::Conflict {
             reason: format!("{node}: {}", status.message()),
         },
@@ -194,12 +198,25 @@ impl ReplicaHandle {
 
     /// Stores a whole value or a tombstone.
     pub async fn write(&self, meta: RecordMeta, value: Bytes) -> Result<WriteReply> {
+        self.write_fenced(meta, value, None).await
+    }
+
+    /// Stores a whole value or a tombstone of a client's write planned as
+    /// `fence` says (a peer whose ring places the key elsewhere refuses it
+    /// with [`Error::RingChanged`]; this node shares the caller's ring).
+    pub async fn write_fenced(
+        &self,
+        meta: RecordMeta,
+        value: Bytes,
+        fence: Option<Fence>,
+    ) -> Result<WriteReply> {
         match self {
             ReplicaHandle::Local(local) => local.write(meta, value).await,
             ReplicaHandle::Remote { node, peers } => {
                 let request = self.with_timeout(WriteRequest {
                     meta: Some(meta),
                     value,
+                    fence,
                 });
                 let reply = peers.client(node)?.write(request).await;
                 reply
@@ -211,9 +228,11 @@ impl ReplicaHandle {
 
     /// Streams a value: `header`, then the messages of `rx` (ending with a
     /// trailer). Dropping the sender before the trailer aborts the write.
+    /// `fence`: as for [`ReplicaHandle::write_fenced`].
     pub async fn write_stream(
         &self,
         header: RecordMeta,
+        fence: Option<Fence>,
         rx: mpsc::Receiver<WriteMsg>,
     ) -> Result<WriteReply> {
         let messages = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -222,6 +241,7 @@ impl ReplicaHandle {
             ReplicaHandle::Remote { node, peers } => {
                 let first = WriteChunk {
                     part: Some(write_chunk::Part::Header(header)),
+                    fence,
                 };
                 let rest = messages.map(|msg| WriteChunk {
                     part: Some(match msg {
@@ -230,6 +250,7 @@ impl ReplicaHandle {
                             write_chunk::Part::Trailer(WriteTrailer { size, checksum })
                         }
                     }),
+                    fence: None,
                 });
                 let outbound = futures::stream::once(async { first }).chain(rest);
                 let reply = peers.client(node)?.write_stream(outbound).await;
@@ -242,12 +263,24 @@ impl ReplicaHandle {
 
     /// What the replica holds for `key` (value included up to `inline_max` bytes).
     pub async fn read(&self, key: &str, inline_max: u64) -> Result<ReadReply> {
+        self.read_fenced(key, inline_max, None).await
+    }
+
+    /// What the replica holds for `key`, for a client's read planned as
+    /// `fence` says (see [`ReplicaHandle::write_fenced`]).
+    pub async fn read_fenced(
+        &self,
+        key: &str,
+        inline_max: u64,
+        fence: Option<Fence>,
+    ) -> Result<ReadReply> {
         match self {
             ReplicaHandle::Local(local) => local.read(key, inline_max).await,
             ReplicaHandle::Remote { node, peers } => {
                 let request = self.with_timeout(ReadRequest {
                     key: key.to_string(),
                     inline_max,
+                    fence,
                 });
                 let reply = peers.client(node)?.read(request).await;
                 reply

@@ -1,20 +1,30 @@
 //! The gRPC `Replica` service: decodes requests, checks them, and calls
 //! [`LocalReplica`]. Every malformed message is an error reply on that call.
+//!
+//! Ring-version fencing: a client's read or write carries the placement
+//! its coordinator planned it on (`Fence`). When this node's ring places
+//! the key on other nodes, it learns the view the request carries (if
+//! any) and, if they still differ, refuses with FAILED_PRECONDITION and its
+//! own view in the status details: no quorum is then counted on a ring the
+//! cluster has moved past, however far the coordinator's gossip lags.
 
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
+use prost::Message;
+
 use crate::coordinator::StallWatch;
+use crate::membership::{Membership, merge};
 use crate::metrics::{Metrics, Refusal};
 use crate::proto::replica_server::Replica;
 use crate::proto::{
-    BalanceReply, BalanceRequest, PingReply, PingRequest, ReadReply, ReadRequest,
+    BalanceReply, BalanceRequest, Fence, PingReply, PingRequest, ReadReply, ReadRequest,
     ReadStreamRequest, ScanItem, ScanRequest, SyncReply, SyncRequest, TreeReply, TreeRequest,
     ValueChunk, WriteChunk, WriteReply, WriteRequest, write_chunk,
 };
-use crate::ring::{NodeId, Token, TokenRange};
+use crate::ring::{NodeId, Ring, Token, TokenRange, replica_set_hash};
 use crate::rpc::deadline::Deadline;
 use crate::rpc::local::{LocalReplica, MAX_SCAN_RANGES, MAX_TREE_NODES};
 use crate::rpc::{SyncHandler, WriteMsg};
@@ -32,6 +42,9 @@ pub struct ReplicaService {
     pub stall: std::sync::Arc<StallWatch>,
     /// Counts the writes refused.
     pub metrics: Metrics,
+    /// The ring client requests are checked against; `None` with
+    /// `--no-ring-fence` (fault tests only).
+    pub fence: Option<std::sync::Arc<Membership>>,
 }
 
 impl ReplicaService {
@@ -53,6 +66,83 @@ impl ReplicaService {
     }
 }
 
+impl ReplicaService {
+    /// Refuses a client's read or write of `key` planned on a ring that
+    /// places it elsewhere (see the module doc).
+    async fn admit_plan(
+        &self,
+        key: &str,
+        fence: Option<Fence>,
+        rpc: &'static str,
+    ) -> Result<(), Status> {
+        let (Some(membership), Some(fence)) = (&self.fence, fence) else {
+            return Ok(());
+        };
+        let write = rpc != "read";
+        let accepts = || {
+            fence_accepts(
+                &membership.ring(),
+                &membership.agreed_ring(),
+                key,
+                &fence,
+                write,
+            )
+        };
+        if accepts() {
+            return Ok(());
+        }
+        if let Some(view) = fence.view.clone() {
+            membership.learn(merge::from_wire(view)).await;
+            if accepts() {
+                return Ok(());
+            }
+        }
+        self.metrics.fence_refused(rpc);
+        let view = merge::to_wire(&membership.ring_view()).encode_to_vec();
+        Err(Status::with_details(
+            tonic::Code::FailedPrecondition,
+            format!(
+                "ring changed: this replica's ring ({:016x}) places the key elsewhere than the \
+                 request's ({:016x}); its view is attached",
+                membership.ring().digest(),
+                fence.digest
+            ),
+            view.into(),
+        ))
+    }
+}
+
+/// Whether a replica on `ring`, whose last agreed ring is `agreed`, takes
+/// a client's read or write of `key` planned as `fence` says: the same
+/// rings; or, for a write, a quorum of each replica set its ring needs
+/// (current and target), and of the set its last agreed ring gives the key
+/// unless the coordinator saw every member on this replica's ring already
+/// (its agreed ring is this one: a member still on an older ring would
+/// not have published this one); for a read, a set it reads from.
+pub fn fence_accepts(ring: &Ring, agreed: &Ring, key: &str, fence: &Fence, write: bool) -> bool {
+    if ring.digest() == fence.digest && agreed.digest() == fence.agreed {
+        return true;
+    }
+    let key = key.as_bytes();
+    if write {
+        let current = [
+            replica_set_hash(&ring.nodes_of(key)),
+            replica_set_hash(&ring.target_nodes_of(key)),
+        ];
+        let previous = agreed.nodes_of(key);
+        let previous_met = previous.is_empty()
+            || fence.agreed == ring.digest()
+            || fence.sets.contains(&replica_set_hash(&previous));
+        current.iter().all(|set| fence.sets.contains(set)) && previous_met
+    } else {
+        let readable = [
+            replica_set_hash(&ring.nodes_of(key)),
+            replica_set_hash(&agreed.nodes_of(key)),
+        ];
+        fence.sets.len() == 1 && readable.contains(&fence.sets[0])
+    }
+}
+
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<ValueChunk, Status>> + Send>>;
 type ScanStream = Pin<Box<dyn Stream<Item = Result<ScanItem, Status>> + Send>>;
 
@@ -60,8 +150,9 @@ type ScanStream = Pin<Box<dyn Stream<Item = Result<ScanItem, Status>> + Send>>;
 impl Replica for ReplicaService {
     async fn write(&self, request: Request<WriteRequest>) -> Result<Response<WriteReply>, Status> {
         self.admit_write(request.extensions().get::<Deadline>())?;
-        let WriteRequest { meta, value } = request.into_inner();
+        let WriteRequest { meta, value, fence } = request.into_inner();
         let meta = meta.ok_or_else(|| Status::invalid_argument("write without meta"))?;
+        self.admit_plan(&meta.key, fence, "write").await?;
         Ok(Response::new(self.local.write(meta, value).await?))
     }
 
@@ -71,10 +162,11 @@ impl Replica for ReplicaService {
     ) -> Result<Response<WriteReply>, Status> {
         self.admit_write(request.extensions().get::<Deadline>())?;
         let mut stream = request.into_inner();
-        let header = match stream.next().await {
+        let (header, fence) = match stream.next().await {
             Some(Ok(WriteChunk {
                 part: Some(write_chunk::Part::Header(header)),
-            })) => header,
+                fence,
+            })) => (header, fence),
             Some(Err(status)) => return Err(status),
             _ => {
                 return Err(Status::invalid_argument(
@@ -82,12 +174,15 @@ impl Replica for ReplicaService {
                 ));
             }
         };
+        self.admit_plan(&header.key, fence, "write_stream").await?;
         let messages = stream.map(|item| match item {
             Ok(WriteChunk {
                 part: Some(write_chunk::Part::Data(data)),
+                ..
             }) => Ok(WriteMsg::Data(data)),
             Ok(WriteChunk {
                 part: Some(write_chunk::Part::Trailer(t)),
+                ..
             }) => Ok(WriteMsg::Trailer {
                 size: t.size,
                 checksum: t.checksum,
@@ -105,7 +200,12 @@ impl Replica for ReplicaService {
     }
 
     async fn read(&self, request: Request<ReadRequest>) -> Result<Response<ReadReply>, Status> {
-        let ReadRequest { key, inline_max } = request.into_inner();
+        let ReadRequest {
+            key,
+            inline_max,
+            fence,
+        } = request.into_inner();
+        self.admit_plan(&key, fence, "read").await?;
         Ok(Response::new(self.local.read(&key, inline_max).await?))
     }
 
@@ -197,5 +297,165 @@ impl Replica for ReplicaService {
         Ok(Response::new(PingReply {
             node: self.node.to_string(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::coordinator::{Quorum, WritePlan};
+    use crate::ring::{Member, MemberState};
+
+    fn member(i: u64, state: MemberState) -> Member {
+        Member {
+            id: NodeId::parse(&format!("n{i}:1")).unwrap(),
+            zone: String::new(),
+            state,
+            live: true,
+            tokens: (0..8)
+                .map(|t| Token(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t << 56)))
+                .collect(),
+        }
+    }
+
+    /// Rings of three members, then a fourth joining, then normal.
+    fn rings() -> (Ring, Ring, Ring) {
+        let three: Vec<Member> = (0..3).map(|i| member(i, MemberState::Normal)).collect();
+        let with = |state| {
+            let mut all = three.clone();
+            all.push(member(3, state));
+            Ring::new(all, 3)
+        };
+        (
+            Ring::new(three.clone(), 3),
+            with(MemberState::Joining),
+            with(MemberState::Normal),
+        )
+    }
+
+    fn write_fence(ring: &Ring, agreed: &Ring, key: &str) -> Fence {
+        let plan = WritePlan::new(ring, agreed, key.as_bytes(), Quorum::Majority).unwrap();
+        Fence {
+            digest: ring.digest(),
+            agreed: agreed.digest(),
+            sets: plan.set_hashes(),
+            view: None,
+        }
+    }
+
+    fn read_fence(ring: &Ring, agreed: &Ring, key: &str) -> Fence {
+        Fence {
+            digest: ring.digest(),
+            agreed: agreed.digest(),
+            sets: vec![replica_set_hash(&ring.nodes_of(key.as_bytes()))],
+            view: None,
+        }
+    }
+
+    /// A key the fourth member takes over.
+    fn moved_key(before: &Ring, after: &Ring) -> String {
+        (0..10_000)
+            .map(|k| format!("key{k}"))
+            .find(|k| {
+                replica_set_hash(&before.nodes_of(k.as_bytes()))
+                    != replica_set_hash(&after.nodes_of(k.as_bytes()))
+            })
+            .expect("a moved key")
+    }
+
+    #[test]
+    fn a_request_planned_on_a_ring_the_cluster_left_is_refused() {
+        let (old, joining, normal) = rings();
+        let key = moved_key(&old, &normal);
+        // Same rings: taken.
+        assert!(fence_accepts(
+            &old,
+            &old,
+            &key,
+            &write_fence(&old, &old, &key),
+            true
+        ));
+        // A coordinator that never saw the join, at a replica where every
+        // member saw it: refused, reads and writes.
+        assert!(!fence_accepts(
+            &normal,
+            &joining,
+            &key,
+            &write_fence(&old, &old, &key),
+            true
+        ));
+        assert!(!fence_accepts(
+            &normal,
+            &normal,
+            &key,
+            &read_fence(&old, &old, &key),
+            false
+        ));
+        // A write planned while the join ran (the joiner pending) covers
+        // the replicas of both rings: taken by a replica already past it.
+        assert!(fence_accepts(
+            &normal,
+            &joining,
+            &key,
+            &write_fence(&joining, &joining, &key),
+            true
+        ));
+        // The joiner normal on the coordinator's ring, not yet seen so by
+        // every member: its writes still need the joining ring's replicas.
+        let fresh = write_fence(&normal, &joining, &key);
+        assert!(fence_accepts(&joining, &joining, &key, &fresh, true));
+        // A coordinator that believes every member moved on, at a replica
+        // that does not know it yet: refused (a member may read the old
+        // replicas).
+        assert!(!fence_accepts(
+            &joining,
+            &joining,
+            &key,
+            &write_fence(&normal, &normal, &key),
+            true
+        ));
+        // At a replica on the same ring that has not yet seen every member
+        // on it: taken, the coordinator saw them.
+        let vouched = write_fence(&normal, &normal, &key);
+        assert!(fence_accepts(&normal, &joining, &key, &vouched, true));
+        // But a coordinator that cannot vouch for it (its agreed ring is
+        // older, as on a node cut off from the others) must cover the
+        // replica's agreed ring too.
+        let unvouched = Fence {
+            agreed: old.digest(),
+            ..write_fence(&normal, &normal, &key)
+        };
+        assert!(!fence_accepts(&normal, &joining, &key, &unvouched, true));
+        // Reading the old replicas is fine while the replica's agreed ring
+        // is the old one, not once every member moved on.
+        let old_read = read_fence(&joining, &joining, &key);
+        assert!(fence_accepts(&normal, &joining, &key, &old_read, false));
+        assert!(!fence_accepts(&normal, &normal, &key, &old_read, false));
+    }
+
+    #[test]
+    fn a_key_the_change_does_not_move_is_taken_on_any_of_the_rings() {
+        let (old, _, normal) = rings();
+        let kept = (0..10_000)
+            .map(|k| format!("key{k}"))
+            .find(|k| {
+                replica_set_hash(&old.nodes_of(k.as_bytes()))
+                    == replica_set_hash(&normal.nodes_of(k.as_bytes()))
+            })
+            .expect("a key that stays");
+        assert!(fence_accepts(
+            &normal,
+            &normal,
+            &kept,
+            &write_fence(&old, &old, &kept),
+            true
+        ));
+        assert!(fence_accepts(
+            &normal,
+            &normal,
+            &kept,
+            &read_fence(&old, &old, &kept),
+            false
+        ));
     }
 }

@@ -194,6 +194,44 @@ impl Net {
         }
     }
 
+    /// Cuts UDP between nodes `a` and `b`, both ways: their gossip no
+    /// longer flows while TCP (the API and the node-to-node RPC) does.
+    pub fn cut_udp(&mut self, a: usize, b: usize) {
+        self.udp_rule("add", a, b);
+        self.udp_rule("add", b, a);
+    }
+
+    /// Lets UDP between nodes `a` and `b` flow again.
+    pub fn heal_udp(&mut self, a: usize, b: usize) {
+        self.udp_rule("del", a, b);
+        self.udp_rule("del", b, a);
+    }
+
+    /// Adds or deletes, in `from`'s namespace, the policy rule that drops
+    /// UDP to `to`.
+    fn udp_rule(&mut self, verb: &str, from: usize, to: usize) {
+        let space = self.space(from);
+        let target = format!("{}/32", self.host(to));
+        let result = ip(&[
+            "netns",
+            "exec",
+            &space,
+            "ip",
+            "rule",
+            verb,
+            "to",
+            &target,
+            "ipproto",
+            "udp",
+            "blackhole",
+        ]);
+        match (verb, result) {
+            (_, Ok(())) => {}
+            ("del", Err(err)) if err.contains("No such file") => {}
+            (_, Err(err)) => panic!("{err}"),
+        }
+    }
+
     /// Adds or deletes, in `from`'s namespace, the blackhole route to `to`.
     fn route(&mut self, verb: &str, from: usize, to: usize) {
         let space = self.space(from);
