@@ -94,7 +94,10 @@ impl WritePlan {
         Ok(WritePlan {
             needed: w.count(ring.replicas())?,
             target_needed: w.count_clamped(ring.target_replicas()),
-            previous_needed: w.count_clamped(agreed.replicas()),
+            // A ring with fewer members than N gave the key fewer
+            // replicas: all of them then (a reader there could not read
+            // more).
+            previous_needed: w.count_clamped(agreed.replicas()).min(previous.len()),
             replicas,
             pending,
             target,
@@ -263,6 +266,25 @@ mod tests {
         assert!(plan.satisfied(&ids(&["b:1", "d:1", "c:1"])));
         assert!(plan.satisfied(&ids(&["a:1", "b:1"])));
         assert_eq!(plan.set_hashes().len(), 2);
+    }
+
+    #[test]
+    fn a_previous_ring_with_fewer_members_than_n_needs_all_its_replicas() {
+        let members = |n: usize| {
+            (0..n)
+                .map(|i| crate::ring::Member {
+                    id: NodeId::parse(&format!("n{i}:1")).unwrap(),
+                    zone: String::new(),
+                    state: crate::ring::MemberState::Normal,
+                    live: true,
+                    tokens: vec![crate::ring::Token((i as u64 + 1) << 60)],
+                })
+                .collect::<Vec<_>>()
+        };
+        let (founder, three) = (Ring::new(members(1), 3), Ring::new(members(3), 3));
+        let plan = WritePlan::new(&three, &founder, b"k", Quorum::Majority).unwrap();
+        assert_eq!((plan.previous.len(), plan.previous_needed), (1, 1));
+        assert!(plan.satisfied(&ids(&["n0:1", "n1:1"])));
     }
 
     #[test]
