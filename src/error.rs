@@ -35,7 +35,8 @@ pub enum Error {
     Unavailable {
         /// Replicas the quorum needs (W or R).
         needed: usize,
-        /// Replicas that answered successfully.
+        /// Replicas that answered successfully, among the set that fell
+        /// short (a write during a transition needs W of several).
         got: usize,
         /// The replicas that answered successfully.
         answered: Vec<NodeId>,
@@ -119,9 +120,9 @@ pub enum Error {
     RingChanged {
         /// The replica that refused.
         node: NodeId,
-        /// Its view of the ring, encoded (`proto::RingView`), for the
-        /// coordinator to learn.
-        view: bytes::Bytes,
+        /// Why, encoded (`proto::FenceRefusal`: its view of the ring and
+        /// what it needs), for the coordinator to plan again.
+        refusal: bytes::Bytes,
     },
     /// A port this node must listen on is taken by another program.
     #[error(

@@ -57,12 +57,12 @@ use futures::{FutureExt, Stream, StreamExt};
 use prost::Message;
 use tokio::sync::mpsc;
 
-pub use self::quorum::{Quorum, WritePlan};
+pub use self::quorum::{Quorum, ReadPlan, WritePlan};
 pub use self::stall::StallWatch;
 use crate::error::{Error, Result};
 use crate::membership::{Membership, merge};
 use crate::metrics::{Direction, Metrics};
-use crate::proto::{Fence, ReadReply, RecordMeta, RingView, StoredRecord, WriteReply};
+use crate::proto::{Fence, FenceRefusal, ReadReply, RecordMeta, StoredRecord, WriteReply};
 use crate::ring::{NodeId, Ring, replica_set_hash};
 use crate::rpc::{LocalReplica, Peers, ReplicaHandle, WriteMsg};
 use crate::storage::{CHUNK_SIZE_BYTES, INLINE_MAX_BYTES};
@@ -251,22 +251,34 @@ impl Coordinator {
         }
     }
 
-    /// The replicas of `key` on `ring` and the replication factor, for a
-    /// read.
-    fn placement(&self, ring: &Ring, key: &str) -> Result<(Vec<NodeId>, usize)> {
+    /// Where a read of `key` goes on `ring` (and, with ring fencing on,
+    /// this node's last agreed ring `agreed`) and what makes it succeed.
+    fn read_plan(&self, ring: &Ring, agreed: &Ring, key: &str, r: Quorum) -> Result<ReadPlan> {
         crate::key::validate(key)?;
-        let nodes = ring.nodes_of(key.as_bytes());
-        if nodes.is_empty() {
+        let agreed = self.inner.options.ring_fence.then_some(agreed);
+        let plan = ReadPlan::new(ring, agreed, key.as_bytes(), r)?;
+        if plan.replicas.is_empty() {
             return Err(no_members());
         }
-        Ok((nodes, ring.replicas()))
+        Ok(plan)
     }
 
     /// Where a write of `key` goes on `ring` (and this node's last agreed
-    /// ring, `agreed`) and what makes it succeed.
-    fn write_plan(&self, ring: &Ring, agreed: &Ring, key: &str, w: Quorum) -> Result<WritePlan> {
+    /// ring, `agreed`) and what makes it succeed; `lagging` are the sets
+    /// replicas whose agreement lags asked for when they refused it.
+    fn write_plan(
+        &self,
+        ring: &Ring,
+        agreed: &Ring,
+        key: &str,
+        w: Quorum,
+        lagging: &[LaggingSet],
+    ) -> Result<WritePlan> {
         crate::key::validate(key)?;
-        let plan = WritePlan::new(ring, agreed, key.as_bytes(), w)?;
+        let mut plan = WritePlan::new(ring, agreed, key.as_bytes(), w)?;
+        for set in lagging {
+            plan.require(set.nodes.clone(), w.count_clamped(set.replicas));
+        }
         if plan.replicas.is_empty() {
             return Err(no_members());
         }
@@ -294,20 +306,43 @@ impl Coordinator {
     }
 
     /// Learns the ring views replicas sent with their refusals (see
-    /// `rpc/service.rs`); true when there was one to learn.
-    async fn learn_from<'a>(&self, failures: impl IntoIterator<Item = &'a Error>) -> bool {
+    /// `rpc/service.rs`), and adds to `lagging` the sets of a write they
+    /// need a quorum of; true when there was a refusal to learn from.
+    async fn learn_from<'a>(
+        &self,
+        failures: impl IntoIterator<Item = &'a Error>,
+        lagging: &mut Vec<LaggingSet>,
+    ) -> bool {
         let mut learned = Vec::new();
+        let mut refused = false;
         for failure in failures {
-            if let Error::RingChanged { node, view } = failure {
-                match RingView::decode(view.clone()) {
-                    Ok(view) => learned = merge::merge(&learned, &merge::from_wire(view)),
-                    Err(err) => {
-                        tracing::warn!(%node, %err, "a replica sent a ring view that does not decode")
-                    }
+            let Error::RingChanged { node, refusal } = failure else {
+                continue;
+            };
+            let refusal = match FenceRefusal::decode(refusal.clone()) {
+                Ok(refusal) => refusal,
+                Err(err) => {
+                    tracing::warn!(%node, %err, "a replica sent a refusal that does not decode");
+                    continue;
                 }
+            };
+            refused = true;
+            if let Some(view) = refusal.view {
+                learned = merge::merge(&learned, &merge::from_wire(view));
+            }
+            let nodes: Vec<NodeId> = refusal
+                .previous
+                .iter()
+                .filter_map(|n| NodeId::parse(n).ok())
+                .collect();
+            if !nodes.is_empty() && !lagging.iter().any(|set| set.nodes == nodes) {
+                lagging.push(LaggingSet {
+                    nodes,
+                    replicas: refusal.previous_replicas as usize,
+                });
             }
         }
-        if learned.is_empty() {
+        if !refused {
             return false;
         }
         tracing::debug!(
@@ -366,7 +401,7 @@ impl Coordinator {
         w: Quorum,
     ) -> Result<WriteResult> {
         let (ring, agreed) = self.rings();
-        self.write_plan(&ring, &agreed, key, w)?;
+        self.write_plan(&ring, &agreed, key, w, &[])?;
         let version = self.inner.clock.now();
         let header = RecordMeta {
             key: key.to_string(),
@@ -410,7 +445,7 @@ impl Coordinator {
 
     async fn write_tombstone(&self, key: &str, w: Quorum) -> Result<WriteResult> {
         let (ring, agreed) = self.rings();
-        self.write_plan(&ring, &agreed, key, w)?;
+        self.write_plan(&ring, &agreed, key, w, &[])?;
         let version = self.inner.clock.now();
         let meta = RecordMeta {
             key: key.to_string(),
@@ -480,9 +515,10 @@ impl Coordinator {
         w: Quorum,
     ) -> Result<(Option<Version>, WritePlan, Option<Fence>)> {
         let mut fenced = 0;
+        let mut lagging = Vec::new();
         loop {
             let (ring, agreed) = self.rings();
-            let plan = self.write_plan(&ring, &agreed, key, w)?;
+            let plan = self.write_plan(&ring, &agreed, key, w, &lagging)?;
             // The probe reads where the write goes: fenced like the write.
             let fence = self.fence(&ring, &agreed, plan.set_hashes(), fenced > 0);
             let read_fence = self.fence(
@@ -508,7 +544,7 @@ impl Coordinator {
                 .filter_map(|reply| reply.ok())
                 .collect();
             let refusals = replies.iter().filter_map(|r| r.as_ref().err());
-            if fenced < FENCE_ATTEMPTS && self.learn_from(refusals).await {
+            if fenced < FENCE_ATTEMPTS && self.learn_from(refusals, &mut lagging).await {
                 fenced += 1;
                 continue;
             }
@@ -546,9 +582,10 @@ impl Coordinator {
         let mut fenced = 0;
         // Nodes that stored this version (kept across fence refusals).
         let mut acked: Vec<NodeId> = Vec::new();
+        let mut lagging = Vec::new();
         loop {
             let (ring, agreed) = self.rings();
-            let plan = self.write_plan(&ring, &agreed, &meta.key, w)?;
+            let plan = self.write_plan(&ring, &agreed, &meta.key, w, &lagging)?;
             let fence = self.fence(&ring, &agreed, plan.set_hashes(), fenced > 0);
             let sent = self
                 .write_whole_once(meta.clone(), value.clone(), &plan, fence, &acked)
@@ -559,13 +596,15 @@ impl Coordinator {
                     failed,
                 }) => {
                     if fenced < FENCE_ATTEMPTS
-                        && self.learn_from(failed.iter().map(|(_, e)| e)).await
+                        && self
+                            .learn_from(failed.iter().map(|(_, e)| e), &mut lagging)
+                            .await
                     {
                         fenced += 1;
                         acked = stored;
                         continue;
                     }
-                    return Err(quorum_error(plan.shortfall(&stored).0, stored, failed));
+                    return Err(quorum_error(plan.shortfall(&stored), stored, failed));
                 }
                 Ok(result) => result,
             };
@@ -711,7 +750,10 @@ impl Coordinator {
             Ok(done) => done,
             Err(Refused { acked, failed }) => {
                 // A stream cannot be sent again: the client is told to.
-                if self.learn_from(failed.iter().map(|(_, e)| e)).await {
+                if self
+                    .learn_from(failed.iter().map(|(_, e)| e), &mut Vec::new())
+                    .await
+                {
                     return Err(Error::NotReady {
                         reason: format!(
                             "the ring changed while {} streamed in: its replicas place it on \
@@ -720,7 +762,7 @@ impl Coordinator {
                         ),
                     });
                 }
-                return Err(quorum_error(plan.shortfall(&acked).0, acked, failed));
+                return Err(quorum_error(plan.shortfall(&acked), acked, failed));
             }
         };
         // Replicas that failed the write get a hint with the whole record.
@@ -748,12 +790,10 @@ impl Coordinator {
         let mut fenced = 0;
         let (mut answers, failed, calls) = loop {
             let (ring, agreed) = self.rings();
-            let (replicas, n) = self.placement(&ring, key)?;
-            let needed = r.count(n)?;
-            let sets = vec![replica_set_hash(&replicas)];
-            let fence = self.fence(&ring, &agreed, sets, fenced > 0);
-            let mut calls: Calls<ReadReply> = replicas
-                .iter()
+            let plan = self.read_plan(&ring, &agreed, key, r)?;
+            let fence = self.fence(&ring, &agreed, plan.set_hashes(), fenced > 0);
+            let mut calls: Calls<ReadReply> = plan
+                .nodes()
                 .map(|node| {
                     let (handle, node, key) = (self.replica(node), node.clone(), key.to_string());
                     let fence = fence.clone();
@@ -766,21 +806,22 @@ impl Coordinator {
                     .boxed()
                 })
                 .collect();
-            let (answers, failed) = gather(&mut calls, |ok| ok.len() >= needed).await;
-            if answers.len() >= needed {
+            let (answers, failed) = gather(&mut calls, |ok| plan.shortfall(ok).is_none()).await;
+            let answered: Vec<NodeId> = answers.iter().map(|(n, _)| n.clone()).collect();
+            let Some(short) = plan.shortfall(&answered) else {
                 break (answers, failed, calls);
-            }
+            };
             // Replicas that place the key elsewhere: learn their ring and
             // read again where it says.
-            if fenced < FENCE_ATTEMPTS && self.learn_from(failed.iter().map(|(_, e)| e)).await {
+            if fenced < FENCE_ATTEMPTS
+                && self
+                    .learn_from(failed.iter().map(|(_, e)| e), &mut Vec::new())
+                    .await
+            {
                 fenced += 1;
                 continue;
             }
-            return Err(quorum_error(
-                needed,
-                answers.into_iter().map(|(n, _)| n).collect(),
-                failed,
-            ));
+            return Err(quorum_error(short, answered, failed));
         };
         // Replicas whose copy was corrupt have dropped it: for read repair
         // they hold nothing (they are not among the answers that make R).
@@ -1177,21 +1218,36 @@ async fn gather<T>(
     (ok, failed)
 }
 
-/// The error of a quorum that was not reached: 507 when every failure was
-/// a full disk, else 503 naming who answered and who failed.
-fn quorum_error(needed: usize, answered: Vec<NodeId>, failed: Vec<(NodeId, Error)>) -> Error {
+/// The error of a quorum that was not met: 507 when every failure was a
+/// full disk, else 503 with `(needed, got)` among the set that fell short
+/// (see [`WritePlan::shortfall`]), the nodes that answered and those that
+/// failed.
+fn quorum_error(
+    (needed, got): (usize, usize),
+    answered: Vec<NodeId>,
+    failed: Vec<(NodeId, Error)>,
+) -> Error {
     if !failed.is_empty() && failed.iter().all(|(_, e)| matches!(e, Error::DiskFull)) {
         return Error::DiskFull;
     }
     Error::Unavailable {
         needed,
-        got: answered.len(),
+        got,
         answered,
         failed: failed
             .into_iter()
             .map(|(n, e)| (n, e.to_string()))
             .collect(),
     }
+}
+
+/// A replica set a replica whose agreement lags needs a write quorum of
+/// (see `FenceRefusal` in the protocol).
+struct LaggingSet {
+    /// The key's replicas in that replica's last agreed ring.
+    nodes: Vec<NodeId>,
+    /// That ring's replication factor.
+    replicas: usize,
 }
 
 /// The replicas that failed a streamed write: those seen failing before the

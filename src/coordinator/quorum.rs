@@ -76,6 +76,11 @@ pub struct WritePlan {
     pub target_needed: usize,
     /// Acknowledgements needed among `previous`.
     pub previous_needed: usize,
+    /// Further sets, each with the acknowledgements needed among it: the
+    /// key's replicas in the last agreed ring of a replica whose agreement
+    /// lags this node's, which it asked for when it refused the write
+    /// ([`WritePlan::require`]).
+    pub also: Vec<(Vec<NodeId>, usize)>,
 }
 
 impl WritePlan {
@@ -86,9 +91,7 @@ impl WritePlan {
         let pending = ring.pending_of(key);
         let target = ring.target_nodes_of(key);
         let mut previous = agreed.nodes_of(key);
-        let same =
-            |a: &[NodeId], b: &[NodeId]| a.len() == b.len() && a.iter().all(|n| b.contains(n));
-        if same(&previous, &replicas) || same(&previous, &target) {
+        if same_set(&previous, &replicas) || same_set(&previous, &target) {
             previous.clear();
         }
         Ok(WritePlan {
@@ -102,17 +105,43 @@ impl WritePlan {
             pending,
             target,
             previous,
+            also: Vec::new(),
         })
     }
 
-    /// Every node the write is sent to: the replicas, then the pending
-    /// ones, then those of the previous ring that are neither.
+    /// Also needs `needed` acknowledgements among `set` (at most all of
+    /// them), unless a set the plan already needs is the same.
+    pub fn require(&mut self, set: Vec<NodeId>, needed: usize) {
+        let same = same_set;
+        let needed = needed.min(set.len());
+        if set.is_empty()
+            || (same(&set, &self.replicas) && needed <= self.needed)
+            || (same(&set, &self.target) && needed <= self.target_needed)
+            || (same(&set, &self.previous) && needed <= self.previous_needed)
+            || self.also.iter().any(|(s, n)| same(&set, s) && needed <= *n)
+        {
+            return;
+        }
+        self.also.push((set, needed));
+    }
+
+    /// Every node the write is sent to, once each: the replicas, then the
+    /// pending ones, then those of the previous ring and of the further
+    /// sets.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
-        let extra = self
-            .previous
+        let mut seen: Vec<&NodeId> = Vec::new();
+        self.replicas
             .iter()
-            .filter(|n| !self.replicas.contains(n) && !self.pending.contains(n));
-        self.replicas.iter().chain(&self.pending).chain(extra)
+            .chain(&self.pending)
+            .chain(&self.previous)
+            .chain(self.also.iter().flat_map(|(set, _)| set))
+            .filter(move |n| {
+                let new = !seen.contains(n);
+                if new {
+                    seen.push(n);
+                }
+                new
+            })
     }
 
     /// How many nodes the write is sent to.
@@ -130,8 +159,14 @@ impl WritePlan {
         if !self.previous.is_empty() {
             sets.push(replica_set_hash(&self.previous));
         }
-        sets.dedup();
-        sets
+        sets.extend(self.also.iter().map(|(set, _)| replica_set_hash(set)));
+        let mut unique = Vec::with_capacity(sets.len());
+        for set in sets {
+            if !unique.contains(&set) {
+                unique.push(set);
+            }
+        }
+        unique
     }
 
     /// Whether the write goes nowhere (a ring without members).
@@ -151,6 +186,7 @@ impl WritePlan {
         count(&self.replicas) >= self.needed
             && count(&self.target) >= self.target_needed
             && (self.previous.is_empty() || count(&self.previous) >= self.previous_needed)
+            && self.also.iter().all(|(set, needed)| count(set) >= *needed)
     }
 
     /// The set `acked` falls short in, as (needed, got), for the error.
@@ -171,10 +207,92 @@ impl WritePlan {
             (self.needed, now)
         } else if target < self.target_needed {
             (self.target_needed, target)
-        } else {
+        } else if !self.previous.is_empty() && count(&self.previous) < self.previous_needed {
             (self.previous_needed, count(&self.previous))
+        } else {
+            self.also
+                .iter()
+                .map(|(set, needed)| (*needed, count(set)))
+                .find(|(needed, got)| got < needed)
+                .unwrap_or((self.needed, now))
         }
     }
+}
+
+/// Where one read goes and when it has succeeded: R of the key's current
+/// replicas and, until every member is seen on this node's ring, R of the
+/// replicas the last agreed ring gives the key. A member still on that
+/// ring writes to those (W of them) and not necessarily to the current
+/// ones: with several joiners turning normal one by one, a ring's replicas
+/// need not be the ones an older ring's writes had to reach. Reading both,
+/// as writes on this ring write both, meets every write quorum a live
+/// member may be counting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadPlan {
+    /// The key's replicas now, in preference order.
+    pub replicas: Vec<NodeId>,
+    /// Its replicas in the last agreed ring, when they differ (else empty).
+    pub previous: Vec<NodeId>,
+    /// Answers needed among `replicas`.
+    pub needed: usize,
+    /// Answers needed among `previous`.
+    pub previous_needed: usize,
+}
+
+impl ReadPlan {
+    /// The plan for `key` on `ring` with read quorum `r`; `agreed` is the
+    /// last ring every member was seen on (`None`: read the current
+    /// replicas only).
+    pub fn new(ring: &Ring, agreed: Option<&Ring>, key: &[u8], r: Quorum) -> Result<ReadPlan> {
+        let replicas = ring.nodes_of(key);
+        let mut previous = agreed.map(|a| a.nodes_of(key)).unwrap_or_default();
+        if same_set(&previous, &replicas) {
+            previous.clear();
+        }
+        Ok(ReadPlan {
+            needed: r.count(ring.replicas())?,
+            previous_needed: agreed
+                .map(|a| r.count_clamped(a.replicas()).min(previous.len()))
+                .unwrap_or(0),
+            replicas,
+            previous,
+        })
+    }
+
+    /// Every node the read is sent to, once each.
+    pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
+        let extra = self.previous.iter().filter(|n| !self.replicas.contains(n));
+        self.replicas.iter().chain(extra)
+    }
+
+    /// The sets read (each a [`replica_set_hash`]), for the ring fence.
+    pub fn set_hashes(&self) -> Vec<u64> {
+        let mut sets = vec![replica_set_hash(&self.replicas)];
+        if !self.previous.is_empty() {
+            sets.push(replica_set_hash(&self.previous));
+        }
+        sets
+    }
+
+    /// The set the answers of `answered` fall short in, as (needed, got);
+    /// `None` when they make the read.
+    pub fn shortfall(&self, answered: &[NodeId]) -> Option<(usize, usize)> {
+        let count = |set: &[NodeId]| answered.iter().filter(|n| set.contains(n)).count();
+        let now = count(&self.replicas);
+        let previous = count(&self.previous);
+        if now < self.needed {
+            Some((self.needed, now))
+        } else if previous < self.previous_needed {
+            Some((self.previous_needed, previous))
+        } else {
+            None
+        }
+    }
+}
+
+/// Whether two replica lists hold the same nodes.
+fn same_set(a: &[NodeId], b: &[NodeId]) -> bool {
+    a.len() == b.len() && a.iter().all(|n| b.contains(n))
 }
 
 impl FromStr for Quorum {
@@ -226,6 +344,7 @@ mod tests {
             needed: 2,
             target_needed: 2,
             previous_needed: 2,
+            also: Vec::new(),
         }
     }
 
@@ -260,12 +379,125 @@ mod tests {
             needed: 2,
             target_needed: 2,
             previous_needed: 2,
+            also: Vec::new(),
         };
         assert_eq!(plan.nodes().count(), 4);
         assert!(!plan.satisfied(&ids(&["b:1", "d:1"])));
         assert!(plan.satisfied(&ids(&["b:1", "d:1", "c:1"])));
         assert!(plan.satisfied(&ids(&["a:1", "b:1"])));
         assert_eq!(plan.set_hashes().len(), 2);
+    }
+
+    #[test]
+    fn a_set_a_lagging_replica_asks_for_is_needed_too() {
+        let mut plan = joining_plan();
+        // Already needed: nothing changes.
+        plan.require(ids(&["c:1", "b:1", "a:1"]), 2);
+        assert!(plan.also.is_empty());
+        // A replica whose agreed ring still gives the key a, c, e.
+        plan.require(ids(&["a:1", "c:1", "e:1"]), 2);
+        plan.require(ids(&["e:1", "a:1", "c:1"]), 2);
+        assert_eq!(plan.also.len(), 1);
+        assert_eq!(plan.nodes().count(), 5);
+        assert_eq!(plan.set_hashes().len(), 3);
+        assert!(!plan.satisfied(&ids(&["a:1", "b:1"])));
+        assert_eq!(plan.shortfall(&ids(&["a:1", "b:1"])), (2, 1));
+        assert!(plan.satisfied(&ids(&["a:1", "b:1", "e:1"])));
+        // More than the set holds means all of it.
+        plan.require(ids(&["f:1"]), 2);
+        assert_eq!(plan.also.last(), Some(&(ids(&["f:1"]), 1)));
+    }
+
+    #[test]
+    fn until_every_member_left_the_previous_ring_a_read_needs_r_of_its_replicas_too() {
+        let plan = ReadPlan {
+            replicas: ids(&["d:1", "b:1", "c:1"]),
+            previous: ids(&["a:1", "b:1", "c:1"]),
+            needed: 2,
+            previous_needed: 2,
+        };
+        assert_eq!(plan.nodes().count(), 4);
+        assert_eq!(plan.set_hashes().len(), 2);
+        // d and a answered: one of each set, short in both.
+        assert_eq!(plan.shortfall(&ids(&["d:1", "a:1"])), Some((2, 1)));
+        assert_eq!(plan.shortfall(&ids(&["d:1", "b:1"])), Some((2, 1)));
+        assert_eq!(plan.shortfall(&ids(&["d:1", "b:1", "a:1"])), None);
+        assert_eq!(plan.shortfall(&ids(&["b:1", "c:1"])), None);
+    }
+
+    /// Three members in zones z0..z2, three more joining (one per zone),
+    /// the first of which turns normal: a write on the older ring, acked by
+    /// any nodes that meet its plan, is seen by any read on the newer ring
+    /// that meets its plan, and the other way round. Reading only the
+    /// newer ring's replicas does miss some.
+    #[test]
+    fn reads_and_writes_on_rings_a_member_apart_always_meet() {
+        use crate::ring::{Member, MemberState, Token};
+        let member = |i: u64, state| Member {
+            id: NodeId::parse(&format!("n{i}:1")).unwrap(),
+            zone: format!("z{}", i % 3),
+            state,
+            live: true,
+            tokens: (0..8)
+                .map(|t| Token(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t << 56)))
+                .collect(),
+        };
+        let ring = |joined: u64| {
+            let members: Vec<Member> = (0..6)
+                .map(|i| {
+                    let state = if i < 3 + joined {
+                        MemberState::Normal
+                    } else {
+                        MemberState::Joining
+                    };
+                    member(i, state)
+                })
+                .collect();
+            Ring::new(members, 3)
+        };
+        let (older, newer) = (ring(0), ring(1));
+        let nodes: Vec<NodeId> = older.members().map(|m| m.id.clone()).collect();
+        let subsets: Vec<Vec<NodeId>> = (0u32..1 << nodes.len())
+            .map(|bits| {
+                let mut set = nodes.clone();
+                let mut i = 0;
+                set.retain(|_| {
+                    i += 1;
+                    bits & (1 << (i - 1)) != 0
+                });
+                set
+            })
+            .collect();
+        let meets = |write: &WritePlan, read: &ReadPlan| {
+            subsets
+                .iter()
+                .filter(|acked| write.satisfied(*acked))
+                .all(|acked| {
+                    subsets
+                        .iter()
+                        .filter(|answered| read.shortfall(answered).is_none())
+                        .all(|answered| answered.iter().any(|n| acked.contains(n)))
+                })
+        };
+        let mut missed_without_the_agreed_ring = 0;
+        for k in 0..200 {
+            let key = format!("key{k}");
+            let key = key.as_bytes();
+            let m = Quorum::Majority;
+            // A writer still on the older ring, a reader on the newer one
+            // (which it has not yet seen every member on).
+            let write = WritePlan::new(&older, &older, key, m).unwrap();
+            let read = ReadPlan::new(&newer, Some(&older), key, m).unwrap();
+            assert!(meets(&write, &read), "key{k}");
+            if !meets(&write, &ReadPlan::new(&newer, None, key, m).unwrap()) {
+                missed_without_the_agreed_ring += 1;
+            }
+            // The other way round.
+            let write = WritePlan::new(&newer, &older, key, m).unwrap();
+            let read = ReadPlan::new(&older, Some(&older), key, m).unwrap();
+            assert!(meets(&write, &read), "key{k}");
+        }
+        assert!(missed_without_the_agreed_ring > 0);
     }
 
     #[test]
@@ -297,6 +529,7 @@ mod tests {
             needed: 2,
             target_needed: 2,
             previous_needed: 2,
+            also: Vec::new(),
         };
         assert!(plan.satisfied(&ids(&["b:1", "c:1"])));
         assert!(!plan.satisfied(&ids(&["b:1"])));

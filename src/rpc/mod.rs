@@ -175,7 +175,7 @@ fn rpc_error(node: &NodeId, status: tonic::Status) -> Error {
         tonic::Code::DataLoss => Error::corrupt(format!("{node}: {}", status.message())),
         tonic::Code::FailedPrecondition if !status.details().is_empty() => Error::RingChanged {
             node: node.clone(),
-            view: bytes::Bytes::copy_from_slice(status.details()),
+            refusal: bytes::Bytes::copy_from_slice(status.details()),
         },
         tonic::Code::FailedPrecondition => Error::Conflict {
             reason: format!("{node}: {}", status.message()),

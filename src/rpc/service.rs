@@ -6,7 +6,10 @@
 //! the key on other nodes, it learns the view the request carries (if
 //! any) and, if they still differ, refuses with FAILED_PRECONDITION and its
 //! own view in the status details: no quorum is then counted on a ring the
-//! cluster has moved past, however far the coordinator's gossip lags.
+//! cluster has moved past, however far the coordinator's gossip lags. A
+//! write's refusal also names the key's replicas in this node's last agreed
+//! ring, which it needs a quorum of while its agreement lags the
+//! coordinator's (a lag no exchange of member records cures).
 
 use std::pin::Pin;
 
@@ -20,9 +23,9 @@ use crate::membership::{Membership, merge};
 use crate::metrics::{Metrics, Refusal};
 use crate::proto::replica_server::Replica;
 use crate::proto::{
-    BalanceReply, BalanceRequest, Fence, PingReply, PingRequest, ReadReply, ReadRequest,
-    ReadStreamRequest, ScanItem, ScanRequest, SyncReply, SyncRequest, TreeReply, TreeRequest,
-    ValueChunk, WriteChunk, WriteReply, WriteRequest, write_chunk,
+    BalanceReply, BalanceRequest, Fence, FenceRefusal, PingReply, PingRequest, ReadReply,
+    ReadRequest, ReadStreamRequest, ScanItem, ScanRequest, SyncReply, SyncRequest, TreeReply,
+    TreeRequest, ValueChunk, WriteChunk, WriteReply, WriteRequest, write_chunk,
 };
 use crate::ring::{NodeId, Ring, Token, TokenRange, replica_set_hash};
 use crate::rpc::deadline::Deadline;
@@ -98,7 +101,20 @@ impl ReplicaService {
             }
         }
         self.metrics.fence_refused(rpc);
-        let view = merge::to_wire(&membership.ring_view()).encode_to_vec();
+        let agreed = membership.agreed_ring();
+        let refusal = FenceRefusal {
+            view: Some(merge::to_wire(&membership.ring_view())),
+            previous: if write {
+                agreed
+                    .nodes_of(key.as_bytes())
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect()
+            } else {
+                Vec::new()
+            },
+            previous_replicas: agreed.replicas() as u32,
+        };
         Err(Status::with_details(
             tonic::Code::FailedPrecondition,
             format!(
@@ -107,7 +123,7 @@ impl ReplicaService {
                 membership.ring().digest(),
                 fence.digest
             ),
-            view.into(),
+            refusal.encode_to_vec().into(),
         ))
     }
 }
@@ -118,7 +134,8 @@ impl ReplicaService {
 /// (current and target), and of the set its last agreed ring gives the key
 /// unless the coordinator saw every member on this replica's ring already
 /// (its agreed ring is this one: a member still on an older ring would
-/// not have published this one); for a read, a set it reads from.
+/// not have published this one); for a read, one of the sets it reads
+/// from among the sets read.
 pub fn fence_accepts(ring: &Ring, agreed: &Ring, key: &str, fence: &Fence, write: bool) -> bool {
     if ring.digest() == fence.digest && agreed.digest() == fence.agreed {
         return true;
@@ -139,7 +156,7 @@ pub fn fence_accepts(ring: &Ring, agreed: &Ring, key: &str, fence: &Fence, write
             replica_set_hash(&ring.nodes_of(key)),
             replica_set_hash(&agreed.nodes_of(key)),
         ];
-        fence.sets.len() == 1 && readable.contains(&fence.sets[0])
+        fence.sets.iter().any(|set| readable.contains(set))
     }
 }
 
@@ -361,6 +378,30 @@ mod tests {
                     != replica_set_hash(&after.nodes_of(k.as_bytes()))
             })
             .expect("a moved key")
+    }
+
+    /// The coordinator's agreement ahead of the replica's: its plan leaves
+    /// out the replicas the replica's agreed ring gives the key, which no
+    /// view of member records fixes; the set the refusal names does.
+    #[test]
+    fn a_replica_whose_agreement_lags_is_met_with_the_set_it_names() {
+        let (old, _, normal) = rings();
+        let key = moved_key(&old, &normal);
+        let mut five: Vec<Member> = normal.members().cloned().collect();
+        five.push(member(4, MemberState::Joining));
+        let five = Ring::new(five, 3);
+        // Both on the ring with a fifth member joining; the coordinator saw
+        // every member on the four-member ring, the replica only on three.
+        let mut plan = WritePlan::new(&five, &normal, key.as_bytes(), Quorum::Majority).unwrap();
+        let fence = |plan: &WritePlan| Fence {
+            digest: five.digest(),
+            agreed: normal.digest(),
+            sets: plan.set_hashes(),
+            view: None,
+        };
+        assert!(!fence_accepts(&five, &old, &key, &fence(&plan), true));
+        plan.require(old.nodes_of(key.as_bytes()), 2);
+        assert!(fence_accepts(&five, &old, &key, &fence(&plan), true));
     }
 
     #[test]

@@ -125,7 +125,13 @@ impl Cluster {
     /// it, and waits until every node sees all of them as normal.
     pub async fn start(options: Options) -> Cluster {
         let mut cluster = Cluster {
-            dir: tempfile::tempdir().expect("temp dir"),
+            // RINGKV_TEST_KEEP=1 keeps the nodes' data and logs, to read
+            // after a failure.
+            dir: tempfile::Builder::new()
+                .prefix("ringkv-test-")
+                .disable_cleanup(std::env::var_os("RINGKV_TEST_KEEP").is_some())
+                .tempdir()
+                .expect("temp dir"),
             nodes: Vec::new(),
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
