@@ -11,6 +11,7 @@ mod bench;
 mod bench_membership;
 mod bench_repair;
 mod cluster;
+mod config_file;
 mod ops;
 mod serve;
 mod transfer;
@@ -105,6 +106,23 @@ enum Command {
     Download(transfer::DownloadArgs),
     /// Drive a cluster with a put/get mix, or stream one large value.
     Bench(bench::BenchArgs),
+    /// Configuration files of `serve --config`.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// `ringkv config …`.
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Print a configuration file with every setting, its help and its
+    /// default, commented out.
+    Example,
+    /// Check a configuration file: it parses, every key is a setting, every
+    /// value is valid; errors give the line and column.
+    Check {
+        /// The file.
+        file: std::path::PathBuf,
+    },
 }
 
 fn init_logging(
@@ -175,7 +193,28 @@ fn init_logging(
 
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
-    let args = Args::parse();
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().get_matches();
+    let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
+    if let Command::Serve(ServeArgs {
+        config: Some(path), ..
+    }) = &args.command
+    {
+        let serve = matches
+            .subcommand_matches("serve")
+            .cloned()
+            .unwrap_or_default();
+        match config_file::apply(path, &serve) {
+            Ok(serve) => args.command = Command::Serve(serve),
+            Err(err) => {
+                report(&anyhow::Error::from(err), args.json, "");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Command::Config(config) = &args.command {
+        return config_command(config, args.json);
+    }
     let json = args.json;
     let default_level = match args.command {
         Command::Serve(_) | Command::Cluster(_) => "info",
@@ -223,6 +262,33 @@ pub fn main() -> ExitCode {
             report(&err, json, quorum_flag);
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `ringkv config example|check`.
+fn config_command(command: &ConfigCommand, json: bool) -> ExitCode {
+    match command {
+        ConfigCommand::Example => {
+            print!("{}", config_file::example());
+            ExitCode::SUCCESS
+        }
+        ConfigCommand::Check { file } => match config_file::check(file) {
+            Ok(settings) => {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "ok": true, "settings": settings })
+                    );
+                } else {
+                    println!("{}: OK ({settings} settings)", file.display());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(err) => {
+                report(&anyhow::Error::from(err), json, "");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

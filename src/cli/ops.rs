@@ -394,7 +394,8 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
         | Command::Cluster(_)
         | Command::Bench(_)
         | Command::Upload(_)
-        | Command::Download(_) => {
+        | Command::Download(_)
+        | Command::Config(_) => {
             unreachable!("handled by cli::run")
         }
     }

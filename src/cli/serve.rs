@@ -14,6 +14,10 @@ use crate::ring::DEFAULT_TOKENS_PER_NODE;
 /// Flags of `ringkv serve`.
 #[derive(Debug, Clone, Parser)]
 pub struct ServeArgs {
+    /// Read settings from this TOML file (`ringkv config example` prints
+    /// one); flags on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
     /// The name peers use to reach this node.
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
