@@ -157,6 +157,9 @@ struct Inner {
     /// Client reads and writes refused because their coordinator planned
     /// them on a ring that places the key elsewhere, by call.
     fence_refusals: Family<FenceLabels, Counter>,
+    /// Bytes of HTTP request and response bodies, by direction (two
+    /// counters, indexed by [`Direction`], cloned out of the family once).
+    http_bytes: [Counter; 2],
 }
 
 /// Labels naming the call a ring fence refused.
@@ -257,6 +260,17 @@ impl Metrics {
             "Client reads and writes this replica refused because their coordinator planned them on a ring that places the key on other nodes (the coordinator learns this node's ring and asks again)",
             fence_refusals.clone(),
         );
+        let http_bytes_family = Family::<DirectionLabels, Counter>::default();
+        let http_bytes = [Direction::In, Direction::Out].map(|direction| {
+            http_bytes_family.get_or_create_owned(&DirectionLabels {
+                direction: direction.label(),
+            })
+        });
+        registry.register(
+            "http_bytes",
+            "Bytes of HTTP request bodies received (in) and response bodies sent (out)",
+            http_bytes_family,
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -269,8 +283,18 @@ impl Metrics {
                 streams,
                 refused_writes,
                 fence_refusals,
+                http_bytes,
             }),
         }
+    }
+
+    /// Counts `bytes` of HTTP body received (`In`) or sent (`Out`).
+    pub fn http_bytes(&self, direction: Direction, bytes: usize) {
+        let index = match direction {
+            Direction::In => 0,
+            Direction::Out => 1,
+        };
+        self.inner.http_bytes[index].inc_by(bytes as u64);
     }
 
     /// Counts a call refused by the ring fence.
@@ -405,6 +429,24 @@ pub struct NodeFigures {
     /// Ranges streaming into this node (bootstrap, removals, N changes),
     /// running or last.
     pub transfer: TransferFigures,
+    /// The scrub of this node's data, running or last run.
+    pub scrub: ScrubFigures,
+    /// Bytes free for this process on the data disk (`None` with
+    /// `--in-memory`).
+    pub disk_free: Option<u64>,
+}
+
+/// The scrub on this node (the lifecycle's scrub progress).
+#[derive(Debug, Clone, Default)]
+pub struct ScrubFigures {
+    /// A run is under way.
+    pub active: bool,
+    /// Records checked by the current or last run.
+    pub records: u64,
+    /// Value bytes checked by it.
+    pub bytes: u64,
+    /// Runs finished since the node started.
+    pub runs: u64,
 }
 
 /// Anti-entropy on this node (the lifecycle's repair progress).
@@ -573,6 +615,34 @@ impl NodeFigures {
             "Sources the current or last transfer reads",
             gauge(transfer.sources),
         );
+        let scrub = &self.scrub;
+        r.register(
+            "scrub_active",
+            "1 while the scrub reads back and checks this node's values",
+            flag(scrub.active),
+        );
+        r.register(
+            "scrub_records",
+            "Records checked by the current or last scrub run",
+            gauge(scrub.records),
+        );
+        r.register(
+            "scrub_bytes",
+            "Value bytes checked by the current or last scrub run",
+            gauge(scrub.bytes),
+        );
+        r.register(
+            "scrub_runs",
+            "Scrub runs finished since the node started",
+            ConstCounter::new(scrub.runs),
+        );
+        if let Some(free) = self.disk_free {
+            r.register(
+                "disk_free_bytes",
+                "Bytes free for this node on its data disk (writes get 507 below --disk-reserve)",
+                gauge(free),
+            );
+        }
         r
     }
 }
@@ -713,8 +783,34 @@ mod tests {
                 records: 10,
                 ..TransferFigures::default()
             },
+            scrub: ScrubFigures {
+                active: true,
+                bytes: 1 << 20,
+                runs: 2,
+                ..ScrubFigures::default()
+            },
+            disk_free: Some(1 << 30),
         };
-        let p = parse(&Metrics::new(), &figures);
+        let metrics = Metrics::new();
+        metrics.http_bytes(Direction::In, 100);
+        metrics.http_bytes(Direction::Out, 30);
+        metrics.http_bytes(Direction::Out, 12);
+        let p = parse(&metrics, &figures);
+        assert_eq!(counter(&p, "ringkv_scrub_active", &[]), 1.0);
+        assert_eq!(counter(&p, "ringkv_scrub_bytes", &[]), f64::from(1 << 20));
+        assert_eq!(counter(&p, "ringkv_scrub_runs", &[]), 2.0);
+        assert_eq!(
+            counter(&p, "ringkv_disk_free_bytes", &[]),
+            f64::from(1 << 30)
+        );
+        assert_eq!(
+            counter(&p, "ringkv_http_bytes", &[("direction", "in")]),
+            100.0
+        );
+        assert_eq!(
+            counter(&p, "ringkv_http_bytes", &[("direction", "out")]),
+            42.0
+        );
         assert_eq!(counter(&p, "ringkv_keys_stored", &[]), 7.0);
         assert_eq!(counter(&p, "ringkv_bytes_stored", &[]), 4096.0);
         assert_eq!(counter(&p, "ringkv_hints_pending", &[]), 2.0);

@@ -305,7 +305,15 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             node: id.clone(),
             listen_addr: SocketAddr::new(config.bind, local_addr.port()),
             advertise_addr,
-            seeds: config.join.clone(),
+            // A node is not its own seed: every node of a set may be given
+            // the same --join list (a Kubernetes StatefulSet's first pod),
+            // and the one it names founds the cluster.
+            seeds: config
+                .join
+                .iter()
+                .filter(|seed| seed.as_str() != id.as_str())
+                .cloned()
+                .collect(),
             zone: config.zone.clone(),
             tokens: identity.tokens,
             bootstrapped: identity.bootstrapped,

@@ -9,13 +9,16 @@
 
 use std::time::Instant;
 
+use axum::body::Body;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::{ApiResult, AppState};
-use crate::metrics::{Metrics, NodeFigures, RepairFigures, TransferFigures};
+use crate::metrics::{
+    Direction, Metrics, NodeFigures, RepairFigures, ScrubFigures, TransferFigures,
+};
 
 /// What `/metrics` answers with: OpenMetrics text, the format Prometheus
 /// asks for first and `prometheus_client` writes.
@@ -65,14 +68,27 @@ pub fn outcome(status: StatusCode) -> &'static str {
     }
 }
 
-/// Middleware: counts and times every request by operation and outcome.
+/// Middleware: counts and times every request by operation and outcome,
+/// and counts the bytes of its body and of its response's as they pass.
 pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>();
     let operation = operation(request.method(), route.map(MatchedPath::as_str));
     let started = Instant::now();
+    let request = request.map(|body| counted(body, metrics.clone(), Direction::In));
     let response = next.run(request).await;
     metrics.request_done(operation, outcome(response.status()), started.elapsed());
-    response
+    response.map(|body| counted(body, metrics, Direction::Out))
+}
+
+/// `body`, counting its data frames' bytes in `direction`.
+fn counted(body: Body, metrics: Metrics, direction: Direction) -> Body {
+    use http_body_util::BodyExt;
+    Body::new(body.map_frame(move |frame| {
+        if let Some(data) = frame.data_ref() {
+            metrics.http_bytes(direction, data.len());
+        }
+        frame
+    }))
 }
 
 /// `GET /metrics`: every family in the OpenMetrics text format.
@@ -90,6 +106,7 @@ fn figures(state: &AppState) -> NodeFigures {
         .collect();
     let repair = state.lifecycle.repair_progress();
     let transfer = state.lifecycle.progress();
+    let scrub = state.lifecycle.scrub_progress();
     NodeFigures {
         keys: state.store.key_count(),
         disk_bytes: state.store.disk_bytes(),
@@ -115,6 +132,13 @@ fn figures(state: &AppState) -> NodeFigures {
             sources_done: transfer.sources_done as u64,
             sources: transfer.sources as u64,
         },
+        scrub: ScrubFigures {
+            active: scrub.active,
+            records: scrub.keys,
+            bytes: scrub.bytes,
+            runs: scrub.runs,
+        },
+        disk_free: state.store.disk_free(),
     }
 }
 

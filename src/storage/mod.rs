@@ -939,6 +939,12 @@ impl Store {
     pub fn disk_bytes(&self) -> u64 {
         self.inner.engine.disk_bytes()
     }
+
+    /// Bytes free for this process on the data disk; `None` in memory.
+    pub fn disk_free(&self) -> Option<u64> {
+        let (dir, _) = self.inner.reserve.as_ref()?;
+        free_bytes(dir)
+    }
 }
 
 /// Bytes available to this process on the file system holding `dir`.
