@@ -48,6 +48,9 @@ pub struct ClientOptions {
     /// Learn the cluster's members from `/ring` of the first node that
     /// answers, and fail over to them as well.
     pub discover: bool,
+    /// The API token sent as `Authorization: Bearer` with every request
+    /// (`--token`, `RINGKV_TOKEN`); never logged.
+    pub token: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -58,6 +61,7 @@ impl Default for ClientOptions {
             retries: 0,
             base_delay: Duration::from_millis(RETRY_BASE_DELAY_MS),
             discover: false,
+            token: None,
         }
     }
 }
@@ -182,7 +186,15 @@ impl Client {
         if nodes.is_empty() {
             return Err(Error::invalid("no node given (use --node or RINGKV_NODE)"));
         }
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &options.token {
+            let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| Error::invalid("the API token holds characters a header cannot"))?;
+            value.set_sensitive(true);
+            headers.insert(reqwest::header::AUTHORIZATION, value);
+        }
         let http = reqwest::Client::builder()
+            .default_headers(headers)
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .pool_max_idle_per_host(1024)

@@ -69,6 +69,8 @@ pub struct NodeConfig {
     pub auto_purge: bool,
     /// Age after which tombstones every replica holds are dropped.
     pub tombstone_grace: Duration,
+    /// The API token file (`SCOPE TOKEN` lines); `None`: the API is open.
+    pub api_token_file: Option<PathBuf>,
 }
 
 impl NodeConfig {

@@ -6,12 +6,13 @@
 //!   data, placement and the local store; no networking. [`throttle`]
 //!   paces background byte transfers (`--stream-rate`, `--repair-rate`).
 //!   [`metrics`] holds a node's Prometheus figures (no networking; the
-//!   layers above record into it).
+//!   layers above record into it). [`access`]: API tokens and scopes; [`secret`]: the cluster secret.
 //! - [`membership`] (gossip) and [`rpc`] (the node-to-node gRPC service).
 //! - [`coordinator`]: quorum reads and writes, read repair, streaming.
 //! - [`http`]: the public API; [`server`] wires a node together.
 //! - [`client`] (used by the CLI, the bench and the tests) and [`cli`].
 
+pub mod access;
 pub mod cli;
 pub mod client;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod metrics;
 pub mod proto;
 pub mod ring;
 pub mod rpc;
+pub mod secret;
 pub mod server;
 pub mod storage;
 pub mod throttle;

@@ -279,6 +279,11 @@ pub fn write_identity(dir: &Path, id: &NodeId, tokens: &[Token]) -> Result<()> {
 /// Starts a node; it serves until [`RunningNode::stop`].
 pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     config.validate()?;
+    let tokens = config
+        .api_token_file
+        .as_deref()
+        .map(crate::access::Tokens::load)
+        .transpose()?;
     let listener = bind(&config).await?;
     let local_addr = listener.local_addr()?;
     let id = NodeId::parse(&format!("{}:{}", config.host, local_addr.port()))?;
@@ -410,8 +415,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         lifecycle: lifecycle.clone(),
         left: left.clone(),
         metrics,
+        tokens: tokens.clone(),
     });
     lifecycle.spawn_tasks();
+    let reloader = spawn_reloader(Reloadable { tokens })?;
     tracing::info!(node = %id, addr = %local_addr, data_dir = ?data_dir, "node started");
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel();
     let stop = async move {
@@ -425,6 +432,9 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             reason = fatal => Err(Error::invalid(reason)),
         };
         stall_watch.abort();
+        if let Some(reloader) = reloader {
+            reloader.abort();
+        }
         why
     };
     let routes = Routes { grpc, api };
@@ -443,6 +453,35 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         task,
         routes,
     })
+}
+
+/// What SIGHUP reads again.
+struct Reloadable {
+    /// The API token file, when given.
+    tokens: Option<crate::access::Tokens>,
+}
+
+/// Reads the files of `what` again on every SIGHUP (a failed reload keeps
+/// what was in force, with an error in the log); `None` when there is
+/// nothing to reload, so that SIGHUP keeps its default action then.
+fn spawn_reloader(what: Reloadable) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    if what.tokens.is_none() {
+        return Ok(None);
+    }
+    let mut hangups = signal(SignalKind::hangup())?;
+    Ok(Some(tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            if let Some(tokens) = &what.tokens {
+                match tokens.reload() {
+                    Ok(count) => tracing::info!(tokens = count, "API tokens reloaded"),
+                    Err(err) => {
+                        tracing::error!(%err, "API tokens not reloaded; the previous ones stay in force")
+                    }
+                }
+            }
+        }
+    })))
 }
 
 /// Accept loop: one hyper connection (HTTP/1 or h2c) per TCP connection,

@@ -45,6 +45,10 @@ pub struct Args {
     /// backoff and jitter (0.5 s, 1 s, 2 s… ±50 %).
     #[arg(long, global = true, env = "RINGKV_RETRIES", default_value_t = 2)]
     retries: u32,
+    /// API token for nodes started with --api-token-file (sent as
+    /// `Authorization: Bearer`).
+    #[arg(long, global = true, env = "RINGKV_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// More logging (-v: debug, -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -106,6 +110,9 @@ enum Command {
     Download(transfer::DownloadArgs),
     /// Drive a cluster with a put/get mix, or stream one large value.
     Bench(bench::BenchArgs),
+    /// Print a new random secret (32 bytes as 64 hex digits): for
+    /// `--cluster-secret-file`, or as an API token.
+    Secret,
     /// Configuration files of `serve --config`.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -341,6 +348,8 @@ fn error_code(err: &Error) -> &'static str {
     match err {
         Error::Remote { status, .. } => match status {
             400 => "invalid_input",
+            401 => "unauthorized",
+            403 => "forbidden",
             404 => "not_found",
             413 => "too_large",
             503 => "not_ready",
@@ -401,6 +410,19 @@ fn explain(err: &Error, quorum_flag: &str) -> String {
         ),
         Error::Remote {
             node,
+            status: 401,
+            message,
+        } => format!(
+            "{node} refused the request ({message}): pass an API token of the node's token \
+             file with --token TOKEN or RINGKV_TOKEN"
+        ),
+        Error::Remote {
+            node,
+            status: 403,
+            message,
+        } => format!("{node} refused the request: {message}; use a token with that scope"),
+        Error::Remote {
+            node,
             status: 413,
             message,
         } => format!("{node} refused the value: {message} (the nodes' --max-value-size)"),
@@ -427,12 +449,17 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             ClientOptions {
                 retries: args.retries,
                 discover: true,
+                token: args.token.clone(),
                 ..ClientOptions::default()
             },
         )
     };
     match args.command {
         Command::Serve(serve) => serve::run(serve, args.json).await,
+        Command::Secret => {
+            println!("{}", crate::secret::generate_hex()?);
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cluster(cluster) => cluster::run(cluster, out).await,
         Command::Bench(bench) => bench::run(bench, nodes, out).await,
         Command::Upload(upload) => transfer::upload(upload, client()?, out).await,

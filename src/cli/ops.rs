@@ -393,6 +393,7 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
         Command::Serve(_)
         | Command::Cluster(_)
         | Command::Bench(_)
+        | Command::Secret
         | Command::Upload(_)
         | Command::Download(_)
         | Command::Config(_) => {

@@ -117,6 +117,12 @@ pub struct ServeArgs {
     /// until `ringkv purge` (by default they go once every owner holds them).
     #[arg(long)]
     pub no_auto_purge: bool,
+    /// API tokens, one per line as `SCOPE TOKEN` (scopes: read, write,
+    /// admin, metrics; admin implies all). Once given, every endpoint but
+    /// /health and /health/live needs `Authorization: Bearer TOKEN`.
+    /// Read again on SIGHUP.
+    #[arg(long)]
+    pub api_token_file: Option<PathBuf>,
 }
 
 /// What the first SIGTERM/SIGINT does.
@@ -163,6 +169,7 @@ impl ServeArgs {
             repair_rate: self.repair_rate.filter(|r| *r > 0),
             auto_purge: !self.no_auto_purge,
             tombstone_grace: self.tombstone_grace,
+            api_token_file: self.api_token_file.clone(),
         }
     }
 }

@@ -113,9 +113,11 @@ pub struct PurgeParams {
 
 /// `POST /purge`: drops the keys this node no longer owns that every owner
 /// holds; what was dropped and what was kept for now. `?all=true`: every
-/// live member does it (asked over HTTP), each report under its name.
+/// live member does it (asked over HTTP, with this request's API token),
+/// each report under its name.
 pub async fn purge(
     State(state): State<AppState>,
+    headers: axum::http::HeaderMap,
     params: Result<Query<PurgeParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let params = query(params)?;
@@ -135,8 +137,18 @@ pub async fn purge(
         .filter(|m| m.live && m.id != state.node && m.state != crate::ring::MemberState::Removed)
         .map(|m| m.id.to_string())
         .collect();
-    let calls = others.iter().map(|node| async move {
-        let result = match crate::client::Client::new(vec![node.clone()]) {
+    // The members share the token file: the caller's admin token is theirs too.
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| crate::access::bearer_token(v.as_bytes()))
+        .and_then(|t| String::from_utf8(t.to_vec()).ok());
+    let options = crate::client::ClientOptions {
+        token,
+        ..crate::client::ClientOptions::default()
+    };
+    let calls = others.iter().map(|node| async {
+        let client = crate::client::Client::with_options(vec![node.clone()], options.clone());
+        let result = match client {
             Ok(client) => client.purge(false).await,
             Err(err) => Err(err),
         };

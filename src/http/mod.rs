@@ -7,6 +7,7 @@
 //! what was wrong.
 
 mod admin;
+pub mod auth;
 mod cluster;
 mod keys;
 pub mod metrics;
@@ -23,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use serde_json::json;
 
+use crate::access::Tokens;
 use crate::coordinator::Coordinator;
 use crate::error::Error;
 use crate::lifecycle::Lifecycle;
@@ -49,11 +51,13 @@ pub struct AppState {
     pub left: Arc<tokio::sync::Notify>,
     /// This node's figures (`/metrics`; streams in progress for the page).
     pub metrics: Metrics,
+    /// The API tokens (`--api-token-file`); `None`: the API is open.
+    pub tokens: Option<Tokens>,
 }
 
 /// The public router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
+    let mut router = Router::new()
         .route("/", get(page::status_page))
         .route("/favicon.ico", get(keys::favicon))
         .route("/keys", get(keys::list))
@@ -77,7 +81,11 @@ pub fn router(state: AppState) -> Router {
         .route("/ring/{*node}", delete(admin::remove))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(same_origin_only))
+        .layer(axum::middleware::from_fn(same_origin_only));
+    if let Some(tokens) = state.tokens.clone() {
+        router = router.layer(axum::middleware::from_fn_with_state(tokens, auth::require));
+    }
+    router
         // Outermost, so that refused requests are counted too.
         .layer(axum::middleware::from_fn_with_state(
             state.metrics.clone(),

@@ -25,9 +25,9 @@ use crate::proto::RecordMeta;
 use crate::ring::{MemberState, NodeId, Ring, Token};
 
 /// The page's style sheet.
-const STYLE: &str = include_str!("status.css");
+pub(super) const STYLE: &str = include_str!("status.css");
 /// The page's script: polling, search, buttons, upload.
-const SCRIPT: &str = include_str!("status.js");
+pub(super) const SCRIPT: &str = include_str!("status.js");
 /// Keys shown per page.
 const KEYS_PER_PAGE: usize = 50;
 /// How long the page waits for a replica's answer about a key.

@@ -93,6 +93,8 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// The nodes' network namespaces, when they have their own.
     pub net: Option<netns::Net>,
+    /// The API token the tests' own requests carry, when the nodes need one.
+    pub token: Option<String>,
 }
 
 /// Options for a test cluster.
@@ -107,6 +109,9 @@ pub struct Options {
     /// Each node in its own network namespace (needs root), so that links
     /// can be cut with [`netns::Net`].
     pub netns: bool,
+    /// The API token the tests' own requests (and `balance`) carry, for
+    /// nodes started with `--api-token-file`.
+    pub token: Option<String>,
 }
 
 impl Default for Options {
@@ -116,6 +121,7 @@ impl Default for Options {
             replicas: 3,
             flags: Vec::new(),
             netns: false,
+            token: None,
         }
     }
 }
@@ -124,21 +130,8 @@ impl Cluster {
     /// Starts `options.nodes` nodes, the first founding, the others joining
     /// it, and waits until every node sees all of them as normal.
     pub async fn start(options: Options) -> Cluster {
-        let mut cluster = Cluster {
-            // RINGKV_TEST_KEEP=1 keeps the nodes' data and logs, to read
-            // after a failure.
-            dir: tempfile::Builder::new()
-                .prefix("ringkv-test-")
-                .disable_cleanup(std::env::var_os("RINGKV_TEST_KEEP").is_some())
-                .tempdir()
-                .expect("temp dir"),
-            nodes: Vec::new(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()
-                .expect("client"),
-            net: options.netns.then(netns::Net::new),
-        };
+        let mut cluster = Cluster::empty(options.token.clone());
+        cluster.net = options.netns.then(netns::Net::new);
         for i in 0..options.nodes {
             let mut flags = vec!["--replicas".to_string(), options.replicas.to_string()];
             flags.extend(options.flags.iter().cloned());
@@ -150,6 +143,44 @@ impl Cluster {
         }
         cluster.wait_converged().await;
         cluster
+    }
+
+    /// A cluster of no node yet, whose requests carry `token`.
+    pub fn empty(token: Option<String>) -> Cluster {
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(token) = &token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {token}").parse().expect("header"),
+            );
+        }
+        Cluster {
+            // RINGKV_TEST_KEEP=1 keeps the nodes' data and logs, to read
+            // after a failure.
+            dir: tempfile::Builder::new()
+                .prefix("ringkv-test-")
+                .disable_cleanup(std::env::var_os("RINGKV_TEST_KEEP").is_some())
+                .tempdir()
+                .expect("temp dir"),
+            nodes: Vec::new(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .default_headers(headers)
+                .build()
+                .expect("client"),
+            net: None,
+            token,
+        }
+    }
+
+    /// `ringkv ARGS` against node `i`, with the cluster's token.
+    pub fn cli(&self, i: usize, args: &[&str]) -> (bool, String, String) {
+        let mut all: Vec<&str> = Vec::new();
+        if let Some(token) = &self.token {
+            all.extend(["--token", token.as_str()]);
+        }
+        all.extend(args);
+        ringkv_cli(&self.nodes[i].id, &all)
     }
 
     /// Starts one more node with `flags` (plus the usual test flags) and
@@ -270,7 +301,7 @@ impl Cluster {
 
     /// `ringkv --json balance` through node `i`: the cluster-wide summary.
     pub fn balance(&self, i: usize) -> Value {
-        let (ok, out, err) = ringkv_cli(&self.nodes[i].id, &["--json", "balance"]);
+        let (ok, out, err) = self.cli(i, &["--json", "balance"]);
         assert!(ok, "{err}");
         serde_json::from_str(&out).expect("balance summary")
     }
