@@ -72,13 +72,19 @@ pub fn leaves_of(range: TokenRange) -> Vec<usize> {
     (0..count).map(|i| (first + i) % LEAVES).collect()
 }
 
-/// The hash of one entry.
+/// The hash of one entry. A version's expiry change (`touch`) counts only
+/// when set, so that the hashes of records without one are those of data
+/// dirs written before expiry existed. The expiry itself is not hashed: it
+/// is set once per version.
 pub fn entry_hash(key: &str, version: Version, deleted: bool) -> u64 {
-    let mut bytes = Vec::with_capacity(key.len() + 17);
+    let mut bytes = Vec::with_capacity(key.len() + 25);
     bytes.extend_from_slice(key.as_bytes());
     bytes.extend_from_slice(&version.timestamp.to_be_bytes());
     bytes.extend_from_slice(&version.writer.to_be_bytes());
     bytes.push(u8::from(deleted));
+    if version.touch != 0 {
+        bytes.extend_from_slice(&version.touch.to_be_bytes());
+    }
     xxh3_64(&bytes)
 }
 
@@ -227,10 +233,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn version(ts: u64) -> Version {
-        Version {
-            timestamp: ts,
-            writer: 1,
-        }
+        Version::new(ts, 1)
     }
 
     #[test]

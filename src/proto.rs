@@ -13,6 +13,7 @@ impl From<crate::version::Version> for Version {
         Version {
             timestamp: v.timestamp,
             writer: v.writer,
+            touch: v.touch,
         }
     }
 }
@@ -22,6 +23,7 @@ impl From<Version> for crate::version::Version {
         crate::version::Version {
             timestamp: v.timestamp,
             writer: v.writer,
+            touch: v.touch,
         }
     }
 }
@@ -30,5 +32,30 @@ impl RecordMeta {
     /// The record's version; absent on the wire means [`Version::ZERO`](crate::version::Version::ZERO).
     pub fn version(&self) -> crate::version::Version {
         self.version.map(Into::into).unwrap_or_default()
+    }
+
+    /// Whether this is a value whose expiry has passed at `now_ms`
+    /// (milliseconds since the epoch, cluster time).
+    pub fn expired_at(&self, now_ms: u64) -> bool {
+        !self.deleted && self.expires_at != 0 && self.expires_at <= now_ms
+    }
+
+    /// Whether this reads as absent at `now_ms`: a tombstone or an expired
+    /// value (F13, F28).
+    pub fn is_dead_at(&self, now_ms: u64) -> bool {
+        self.deleted || self.expired_at(now_ms)
+    }
+
+    /// The milliseconds `now_ms` a tombstone or expired value has been dead
+    /// since (its deletion or its expiry); `None` for a value that has not
+    /// expired.
+    pub fn dead_since_ms(&self, now_ms: u64) -> Option<u64> {
+        if self.deleted {
+            Some(self.version().timestamp / 1_000_000)
+        } else if self.expired_at(now_ms) {
+            Some(self.expires_at)
+        } else {
+            None
+        }
     }
 }

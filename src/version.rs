@@ -19,6 +19,23 @@
 //! whatever order the writes arrived, and an older version never replaces a
 //! newer one. Property tests below check these laws.
 //!
+//! # Expiry changes (F28)
+//!
+//! A change of a value's expiry alone (EXPIRE, PERSIST, GETEX) keeps the
+//! value's `(timestamp, writer)` and sets `touch`, the HLC reading of the
+//! change: it orders after the value it changes and before every later
+//! write of the key, so an expiry change based on an old value can never
+//! replace a newer value, and of two changes of one value the later wins.
+//! A write itself has `touch` 0.
+//!
+//! # Cluster time
+//!
+//! Expiry is decided against [`Clock::cluster_now_ns`]: this node's physical
+//! clock, or the clock of the peer seen furthest ahead in the last
+//! [`PEER_AHEAD_KEEP`] (replies to reads and writes carry the replica's
+//! time), so that a node whose clock runs behind still sees a key expire
+//! when the others do.
+//!
 //! We keep our own 40-line clock rather than `uhlc` because F11 asks for one
 //! integer of nanoseconds on the wire and `uhlc`'s NTP64 fractions do not map
 //! to nanoseconds one-to-one.
@@ -33,7 +50,12 @@ use serde::{Deserialize, Serialize};
 /// ahead cannot drag every node's clock with it.
 pub const MAX_CLOCK_SKEW_NS: u64 = 60_000_000_000;
 
-/// A write's version: hybrid timestamp, then writer id as tie-breaker.
+/// How long a peer's clock seen ahead of this node's keeps counting for
+/// [`Clock::cluster_now_ns`] without being seen again.
+pub const PEER_AHEAD_KEEP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A write's version: hybrid timestamp, then writer id as tie-breaker, then
+/// the stamp of a later change of the value's expiry alone.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
@@ -42,6 +64,14 @@ pub struct Version {
     pub timestamp: u64,
     /// Hash of the coordinating node's id; breaks timestamp ties deterministically.
     pub writer: u64,
+    /// HLC reading of the last change of this value's expiry alone
+    /// (EXPIRE, PERSIST…), 0 for the write itself (see the module doc).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub touch: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 impl Version {
@@ -49,7 +79,28 @@ impl Version {
     pub const ZERO: Version = Version {
         timestamp: 0,
         writer: 0,
+        touch: 0,
     };
+
+    /// The version of a value written at `timestamp` by `writer`.
+    pub fn new(timestamp: u64, writer: u64) -> Version {
+        Version {
+            timestamp,
+            writer,
+            touch: 0,
+        }
+    }
+
+    /// The write this version belongs to (`touch` 0): versions with the same
+    /// base have the same value bytes (and share the value's chunks).
+    pub fn base(self) -> Version {
+        Version { touch: 0, ..self }
+    }
+
+    /// This version's value with its expiry changed at `touch`.
+    pub fn touched(self, touch: u64) -> Version {
+        Version { touch, ..self }
+    }
 
     /// The merge rule: the newer of two versions (see the module doc).
     pub fn newest(self, other: Version) -> Version {
@@ -63,7 +114,19 @@ impl Version {
 
     /// The `ETag` of a value written at this version.
     pub fn etag(&self) -> String {
-        format!("\"{:x}-{:x}\"", self.timestamp, self.writer)
+        if self.touch == 0 {
+            format!("\"{:x}-{:x}\"", self.timestamp, self.writer)
+        } else {
+            format!(
+                "\"{:x}-{:x}-{:x}\"",
+                self.timestamp, self.writer, self.touch
+            )
+        }
+    }
+
+    /// The newest HLC reading in this version (its write or its touch).
+    pub fn latest_ns(&self) -> u64 {
+        self.timestamp.max(self.touch)
     }
 }
 
@@ -79,6 +142,10 @@ pub struct Clock {
     /// Added to every physical reading (fault tests: a node whose clock
     /// runs ahead or behind, `--clock-skew-ms`).
     skew_ns: i64,
+    /// How far ahead of this clock the furthest peer clock seen recently
+    /// ran (ns, never negative), and when it was seen: see
+    /// [`Clock::cluster_now_ns`].
+    peer_ahead: Mutex<(u64, std::time::Instant)>,
 }
 
 /// Nanoseconds since the Unix epoch from the system clock.
@@ -102,6 +169,7 @@ impl Clock {
             last: Mutex::new(0),
             physical,
             skew_ns: 0,
+            peer_ahead: Mutex::new((0, std::time::Instant::now())),
         }
     }
 
@@ -122,9 +190,44 @@ impl Clock {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         let timestamp = physical.max(*last + 1);
         *last = timestamp;
-        Version {
-            timestamp,
-            writer: self.writer,
+        Version::new(timestamp, self.writer)
+    }
+
+    /// The time expiry is decided against, in nanoseconds since the epoch:
+    /// the physical clock, or the furthest peer clock seen ahead of it in
+    /// the last [`PEER_AHEAD_KEEP`].
+    pub fn cluster_now_ns(&self) -> u64 {
+        let physical = self.physical_now();
+        let ahead = self.peer_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        if ahead.1.elapsed() > PEER_AHEAD_KEEP {
+            return physical;
+        }
+        physical.saturating_add(ahead.0)
+    }
+
+    /// [`Clock::cluster_now_ns`] in milliseconds.
+    pub fn cluster_now_ms(&self) -> u64 {
+        self.cluster_now_ns() / 1_000_000
+    }
+
+    /// This node's physical reading, the time a replica reports in its
+    /// replies.
+    pub fn physical_ns(&self) -> u64 {
+        self.physical_now()
+    }
+
+    /// Notes a peer's clock reading (`remote_ns`, just received): if it runs
+    /// ahead of this clock by at most [`MAX_CLOCK_SKEW_NS`], cluster time
+    /// follows it for a while.
+    pub fn observe_time(&self, remote_ns: u64) {
+        let physical = self.physical_now();
+        if remote_ns <= physical || remote_ns > physical.saturating_add(MAX_CLOCK_SKEW_NS) {
+            return;
+        }
+        let sample = remote_ns - physical;
+        let mut ahead = self.peer_ahead.lock().unwrap_or_else(|p| p.into_inner());
+        if sample >= ahead.0 || ahead.1.elapsed() > PEER_AHEAD_KEEP {
+            *ahead = (sample, std::time::Instant::now());
         }
     }
 
@@ -133,11 +236,15 @@ impl Clock {
     /// ahead of local physical time are ignored (and reported) instead.
     pub fn observe(&self, seen: Version) -> bool {
         let physical = self.physical_now();
-        if seen.timestamp > physical.saturating_add(MAX_CLOCK_SKEW_NS) {
+        let latest = seen.latest_ns();
+        if latest > physical.saturating_add(MAX_CLOCK_SKEW_NS) {
             return false;
         }
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        *last = (*last).max(seen.timestamp);
+        {
+            let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+            *last = (*last).max(latest);
+        }
+        self.observe_time(latest);
         true
     }
 }
@@ -164,10 +271,7 @@ mod tests {
     #[test]
     fn observing_a_later_version_moves_the_clock_past_it() {
         let clock = Clock::with_source(1, frozen);
-        let remote = Version {
-            timestamp: frozen() + 5_000,
-            writer: 9,
-        };
+        let remote = Version::new(frozen() + 5_000, 9);
         assert!(clock.observe(remote));
         let next = clock.now();
         assert!(next > remote);
@@ -176,30 +280,56 @@ mod tests {
     #[test]
     fn far_future_versions_are_not_observed() {
         let clock = Clock::with_source(1, frozen);
-        let remote = Version {
-            timestamp: frozen() + MAX_CLOCK_SKEW_NS + 1,
-            writer: 9,
-        };
+        let remote = Version::new(frozen() + MAX_CLOCK_SKEW_NS + 1, 9);
         assert!(!clock.observe(remote));
         assert_eq!(clock.now().timestamp, frozen());
     }
 
     #[test]
     fn ties_are_broken_by_writer() {
-        let a = Version {
-            timestamp: 10,
-            writer: 1,
-        };
-        let b = Version {
-            timestamp: 10,
-            writer: 2,
-        };
+        let a = Version::new(10, 1);
+        let b = Version::new(10, 2);
         assert_eq!(a.newest(b), b);
         assert_eq!(b.newest(a), b);
     }
 
     fn version() -> impl Strategy<Value = Version> {
-        (0u64..50, 0u64..4).prop_map(|(timestamp, writer)| Version { timestamp, writer })
+        (0u64..50, 0u64..4, 0u64..3).prop_map(|(timestamp, writer, touch)| Version {
+            timestamp,
+            writer,
+            touch,
+        })
+    }
+
+    #[test]
+    fn an_expiry_change_orders_between_its_value_and_the_next_write() {
+        let value = Version::new(10, 5);
+        let touched = value.touched(20);
+        let later = Version::new(11, 0);
+        assert!(value < touched && touched < later);
+        assert!(touched < value.touched(21));
+        assert_eq!(touched.base(), value);
+    }
+
+    fn ahead() -> u64 {
+        frozen() + 3_000_000_000
+    }
+
+    #[test]
+    fn cluster_time_follows_a_peer_clock_that_runs_ahead() {
+        let clock = Clock::with_source(1, frozen);
+        assert_eq!(clock.cluster_now_ns(), frozen());
+        clock.observe_time(ahead());
+        assert_eq!(clock.cluster_now_ns(), ahead());
+        // A clock behind, or absurdly far ahead, changes nothing.
+        clock.observe_time(frozen() - 1);
+        clock.observe_time(frozen() + MAX_CLOCK_SKEW_NS + 1);
+        assert_eq!(clock.cluster_now_ns(), ahead());
+        // A skewed node's own reading is skewed too.
+        let behind = Clock::with_source(2, frozen).skewed(-5_000_000_000);
+        assert_eq!(behind.cluster_now_ns(), frozen() - 5_000_000_000);
+        behind.observe(Version::new(frozen(), 9));
+        assert_eq!(behind.cluster_now_ns(), frozen());
     }
 
     proptest! {
@@ -232,7 +362,7 @@ mod tests {
             let clock = Clock::with_source(3, frozen);
             let mut last = Version::ZERO;
             for t in observed {
-                clock.observe(Version { timestamp: t, writer: 1 });
+                clock.observe(Version::new(t, 1));
                 let v = clock.now();
                 prop_assert!(v > last);
                 last = v;

@@ -69,17 +69,12 @@ fn write(key: &str, value: &'static [u8]) -> Vec<u8> {
     WriteRequest {
         meta: Some(RecordMeta {
             key: key.into(),
-            version: Some(
-                ringkv::version::Version {
-                    timestamp: 1_764_000_000_000_000_000,
-                    writer: 9,
-                }
-                .into(),
-            ),
+            version: Some(ringkv::version::Version::new(1_764_000_000_000_000_000, 9).into()),
             deleted: false,
             content_type: String::new(),
             size: value.len() as u64,
             checksum: Bytes::copy_from_slice(blake3::hash(value).as_bytes()),
+            expires_at: 0,
         }),
         value: Bytes::from_static(value),
         fence: None,

@@ -553,7 +553,11 @@ async fn a_full_disk_answers_507_and_recovers_when_space_returns() {
 #[test]
 fn what_a_read_may_return() {
     use Outcome::*;
-    let change = |effect, outcome| Change { effect, outcome };
+    let change = |effect, outcome| Change {
+        effect,
+        outcome,
+        expiry: None,
+    };
     assert_eq!(allowed(&[]), vec![None]);
     assert_eq!(
         allowed(&[change(Some(1), Acknowledged), change(Some(2), Acknowledged)]),

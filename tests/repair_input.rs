@@ -222,6 +222,7 @@ async fn malformed_tree_and_scan_messages_fail_alone_and_the_node_stays_up() {
             framed(&ScanRequest {
                 ranges: vec![TokenRange::default(); 300_000],
                 inline_max: 0,
+                limit: 0,
             }),
         ),
     ];

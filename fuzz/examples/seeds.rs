@@ -22,10 +22,7 @@ fn main() -> std::io::Result<()> {
     std::fs::create_dir_all(&rpc)?;
     std::fs::create_dir_all(&record)?;
 
-    let version = Version {
-        timestamp: 1_764_000_000_000_000_000,
-        writer: 7,
-    };
+    let version = Version::new(1_764_000_000_000_000_000, 7);
     let value = Bytes::from_static(b"hello");
     let meta = |key: &str, deleted: bool, value: &[u8]| RecordMeta {
         key: key.to_string(),
@@ -38,6 +35,7 @@ fn main() -> std::io::Result<()> {
         },
         size: value.len() as u64,
         checksum: Bytes::copy_from_slice(blake3::hash(value).as_bytes()),
+        expires_at: 0,
     };
     let range = TokenRange {
         start: 0,
@@ -124,6 +122,7 @@ fn main() -> std::io::Result<()> {
                 ScanRequest {
                     ranges: vec![range, TokenRange { start: 5, end: 5 }],
                     inline_max: 64,
+                    limit: 0,
                 }
                 .encode_to_vec(),
             ],

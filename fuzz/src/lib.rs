@@ -517,10 +517,7 @@ pub fn record(data: &[u8]) {
         && ringkv::key::validate(&meta.key).is_ok()
     {
         let value = Bytes::from_static(b"written over whatever was there");
-        let newer = Version {
-            timestamp: meta.version().timestamp.saturating_add(1),
-            writer: 1,
-        };
+        let newer = Version::new(meta.version().timestamp.saturating_add(1), 1);
         let fresh = RecordMeta {
             key: meta.key.clone(),
             version: Some(newer.into()),
@@ -528,6 +525,7 @@ pub fn record(data: &[u8]) {
             content_type: String::new(),
             size: value.len() as u64,
             checksum: Bytes::copy_from_slice(blake3::hash(&value).as_bytes()),
+            expires_at: 0,
         };
         if newer > meta.version() && store.write_whole(fresh, value.clone()).is_ok() {
             let record: Option<StoredRecord> = store.record(&meta.key).ok().flatten();

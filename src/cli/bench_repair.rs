@@ -150,6 +150,7 @@ fn meta_of(key: String, version: Version, value: &Bytes) -> RecordMeta {
         content_type: String::new(),
         size: value.len() as u64,
         checksum: Bytes::copy_from_slice(blake3::hash(value).as_bytes()),
+        expires_at: 0,
     }
 }
 
@@ -220,10 +221,7 @@ fn apply_differences(
     base: Version,
 ) -> anyhow::Result<Differences> {
     let store = open_store(dir)?;
-    let newer = Version {
-        timestamp: base.timestamp + 1_000_000_000,
-        writer: DIFF_WRITER,
-    };
+    let newer = Version::new(base.timestamp + 1_000_000_000, DIFF_WRITER);
     let existing = count - count / 3;
     let stride = (keys / existing.max(1)).max(1);
     let mut done = Differences::default();
@@ -476,10 +474,7 @@ fn base_version() -> Version {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(1);
-    Version {
-        timestamp: now,
-        writer: BASE_WRITER,
-    }
+    Version::new(now, BASE_WRITER)
 }
 
 /// `ringkv bench --repair-cost`.

@@ -30,6 +30,18 @@
 //!   replica.
 //! - With W + R <= N a read may miss the latest acknowledged write.
 //!
+//! # Expiry (F28)
+//! A value may carry an expiry (`RecordMeta::expires_at`, cluster time in
+//! ms): set when it is written, or changed alone by [`Coordinator::touch`],
+//! which keeps the value's version and sets its `touch` (see `version.rs`),
+//! so that it orders after that value and before any later write. Every
+//! replica keeps the newest record as usual; a read whose newest record has
+//! expired answers `NotFound`, judged against the latest clock among this
+//! node's and those of the replicas that answered ([`Clock::cluster_now_ns`]),
+//! so that a node whose clock is behind does not serve it. Read repair
+//! still sends that expired record to stale replicas: an older value can
+//! never come back from them.
+//!
 //! # Transitions and hints
 //! While a node joins or leaves or N changes, a write also goes to the
 //! key's *pending* replicas (those it will have once the transition is
@@ -91,6 +103,43 @@ pub struct CoordinatorOptions {
     pub ring_fence: bool,
 }
 
+/// When a written value expires (F28).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Expiry {
+    /// Never.
+    #[default]
+    Never,
+    /// This long after the write is stamped.
+    After(Duration),
+    /// At this time, ms since the Unix epoch (cluster time); a time in the
+    /// past makes a value that reads as absent at once.
+    AtMs(u64),
+}
+
+impl Expiry {
+    /// The `expires_at` of a record stamped at `now_ms` (0: never).
+    pub fn at_ms(self, now_ms: u64) -> u64 {
+        match self {
+            Expiry::Never => 0,
+            Expiry::After(ttl) => {
+                now_ms.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            }
+            Expiry::AtMs(at) => at.max(1),
+        }
+    }
+}
+
+/// How a write that met a newer version on a replica is stamped again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restamp {
+    /// A new value: a new version from the clock.
+    Write,
+    /// An expiry change of the value of the same base: a new `touch`; a
+    /// newer value of another base means a later write replaced it, and
+    /// this change is done (it orders before that write).
+    Touch,
+}
+
 /// What a successful write (or delete) reports.
 #[derive(Debug, Clone)]
 pub struct WriteResult {
@@ -103,12 +152,13 @@ pub struct WriteResult {
     /// Nodes becoming replicas of the key (a transition is under way) that
     /// confirmed before the reply.
     pub pending: Vec<NodeId>,
+    /// When the value written expires (ms since the epoch), if it does.
+    pub expires_at: Option<u64>,
 }
 
 impl WriteResult {
-    /// The result of a write stamped `version` under `plan`, confirmed by
-    /// `acked`.
-    fn new(version: Version, plan: &WritePlan, acked: &[NodeId]) -> WriteResult {
+    /// The result of a write of `meta` under `plan`, confirmed by `acked`.
+    fn new(meta: &RecordMeta, plan: &WritePlan, acked: &[NodeId]) -> WriteResult {
         let of = |set: &[NodeId]| {
             acked
                 .iter()
@@ -117,10 +167,11 @@ impl WriteResult {
                 .collect::<Vec<_>>()
         };
         WriteResult {
-            version,
+            version: meta.version(),
             stored_on: of(&plan.replicas),
             pending: of(&plan.pending),
             replicas: plan.replicas.clone(),
+            expires_at: (meta.expires_at != 0 && !meta.deleted).then_some(meta.expires_at),
         }
     }
 }
@@ -232,6 +283,17 @@ impl Coordinator {
     /// The largest value accepted.
     pub fn max_value_size(&self) -> u64 {
         self.inner.options.max_value_size
+    }
+
+    /// Cluster time in ms since the epoch, what expiry is judged against
+    /// ([`Clock::cluster_now_ns`]).
+    pub fn cluster_now_ms(&self) -> u64 {
+        self.inner.clock.cluster_now_ms()
+    }
+
+    /// This node.
+    pub fn node(&self) -> &NodeId {
+        &self.inner.node
     }
 
     /// The current ring.
@@ -361,10 +423,12 @@ impl Coordinator {
         {
             return;
         }
+        // An expiry change of a large value carries no bytes (`touch_only`):
+        // its hint is delivered like a large value's, from a replica holding it.
         let record = StoredRecord {
             meta: Some(meta.clone()),
             inline_value: value
-                .filter(|v| v.len() <= INLINE_MAX_BYTES && !meta.deleted)
+                .filter(|v| v.len() <= INLINE_MAX_BYTES && !meta.deleted && !touch_only(meta, v))
                 .cloned(),
             chunk_count: 0,
             chunk_size: 0,
@@ -377,26 +441,41 @@ impl Coordinator {
         }
     }
 
-    /// Stores a value streamed from `body`, on W of the key's N replicas.
+    /// Stores a value streamed from `body`, on W of the key's N replicas,
+    /// expiring as `expiry` says.
     pub async fn put(
         &self,
         key: &str,
         content_type: &str,
+        expiry: Expiry,
         body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
         w: Quorum,
     ) -> Result<WriteResult> {
         let result = match self.inner.stall.check() {
-            Ok(()) => self.put_value(key, content_type, body, w).await,
+            Ok(()) => self.put_value(key, content_type, expiry, body, w).await,
             Err(err) => Err(err),
         };
         self.inner.metrics.observe_quorum("put", &result);
         result
     }
 
+    /// Stores `value` whole (a small value, as the Redis front end has).
+    pub async fn put_bytes(
+        &self,
+        key: &str,
+        value: Bytes,
+        expiry: Expiry,
+        w: Quorum,
+    ) -> Result<WriteResult> {
+        let body = futures::stream::once(async move { Ok(value) });
+        self.put(key, "", expiry, Box::pin(body), w).await
+    }
+
     async fn put_value(
         &self,
         key: &str,
         content_type: &str,
+        expiry: Expiry,
         body: impl Stream<Item = Result<Bytes>> + Send + Unpin,
         w: Quorum,
     ) -> Result<WriteResult> {
@@ -410,6 +489,7 @@ impl Coordinator {
             content_type: content_type.to_string(),
             size: 0,
             checksum: Bytes::new(),
+            expires_at: expiry.at_ms(self.cluster_now_ms()),
         };
         let mut body = body;
         let (first, ended) = self.read_piece(&mut body, CHUNK_SIZE_BYTES, 0).await?;
@@ -417,7 +497,7 @@ impl Coordinator {
             let mut meta = header;
             meta.size = first.len() as u64;
             meta.checksum = Bytes::copy_from_slice(blake3::hash(&first).as_bytes());
-            return self.write_whole(meta, first, w).await;
+            return self.write_whole(meta, first, w, Restamp::Write).await;
         }
         // A streamed body cannot be sent again under a new stamp (see
         // `write_whole`): the clock first moves past what the replicas hold
@@ -454,8 +534,39 @@ impl Coordinator {
             content_type: String::new(),
             size: 0,
             checksum: Bytes::new(),
+            expires_at: 0,
         };
-        self.write_whole(meta, Bytes::new(), w).await
+        self.write_whole(meta, Bytes::new(), w, Restamp::Write)
+            .await
+    }
+
+    /// Changes the expiry of the value `found` (the newest a quorum read
+    /// returned) to `expires_at` (ms, cluster time; 0: never), on W of its
+    /// replicas, keeping its bytes: EXPIRE, PERSIST, GETEX. The change
+    /// keeps the value's version and sets its `touch`, so a value written
+    /// after `found` always wins over it (the change then orders before
+    /// that write, as if it had come first). A small value goes whole to
+    /// each replica; a large one goes as its record alone, and a replica
+    /// that lacks the value is sent it by its hint.
+    pub async fn touch(
+        &self,
+        found: &ReadResult,
+        expires_at: u64,
+        w: Quorum,
+    ) -> Result<WriteResult> {
+        let result = match self.inner.stall.check() {
+            Ok(()) => {
+                let mut meta = found.meta.clone();
+                let touch = self.inner.clock.now().timestamp;
+                meta.version = Some(meta.version().touched(touch).into());
+                meta.expires_at = expires_at;
+                let value = found.value.clone().unwrap_or_default();
+                self.write_whole(meta, value, w, Restamp::Touch).await
+            }
+            Err(err) => Err(err),
+        };
+        self.inner.metrics.observe_quorum("put", &result);
+        result
     }
 
     /// Reads up to `limit` bytes from the body (the first piece), enforcing
@@ -577,6 +688,7 @@ impl Coordinator {
         mut meta: RecordMeta,
         value: Bytes,
         w: Quorum,
+        restamp: Restamp,
     ) -> Result<WriteResult> {
         let mut attempt = 0;
         let mut fenced = 0;
@@ -611,6 +723,10 @@ impl Coordinator {
             let Some(newer) = result.newer else {
                 return Ok(result.written);
             };
+            if restamp == Restamp::Touch && newer.base() != meta.version().base() {
+                // A later write replaced the value: this change came first.
+                return Ok(result.written);
+            }
             acked.clear();
             attempt += 1;
             if attempt > RESTAMP_ATTEMPTS || !self.inner.clock.observe(newer) {
@@ -623,7 +739,14 @@ impl Coordinator {
                 });
             }
             tracing::debug!(key = %meta.key, ?newer, "a replica holds a newer version; stamping again");
-            meta.version = Some(self.inner.clock.now().into());
+            let now = self.inner.clock.now();
+            meta.version = Some(
+                match restamp {
+                    Restamp::Write => now,
+                    Restamp::Touch => meta.version().touched(now.timestamp),
+                }
+                .into(),
+            );
         }
     }
 
@@ -664,6 +787,9 @@ impl Coordinator {
             })
             .collect();
         let (ok, failed) = gather(&mut calls, |ok| plan.satisfied(ok.iter().chain(already))).await;
+        for (_, reply) in &ok {
+            self.inner.clock.observe_time(reply.now);
+        }
         let newer = ok
             .iter()
             .filter(|(_, reply)| !reply.applied)
@@ -680,7 +806,7 @@ impl Coordinator {
             return Err(Refused { acked, failed });
         }
         Ok(Stamped {
-            written: WriteResult::new(version, plan, &acked),
+            written: WriteResult::new(&meta, plan, &acked),
             newer,
         })
     }
@@ -695,7 +821,6 @@ impl Coordinator {
         fence: Option<Fence>,
     ) -> Result<WriteResult> {
         let _streaming = self.inner.metrics.stream_started(Direction::In);
-        let version = header.version();
         let (result_tx, result_rx) = mpsc::unbounded_channel();
         let mut streams: Vec<(NodeId, mpsc::Sender<WriteMsg>)> = Vec::new();
         for node in plan.nodes() {
@@ -769,13 +894,14 @@ impl Coordinator {
         let mut meta = header;
         meta.size = size;
         meta.checksum = checksum;
+        let written = WriteResult::new(&meta, &plan, &acked);
         let this = self.clone();
         tokio::spawn(async move {
             for (node, err) in rest.collect().await {
                 this.hint(&node, &meta, None, &err);
             }
         });
-        Ok(WriteResult::new(version, &plan, &acked))
+        Ok(written)
     }
 
     /// Reads the newest record of `key` from R of its replicas; repairs the
@@ -830,6 +956,12 @@ impl Coordinator {
             .filter(|(_, err)| matches!(err, Error::Corrupt { .. }))
             .map(|(node, _)| (node, ReadReply::default()))
             .collect();
+        // Expiry is judged on the latest clock of this node and the replicas
+        // that answered: one node's clock running behind changes nothing.
+        for (_, reply) in &answers {
+            self.inner.clock.observe_time(reply.now);
+        }
+        let now_ms = self.cluster_now_ms();
         let newest = answers
             .iter()
             .filter_map(|(_, reply)| reply.meta.as_ref())
@@ -864,7 +996,7 @@ impl Coordinator {
             );
         }
         match newest {
-            Some(meta) if !meta.deleted => Ok(ReadResult {
+            Some(meta) if !meta.is_dead_at(now_ms) => Ok(ReadResult {
                 meta,
                 value,
                 sources,
@@ -934,6 +1066,14 @@ impl Coordinator {
         }
         if let Some(value) = value {
             return handle.write(meta, value).await.map(|_| ());
+        }
+        if meta.version().touch != 0 {
+            // An expiry change: a target holding the value needs the record
+            // alone; one that lacks it (NotFound) is sent the whole value.
+            match handle.write(meta.clone(), Bytes::new()).await {
+                Err(Error::NotFound { .. }) => {}
+                other => return other.map(|_| ()),
+            }
         }
         let stream = self.open_value(&meta, sources, 0, 0).await?;
         self.write_pieces(target, &meta, stream).await
@@ -1140,6 +1280,12 @@ impl OpenSources {
             );
         }
     }
+}
+
+/// Whether a write of `value` for `meta` is an expiry change of a large
+/// value, which carries no bytes (see `WriteRequest` in the .proto).
+fn touch_only(meta: &RecordMeta, value: &Bytes) -> bool {
+    !meta.deleted && value.is_empty() && meta.size > 0
 }
 
 /// Hands `msg` to every replica stream, dropping those that fail or stall.

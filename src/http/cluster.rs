@@ -114,12 +114,17 @@ pub async fn haskey(State(state): State<AppState>, uri: Uri) -> ApiResult<Respon
     let key = crate::key::from_url_path(uri.path().trim_start_matches("/haskey/"))?;
     let meta = state.store.record(&key)?.and_then(|r| r.meta);
     let (timestamp, deleted) = meta
+        .as_ref()
         .map(|m| (m.version().timestamp, m.deleted))
         .unwrap_or((0, false));
-    Ok(
-        axum::Json(json!({ "key": key, "timestamp": timestamp, "deleted": deleted }))
-            .into_response(),
-    )
+    let mut body = json!({ "key": key, "timestamp": timestamp, "deleted": deleted });
+    // F28: when the value expires (ms since the epoch, cluster time) and
+    // whether it has.
+    if let Some(m) = meta.as_ref().filter(|m| m.expires_at != 0 && !m.deleted) {
+        body["expires"] = json!(m.expires_at);
+        body["expired"] = json!(m.expired_at(state.coordinator.cluster_now_ms()));
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 /// Resident and peak resident memory of this process, from /proc.

@@ -11,7 +11,7 @@ use serde_json::json;
 
 use super::range::{RangeRequest, none_match, not_modified_since, parse_range};
 use super::{ApiError, ApiResult, AppState};
-use crate::coordinator::{Quorum, ReadResult, WriteResult};
+use crate::coordinator::{Expiry, Quorum, ReadResult, WriteResult};
 use crate::error::Error;
 use crate::metrics::Direction;
 
@@ -22,13 +22,56 @@ fn key_from(uri: &Uri, prefix: &str) -> ApiResult<String> {
     Ok(crate::key::from_url_path(raw)?)
 }
 
-/// `?w=`, `?r=` (1…N or `all`).
+/// `?w=`, `?r=` (1…N or `all`), `?ttl=` (PUT: `30s`, `500ms`, `2h`; a bare
+/// number is seconds).
 #[derive(Debug, Default, Deserialize)]
 pub struct QuorumParams {
     /// Write quorum.
     w: Option<String>,
     /// Read quorum.
     r: Option<String>,
+    /// Time to live of the value written (F28).
+    ttl: Option<String>,
+}
+
+/// The expiry a PUT asks for: `?ttl=` or an `Expires` header (an HTTP
+/// date), not both.
+fn expiry_of(params: &QuorumParams, headers: &HeaderMap) -> ApiResult<Expiry> {
+    let header = headers.get(header::EXPIRES);
+    match (&params.ttl, header) {
+        (Some(_), Some(_)) => {
+            Err(Error::invalid("give either ?ttl= or an Expires header, not both").into())
+        }
+        (Some(ttl), None) => {
+            let ttl = crate::config::parse_duration(ttl)
+                .map_err(|e| Error::invalid(format!("bad ?ttl=: {e}")))?;
+            if ttl.is_zero() {
+                return Err(Error::invalid("?ttl= must be positive").into());
+            }
+            Ok(Expiry::After(ttl))
+        }
+        (None, Some(value)) => {
+            let at = value
+                .to_str()
+                .ok()
+                .and_then(|v| httpdate::parse_http_date(v).ok())
+                .ok_or_else(|| Error::invalid("the Expires header is not an HTTP date"))?;
+            let ms = at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(1);
+            Ok(Expiry::AtMs(ms))
+        }
+        (None, None) => Ok(Expiry::Never),
+    }
+}
+
+/// `expires_at` (ms since the epoch) as an HTTP date, rounded up to the
+/// second (an HTTP date has no finer unit).
+fn http_date_ms(ms: u64) -> String {
+    httpdate::fmt_http_date(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(ms.div_ceil(1000)),
+    )
 }
 
 fn quorum(value: &Option<String>) -> ApiResult<Quorum> {
@@ -75,6 +118,7 @@ pub async fn put_value(
     let key = key_from(&uri, "/keys/")?;
     let params = params(query)?;
     let w = quorum(&params.w)?;
+    let expiry = expiry_of(&params, &headers)?;
     let limit = state.coordinator.max_value_size();
     if let Some(length) = headers
         .get(header::CONTENT_LENGTH)
@@ -101,13 +145,13 @@ pub async fn put_value(
     });
     let result = state
         .coordinator
-        .put(&key, &content_type, Box::pin(stream), w)
+        .put(&key, &content_type, expiry, Box::pin(stream), w)
         .await?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(write_reply(&key, &result, false)),
-    )
-        .into_response())
+    let mut body = write_reply(&key, &result, false);
+    if let Some(at) = result.expires_at {
+        body["expires"] = json!(at);
+    }
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
 /// `DELETE /keys/{key}`: writes a tombstone.
@@ -163,6 +207,15 @@ async fn serve_value(
         .header(header::LAST_MODIFIED, &last_modified)
         .header(header::ACCEPT_RANGES, "bytes")
         .header("x-ringkv-timestamp", version.timestamp.to_string());
+    if meta.expires_at != 0 {
+        // `Expires` in whole seconds, the remaining time in ms beside it.
+        let left = meta
+            .expires_at
+            .saturating_sub(state.coordinator.cluster_now_ms());
+        response = response
+            .header(header::EXPIRES, http_date_ms(meta.expires_at))
+            .header("x-ringkv-ttl-ms", left.to_string());
+    }
     let header_str = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let unchanged = match header_str(header::IF_NONE_MATCH) {
         Some(tags) => none_match(tags, &etag),
@@ -253,16 +306,21 @@ pub async fn list(
     let next = (page.len() == limit)
         .then(|| page.last().map(|m| m.key.clone()))
         .flatten();
+    let now_ms = state.coordinator.cluster_now_ms();
     let keys: Vec<serde_json::Value> = page
         .iter()
-        .filter(|m| !m.deleted)
+        .filter(|m| !m.is_dead_at(now_ms))
         .map(|m| {
-            json!({
+            let mut entry = json!({
                 "key": m.key,
                 "timestamp": m.version().timestamp,
                 "size": m.size,
                 "content_type": m.content_type,
-            })
+            });
+            if m.expires_at != 0 {
+                entry["expires"] = json!(m.expires_at);
+            }
+            entry
         })
         .collect();
     Ok(axum::Json(json!({ "node": state.node, "keys": keys, "next": next })).into_response())

@@ -1,4 +1,5 @@
-//! Tombstone collection (F13) and the rules that keep deleted keys dead.
+//! Tombstone collection (F13), expired values' collection (F28) and the
+//! rules that keep deleted keys dead.
 //!
 //! A delete leaves a tombstone so that replicas which missed it learn of it
 //! from the others. Tombstones older than the grace period
@@ -7,6 +8,12 @@
 //! something newer, or holds nothing for the key any more (it has nothing
 //! that could come back, and may have collected the tombstone already).
 //! A replica that is down keeps every tombstone of its ranges alive.
+//!
+//! A value whose expiry passed reads as absent like a tombstone, and is
+//! collected like one: once its expiry is older than the grace period,
+//! under the same rule (every other replica holds it, something newer or
+//! nothing). Until then it stays, so that a replica holding an older value
+//! of the key learns of it. Below, "dead" means either.
 //!
 //! Once a tombstone may have been collected somewhere, a copy of the key
 //! older than the grace period that a replica lacks may be a deleted value;
@@ -36,15 +43,35 @@ const BATCH: usize = 1024;
 
 /// Whether a copy written at `version` is older than `grace`.
 pub fn expired(version: Version, grace: Duration) -> bool {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos() as u64;
     let grace = grace.as_nanos().min(u64::MAX as u128) as u64;
-    version.timestamp < now.saturating_sub(grace)
+    version.timestamp < now_ns().saturating_sub(grace)
 }
 
-/// Drops this node's expired tombstones of `range` that every other
+/// Whether a record is a tombstone or an expired value, dead for longer
+/// than `grace`: such a copy is collected once every replica has it, and
+/// never handed to a replica holding nothing.
+pub fn dead_past_grace(deleted: bool, version: Version, expires_at: u64, grace: Duration) -> bool {
+    if deleted {
+        return expired(version, grace);
+    }
+    let grace_ms = grace.as_millis().min(u64::MAX as u128) as u64;
+    expires_at != 0 && expires_at < (now_ns() / 1_000_000).saturating_sub(grace_ms)
+}
+
+/// [`dead_past_grace`] of a record's metadata.
+pub fn meta_dead_past_grace(meta: &crate::proto::RecordMeta, grace: Duration) -> bool {
+    dead_past_grace(meta.deleted, meta.version(), meta.expires_at, grace)
+}
+
+fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos() as u64
+}
+
+/// Drops this node's tombstones and expired values, dead for longer than the
+/// grace period, of `range` that every other
 /// replica in `replicas` holds (or no longer holds anything for); returns
 /// how many. Does nothing while one of them is down or the ring changes.
 pub async fn collect(lifecycle: &Lifecycle, range: TokenRange, replicas: &[NodeId]) -> Result<u64> {
@@ -59,14 +86,16 @@ pub async fn collect(lifecycle: &Lifecycle, range: TokenRange, replicas: &[NodeI
     }
     let mut dropped = 0;
     let mut batch: BTreeMap<String, Version> = BTreeMap::new();
-    for leaf in store.leaves_with_tombstones(range) {
+    for leaf in store.leaves_to_collect(range) {
         let mut after: Option<Vec<u8>> = None;
         loop {
             let entries = store.keys_in_range(merkle::leaf_span(leaf), after.as_deref(), BATCH)?;
             let Some(last) = entries.last() else { break };
             after = Some(last.cursor.clone());
             for entry in entries {
-                if entry.deleted && range.contains(entry.token) && expired(entry.version, grace) {
+                if range.contains(entry.token)
+                    && dead_past_grace(entry.deleted, entry.version, entry.expires_at, grace)
+                {
                     batch.insert(entry.key, entry.version);
                 }
             }
@@ -79,7 +108,7 @@ pub async fn collect(lifecycle: &Lifecycle, range: TokenRange, replicas: &[NodeI
         dropped += collect_batch(lifecycle, &others, batch).await?;
     }
     if dropped > 0 {
-        tracing::info!(dropped, ?range, "collected expired tombstones");
+        tracing::info!(dropped, ?range, "collected tombstones and expired values");
     }
     Ok(dropped)
 }
@@ -152,10 +181,7 @@ mod tests {
             .duration_since(UNIX_EPOCH)
             .unwrap()
             .as_nanos() as u64;
-        let at = |ago: Duration| Version {
-            timestamp: now - ago.as_nanos() as u64,
-            writer: 1,
-        };
+        let at = |ago: Duration| Version::new(now - ago.as_nanos() as u64, 1);
         let grace = Duration::from_secs(60);
         assert!(expired(at(Duration::from_secs(120)), grace));
         assert!(!expired(at(Duration::from_secs(10)), grace));
@@ -165,5 +191,20 @@ mod tests {
         ));
         // A grace longer than the epoch expires nothing.
         assert!(!expired(at(Duration::from_secs(1)), Duration::MAX));
+    }
+
+    #[test]
+    fn values_are_dead_past_the_grace_period_once_their_expiry_is() {
+        let now_ms = now_ns() / 1_000_000;
+        let grace = Duration::from_secs(60);
+        let fresh = Version::new(now_ns(), 1);
+        // Expired two minutes ago: past a minute's grace.
+        assert!(dead_past_grace(false, fresh, now_ms - 120_000, grace));
+        // Expired ten seconds ago, or not yet, or never: not yet.
+        assert!(!dead_past_grace(false, fresh, now_ms - 10_000, grace));
+        assert!(!dead_past_grace(false, fresh, now_ms + 10_000, grace));
+        assert!(!dead_past_grace(false, fresh, 0, grace));
+        // A tombstone counts from its version.
+        assert!(!dead_past_grace(true, fresh, 0, grace));
     }
 }

@@ -207,9 +207,10 @@ async fn compare(
     }
     let me = lifecycle.inner.node.clone();
     let grace = lifecycle.inner.options.tombstone_grace;
-    // An expired tombstone is not handed to a replica holding nothing: it
-    // may have collected it already (see gc.rs).
-    let expired_tombstone = |m: &RecordMeta| m.deleted && gc::expired(m.version(), grace);
+    // A tombstone or expired value dead past the grace period is not handed
+    // to a replica holding nothing: it may have collected it already (see
+    // gc.rs).
+    let expired_tombstone = |m: &RecordMeta| gc::meta_dead_past_grace(m, grace);
     for (key, (mine, record)) in &ours {
         let newer_here = match theirs.get(key) {
             Some(t) => t.version() < mine.version(),
@@ -311,6 +312,7 @@ fn scan_request(spans: &[TokenRange]) -> ScanRequest {
     ScanRequest {
         ranges: spans.iter().map(|s| proto_range(*s)).collect(),
         inline_max: 0,
+        limit: 0,
     }
 }
 

@@ -313,7 +313,7 @@ impl Transfers {
             stale.remove(&meta.key);
             let held = store.version_of(&meta.key)?;
             if held.unwrap_or(Version::ZERO) >= meta.version()
-                || (held.is_none() && meta.deleted && super::gc::expired(meta.version(), grace))
+                || (held.is_none() && super::gc::meta_dead_past_grace(&meta, grace))
             {
                 continue;
             }
@@ -470,6 +470,8 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
         for (meta, value, owners) in candidates {
             let version = meta.version();
             let expired = super::gc::expired(version, grace);
+            // A tombstone or an expired value dead past the grace period.
+            let dead = super::gc::meta_dead_past_grace(&meta, grace);
             let mut unconfirmed = None;
             for owner in &owners {
                 let held = match held.get(owner) {
@@ -480,7 +482,7 @@ pub async fn purge(lifecycle: &Lifecycle, ring: &Ring) -> Result<PurgeReport> {
                 };
                 let confirmed = match held {
                     Ok(v) if v >= version => true,
-                    Ok(Version::ZERO) if expired && meta.deleted => true,
+                    Ok(Version::ZERO) if dead => true,
                     Ok(Version::ZERO) if expired => {
                         unconfirmed = Some(format!(
                             "{owner} holds nothing and this copy is older than the \

@@ -56,10 +56,11 @@ impl LocalReplica {
     }
 }
 
-fn reply(outcome: WriteOutcome) -> WriteReply {
+fn reply(outcome: WriteOutcome, clock: &Clock) -> WriteReply {
     WriteReply {
         applied: outcome.applied,
         current: Some(outcome.current.into()),
+        now: clock.physical_ns(),
     }
 }
 
@@ -73,7 +74,7 @@ impl LocalReplica {
         // many threads' allocator caches and grew streaming nodes past 128 MiB.
         let outcome = self.store.write_whole(meta, value)?;
         self.store.sync().await?;
-        Ok(reply(outcome))
+        Ok(reply(outcome, &self.clock))
     }
 
     /// Stores a streamed value: `header`, then the messages of `rx`, which
@@ -95,7 +96,7 @@ impl LocalReplica {
                 WriteMsg::Trailer { size, checksum } => {
                     let outcome = writer.finish(size, &checksum)?;
                     self.store.sync().await?;
-                    return Ok(reply(outcome));
+                    return Ok(reply(outcome, &self.clock));
                 }
             }
         }
@@ -113,7 +114,12 @@ impl LocalReplica {
         self.serving()?;
         let record = match self.store.record(key) {
             Ok(Some(record)) => record,
-            Ok(None) => return Ok(ReadReply::default()),
+            Ok(None) => {
+                return Ok(ReadReply {
+                    now: self.clock.physical_ns(),
+                    ..ReadReply::default()
+                });
+            }
             Err(err) => return Err(self.dropping_corrupt(key, None, err)),
         };
         let meta = record.meta.clone();
@@ -126,7 +132,11 @@ impl LocalReplica {
         } else {
             None
         };
-        Ok(ReadReply { meta, value })
+        Ok(ReadReply {
+            meta,
+            value,
+            now: self.clock.physical_ns(),
+        })
     }
 
     /// Passes `err` on, first dropping the copy of `key` (at `version`, if
@@ -238,12 +248,13 @@ impl LocalReplica {
 
     /// Every record (values and tombstones) whose key hashes into one of
     /// `ranges`, in key order, with the value when it is stored inline and
-    /// at most `inline_max` bytes. More than [`MAX_SCAN_RANGES`] ranges is
-    /// an error at once.
+    /// at most `inline_max` bytes; at most `limit` of them (0: all). More
+    /// than [`MAX_SCAN_RANGES`] ranges is an error at once.
     pub fn scan(
         &self,
         ranges: Vec<TokenRange>,
         inline_max: u64,
+        limit: u64,
     ) -> Result<mpsc::Receiver<Result<ScanItem>>> {
         if ranges.len() > MAX_SCAN_RANGES {
             return Err(Error::invalid(format!(
@@ -253,6 +264,7 @@ impl LocalReplica {
         }
         let (tx, rx) = mpsc::channel(SCAN_AHEAD_ITEMS);
         let store = self.store.clone();
+        let mut left = if limit == 0 { u64::MAX } else { limit };
         tokio::task::spawn_blocking(move || {
             for range in ranges {
                 let mut after: Option<Vec<u8>> = None;
@@ -273,6 +285,10 @@ impl LocalReplica {
                             Err(err) => Err(err),
                         };
                         if tx.blocking_send(item).is_err() {
+                            return;
+                        }
+                        left -= 1;
+                        if left == 0 {
                             return;
                         }
                     }

@@ -337,9 +337,20 @@ impl ReplicaHandle {
         ranges: &[TokenRange],
         inline_max: u64,
     ) -> Result<BoxStream<'static, Result<ScanItem>>> {
+        self.scan_limited(ranges, inline_max, 0).await
+    }
+
+    /// The first `limit` records (0: all) the replica holds in `ranges`, in
+    /// ring order from the first range.
+    pub async fn scan_limited(
+        &self,
+        ranges: &[TokenRange],
+        inline_max: u64,
+        limit: u64,
+    ) -> Result<BoxStream<'static, Result<ScanItem>>> {
         match self {
             ReplicaHandle::Local(local) => {
-                let rx = local.scan(ranges.to_vec(), inline_max)?;
+                let rx = local.scan(ranges.to_vec(), inline_max, limit)?;
                 Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
             }
             ReplicaHandle::Remote { node, peers } => {
@@ -352,6 +363,7 @@ impl ReplicaHandle {
                         })
                         .collect(),
                     inline_max,
+                    limit,
                 };
                 let response = peers
                     .client(node)?

@@ -250,7 +250,11 @@ impl Replica for ReplicaService {
     type ScanStream = ScanStream;
 
     async fn scan(&self, request: Request<ScanRequest>) -> Result<Response<ScanStream>, Status> {
-        let ScanRequest { ranges, inline_max } = request.into_inner();
+        let ScanRequest {
+            ranges,
+            inline_max,
+            limit,
+        } = request.into_inner();
         if ranges.len() > MAX_SCAN_RANGES {
             return Err(Status::invalid_argument(format!(
                 "{} ranges in one scan; at most {MAX_SCAN_RANGES}",
@@ -264,7 +268,7 @@ impl Replica for ReplicaService {
                 end: Token(r.end),
             })
             .collect();
-        let rx = self.local.scan(ranges, inline_max)?;
+        let rx = self.local.scan(ranges, inline_max, limit)?;
         let stream =
             tokio_stream::wrappers::ReceiverStream::new(rx).map(|item| item.map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))

@@ -18,9 +18,14 @@
 //!   while a streamed write is in flight. The record commit removes it in the
 //!   same batch; [`Store::open`] deletes the chunks of any marker left by a
 //!   crash. A half-written value is therefore never visible.
-//! - `by_token`: `token ++ key` -> `timestamp ++ writer ++ deleted`, one
-//!   entry per record, written in the record's batch: the keys of a ring
-//!   range in order, without reading the records.
+//! - `by_token`: `token ++ key` -> `timestamp ++ writer ++ deleted`, then
+//!   `++ touch ++ expires_at` when either is set (F28), one entry per
+//!   record, written in the record's batch: the keys of a ring range in
+//!   order, without reading the records.
+//!
+//! Chunks and pending markers are keyed by the version's base (`touch`
+//! left out, see `version.rs`): a change of a value's expiry alone keeps
+//! its bytes, so versions of one base share their chunks.
 //! - `hints`: writes other replicas missed (see [`Store::add_hint`]).
 //!
 //! # Durability
@@ -107,9 +112,9 @@ struct Inner {
     /// Hash-tree leaves of everything held (see `merkle.rs`), kept up to
     /// date by every commit and rebuilt from the token index at open.
     leaves: Vec<AtomicU64>,
-    /// Tombstones held per hash-tree leaf, so that tombstone collection
-    /// visits only the leaves that have some.
-    tombstones: Vec<AtomicU64>,
+    /// Tombstones and values with an expiry held per hash-tree leaf, so
+    /// that their collection visits only the leaves that have some.
+    collectable: Vec<AtomicU64>,
     /// Corrupt copies dropped by [`Store::quarantine`] since the store
     /// opened (found by reads, writes or the scrub), for progress reports.
     quarantined: AtomicU64,
@@ -144,7 +149,7 @@ impl Store {
                 locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
                 syncer,
                 leaves: (0..merkle::LEAVES).map(|_| AtomicU64::new(0)).collect(),
-                tombstones: (0..merkle::LEAVES).map(|_| AtomicU64::new(0)).collect(),
+                collectable: (0..merkle::LEAVES).map(|_| AtomicU64::new(0)).collect(),
                 quarantined: AtomicU64::new(0),
                 live_keys: AtomicU64::new(0),
                 hints: AtomicU64::new(0),
@@ -176,7 +181,7 @@ impl Store {
             };
             after = Some(last.cursor.clone());
             for entry in batch {
-                self.toggle_leaf(&entry.key, entry.version, entry.deleted, true);
+                self.toggle_leaf(&entry.key, entry.held(), true);
             }
         }
     }
@@ -201,20 +206,23 @@ impl Store {
     }
 
     /// XORs an entry into (`added`) or out of its leaf, and counts the
-    /// leaf's tombstones and the store's live keys.
-    fn toggle_leaf(&self, key: &str, version: Version, deleted: bool, added: bool) {
+    /// leaf's tombstones and expiring values and the store's live keys.
+    fn toggle_leaf(&self, key: &str, held: Held, added: bool) {
         let leaf = merkle::leaf_of(Token::of_key(key.as_bytes()));
-        self.inner.leaves[leaf]
-            .fetch_xor(merkle::entry_hash(key, version, deleted), Ordering::Relaxed);
-        let count = if deleted {
-            &self.inner.tombstones[leaf]
-        } else {
-            &self.inner.live_keys
-        };
-        step(count, added);
+        self.inner.leaves[leaf].fetch_xor(
+            merkle::entry_hash(key, held.version, held.deleted),
+            Ordering::Relaxed,
+        );
+        if !held.deleted {
+            step(&self.inner.live_keys, added);
+        }
+        if held.deleted || held.expires_at != 0 {
+            step(&self.inner.collectable[leaf], added);
+        }
     }
 
-    /// Keys held with a live value (tombstones not counted).
+    /// Keys held with a value (tombstones not counted; values whose expiry
+    /// passed are, until they are collected).
     pub fn key_count(&self) -> u64 {
         self.inner.live_keys.load(Ordering::Relaxed)
     }
@@ -224,11 +232,12 @@ impl Store {
         self.inner.hints.load(Ordering::Relaxed)
     }
 
-    /// The hash-tree leaves of `range` holding at least one tombstone.
-    pub fn leaves_with_tombstones(&self, range: TokenRange) -> Vec<usize> {
+    /// The hash-tree leaves of `range` holding at least one tombstone or
+    /// value with an expiry.
+    pub fn leaves_to_collect(&self, range: TokenRange) -> Vec<usize> {
         merkle::leaves_of(range)
             .into_iter()
-            .filter(|leaf| self.inner.tombstones[*leaf].load(Ordering::Relaxed) > 0)
+            .filter(|leaf| self.inner.collectable[*leaf].load(Ordering::Relaxed) > 0)
             .collect()
     }
 
@@ -299,13 +308,7 @@ impl Store {
                         None
                     }
                 })
-                .map(|m| {
-                    Op::Put(
-                        Space::ByToken,
-                        token_key(&m.key),
-                        token_entry(m.version(), m.deleted),
-                    )
-                })
+                .map(|m| Op::Put(Space::ByToken, token_key(&m.key), token_entry(Held::of(&m))))
                 .collect();
             engine.apply(ops)?;
         }
@@ -368,6 +371,12 @@ impl Store {
         matches!(self.version_of(key), Ok(Some(v)) if v == version)
     }
 
+    /// Whether the committed record of `key` has the base of `version`, and
+    /// with it the same chunks (false when it cannot be read).
+    pub fn holds_base(&self, key: &str, version: Version) -> bool {
+        matches!(self.version_of(key), Ok(Some(v)) if v.base() == version.base())
+    }
+
     /// Deletes chunks of streamed writes that never committed.
     fn clean_pending(&self) -> Result<()> {
         loop {
@@ -382,7 +391,7 @@ impl Store {
                 // Unless the record committed that same version meanwhile
                 // (another write of it won): then the chunks are its own.
                 let committed = decode_pending(&marker)
-                    .is_some_and(|(key, version)| self.holds_version(&key, version));
+                    .is_some_and(|(key, version)| self.holds_base(&key, version));
                 let mut ops = if committed {
                     Vec::new()
                 } else {
@@ -428,9 +437,14 @@ impl Store {
     }
 
     /// Stores a whole value (or a tombstone) if newer than what is held.
+    /// An empty `value` for a record of a non-zero size keeps the value held
+    /// at the same base and changes only its expiry ([`Store::touch`]).
     pub fn write_whole(&self, meta: RecordMeta, value: Bytes) -> Result<WriteOutcome> {
         check_meta(&meta)?;
         self.ensure_room(value.len() as u64)?;
+        if !meta.deleted && value.is_empty() && meta.size > 0 {
+            return self.touch(meta);
+        }
         if meta.deleted && !value.is_empty() {
             return Err(Error::invalid("a tombstone carries no value"));
         }
@@ -473,6 +487,50 @@ impl Store {
             chunk_size: CHUNK_SIZE_BYTES as u32,
         };
         self.commit(record, ops, Staged::default())
+    }
+
+    /// Gives the value held at `meta`'s base the version and expiry of
+    /// `meta` (EXPIRE and friends on a large value), if `meta` is newer than
+    /// what is held. A store holding another value (or none) cannot: that
+    /// is `NotFound`, and the caller sends the whole value instead.
+    pub fn touch(&self, meta: RecordMeta) -> Result<WriteOutcome> {
+        check_meta(&meta)?;
+        let key = meta.key.clone();
+        let version = meta.version();
+        let _guard = self.lock(&key);
+        let lacking = || Error::not_found(format!("{key:?} at the version whose expiry changes"));
+        let Some(mut record) = self.record(&key)? else {
+            return Err(lacking());
+        };
+        let held = record
+            .meta
+            .clone()
+            .ok_or_else(|| Error::corrupt("record without meta"))?;
+        let current = held.version();
+        if current >= version {
+            return Ok(WriteOutcome {
+                applied: false,
+                current,
+            });
+        }
+        if held.deleted || current.base() != version.base() {
+            return Err(lacking());
+        }
+        let mut changed = held.clone();
+        changed.version = meta.version;
+        changed.expires_at = meta.expires_at;
+        let now = Held::of(&changed);
+        record.meta = Some(changed);
+        self.inner.engine.apply(vec![
+            Op::Put(Space::Meta, key.as_bytes().to_vec(), encode_record(&record)),
+            Op::Put(Space::ByToken, token_key(&key), token_entry(now)),
+        ])?;
+        self.toggle_leaf(&key, Held::of(&held), false);
+        self.toggle_leaf(&key, now, true);
+        Ok(WriteOutcome {
+            applied: true,
+            current: version,
+        })
     }
 
     /// Starts a streamed write; see [`StreamWriter`].
@@ -531,9 +589,10 @@ impl Store {
         if current >= version {
             // Keep the newer record; remove whatever this write staged. The
             // same version committed by another write (read repair, a hint
-            // and anti-entropy may race) owns the very same chunk keys:
-            // then only the marker goes.
-            let undo = if current == version {
+            // and anti-entropy may race), or another of the same base (an
+            // expiry change), owns the very same chunk keys: then only the
+            // marker goes.
+            let undo = if current.base() == version.base() {
                 staged
                     .marker
                     .into_iter()
@@ -553,7 +612,13 @@ impl Store {
         let existing_meta = existing.as_ref().and_then(|r| r.meta.clone());
         if let Some(old) = existing {
             let old_version = old.meta.as_ref().map(|m| m.version()).unwrap_or_default();
-            for index in 0..old.chunk_count {
+            // Chunks of the same base are this record's own.
+            let chunks = if old_version.base() == version.base() {
+                0
+            } else {
+                old.chunk_count
+            };
+            for index in 0..chunks {
                 ops.push(Op::Delete(
                     Space::Chunks,
                     chunk_key(&key, old_version, index),
@@ -565,20 +630,16 @@ impl Store {
             key.as_bytes().to_vec(),
             encode_record(&record),
         ));
-        ops.push(Op::Put(
-            Space::ByToken,
-            token_key(&key),
-            token_entry(version, meta.deleted),
-        ));
+        let now = Held::of(meta);
+        ops.push(Op::Put(Space::ByToken, token_key(&key), token_entry(now)));
         if let Some(marker) = staged.marker {
             ops.push(Op::Delete(Space::Pending, marker));
         }
-        let deleted = meta.deleted;
         self.inner.engine.apply(ops)?;
         if let Some(old) = existing_meta {
-            self.toggle_leaf(&key, old.version(), old.deleted, false);
+            self.toggle_leaf(&key, Held::of(&old), false);
         }
-        self.toggle_leaf(&key, version, deleted, true);
+        self.toggle_leaf(&key, now, true);
         Ok(WriteOutcome {
             applied: true,
             current: version,
@@ -601,9 +662,11 @@ impl Store {
             .collect();
         ops.push(Op::Delete(Space::Meta, key.as_bytes().to_vec()));
         ops.push(Op::Delete(Space::ByToken, token_key(key)));
-        let deleted = record.meta.as_ref().is_some_and(|m| m.deleted);
+        let held = record.meta.as_ref().map(Held::of);
         self.inner.engine.apply(ops)?;
-        self.toggle_leaf(key, version, deleted, false);
+        if let Some(held) = held {
+            self.toggle_leaf(key, held, false);
+        }
         Ok(true)
     }
 
@@ -644,10 +707,10 @@ impl Store {
                 .ok()
                 .and_then(|r| r.as_ref())
                 .and_then(|r| r.meta.as_ref())
-                .map(|m| (m.version(), m.deleted)),
+                .map(Held::of),
         };
-        if let (Some(expected), Some((version, _))) = (expected, held)
-            && version != expected
+        if let (Some(expected), Some(held)) = (expected, held)
+            && held.version != expected
         {
             return Ok(false);
         }
@@ -670,7 +733,7 @@ impl Store {
         ops.push(Op::Delete(Space::ByToken, token_key(key)));
         engine.apply(ops)?;
         match held {
-            Some((version, deleted)) => self.toggle_leaf(key, version, deleted, false),
+            Some(held) => self.toggle_leaf(key, held, false),
             None => tracing::warn!(
                 %key,
                 "neither the record nor the token index of a corrupt copy could be read; \
@@ -682,7 +745,7 @@ impl Store {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             %key,
-            version = ?held.map(|(v, _)| v),
+            version = ?held.map(|h| h.version),
             chunks,
             "dropped a corrupt copy; repair brings the good one from another replica"
         );
@@ -1129,8 +1192,8 @@ impl Drop for StreamWriter {
         let version = self.header.version();
         let key = &self.header.key;
         let _guard = self.store.lock(key);
-        // Chunks of the same version committed by another write are its own.
-        let committed = self.store.holds_version(key, version);
+        // Chunks of the same base committed by another write are its own.
+        let committed = self.store.holds_base(key, version);
         let mut ops: Vec<Op> = if committed {
             Vec::new()
         } else {
@@ -1165,7 +1228,7 @@ fn decode_pending(marker: &[u8]) -> Option<(String, Version)> {
     }
     let timestamp = u64::from_be_bytes(rest[..8].try_into().ok()?);
     let writer = u64::from_be_bytes(rest[8..].try_into().ok()?);
-    Some((key, Version { timestamp, writer }))
+    Some((key, Version::new(timestamp, writer)))
 }
 
 fn key_prefix(key: &str) -> Vec<u8> {
@@ -1175,7 +1238,9 @@ fn key_prefix(key: &str) -> Vec<u8> {
     out
 }
 
+/// Keyed by the version's base: see the module doc.
 fn pending_key(key: &str, version: Version) -> Vec<u8> {
+    let version = version.base();
     let mut out = key_prefix(key);
     out.extend_from_slice(&version.timestamp.to_be_bytes());
     out.extend_from_slice(&version.writer.to_be_bytes());
@@ -1225,6 +1290,8 @@ pub struct IndexEntry {
     pub version: Version,
     /// Whether it is a tombstone.
     pub deleted: bool,
+    /// When the value expires, ms since the epoch; 0: never.
+    pub expires_at: u64,
     /// The raw index key, the cursor for the next page.
     pub cursor: Vec<u8>,
 }
@@ -1241,18 +1308,45 @@ impl IndexEntry {
         let key = std::str::from_utf8(&raw[8..])
             .map_err(|_| bad())?
             .to_string();
-        if value.len() != 17 {
-            return Err(bad());
-        }
-        let timestamp = u64::from_be_bytes(value[..8].try_into().map_err(|_| bad())?);
-        let writer = u64::from_be_bytes(value[8..16].try_into().map_err(|_| bad())?);
+        let held = decode_token_entry(value).ok_or_else(bad)?;
         Ok(IndexEntry {
             token: Token(token),
             key,
-            version: Version { timestamp, writer },
-            deleted: value[16] == 1,
+            version: held.version,
+            deleted: held.deleted,
+            expires_at: held.expires_at,
             cursor: raw.to_vec(),
         })
+    }
+
+    /// What the entry says is held.
+    fn held(&self) -> Held {
+        Held {
+            version: self.version,
+            deleted: self.deleted,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// What the token index and the hash-tree leaves know of a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    /// Its version.
+    version: Version,
+    /// A tombstone.
+    deleted: bool,
+    /// Its expiry, ms since the epoch; 0: never.
+    expires_at: u64,
+}
+
+impl Held {
+    fn of(meta: &RecordMeta) -> Held {
+        Held {
+            version: meta.version(),
+            deleted: meta.deleted,
+            expires_at: meta.expires_at,
+        }
     }
 }
 
@@ -1264,22 +1358,42 @@ fn token_key(key: &str) -> Vec<u8> {
     out
 }
 
-/// The version and tombstone flag of a token-index value.
-fn decode_token_entry(value: &[u8]) -> Option<(Version, bool)> {
-    if value.len() != 17 {
+/// What a token-index value says is held: 17 bytes, or 33 with an expiry
+/// change or an expiry.
+fn decode_token_entry(value: &[u8]) -> Option<Held> {
+    if value.len() != 17 && value.len() != 33 {
         return None;
     }
-    let timestamp = u64::from_be_bytes(value[..8].try_into().ok()?);
-    let writer = u64::from_be_bytes(value[8..16].try_into().ok()?);
-    Some((Version { timestamp, writer }, value[16] == 1))
+    let word = |at: usize| -> Option<u64> {
+        Some(u64::from_be_bytes(value.get(at..at + 8)?.try_into().ok()?))
+    };
+    let (touch, expires_at) = if value.len() == 33 {
+        (word(17)?, word(25)?)
+    } else {
+        (0, 0)
+    };
+    Some(Held {
+        version: Version {
+            timestamp: word(0)?,
+            writer: word(8)?,
+            touch,
+        },
+        deleted: value[16] == 1,
+        expires_at,
+    })
 }
 
-/// `timestamp ++ writer ++ deleted`.
-fn token_entry(version: Version, deleted: bool) -> Bytes {
-    let mut out = Vec::with_capacity(17);
-    out.extend_from_slice(&version.timestamp.to_be_bytes());
-    out.extend_from_slice(&version.writer.to_be_bytes());
-    out.push(u8::from(deleted));
+/// `timestamp ++ writer ++ deleted`, then `++ touch ++ expires_at` when
+/// either is set.
+fn token_entry(held: Held) -> Bytes {
+    let mut out = Vec::with_capacity(33);
+    out.extend_from_slice(&held.version.timestamp.to_be_bytes());
+    out.extend_from_slice(&held.version.writer.to_be_bytes());
+    out.push(u8::from(held.deleted));
+    if held.version.touch != 0 || held.expires_at != 0 {
+        out.extend_from_slice(&held.version.touch.to_be_bytes());
+        out.extend_from_slice(&held.expires_at.to_be_bytes());
+    }
     Bytes::from(out)
 }
 
@@ -1291,13 +1405,17 @@ fn hint_prefix(target: &str) -> Vec<u8> {
     out
 }
 
-/// `u16 len + target + u16 len + key + timestamp + writer`.
+/// `u16 len + target + u16 len + key + timestamp + writer`, then `+ touch`
+/// when set.
 fn hint_key(target: &str, key: &str, version: Version) -> Vec<u8> {
     let mut out = hint_prefix(target);
     out.extend_from_slice(&(key.len() as u16).to_be_bytes());
     out.extend_from_slice(key.as_bytes());
     out.extend_from_slice(&version.timestamp.to_be_bytes());
     out.extend_from_slice(&version.writer.to_be_bytes());
+    if version.touch != 0 {
+        out.extend_from_slice(&version.touch.to_be_bytes());
+    }
     out
 }
 
@@ -1355,17 +1473,12 @@ mod tests {
     fn meta(key: &str, ts: u64, value: &[u8]) -> RecordMeta {
         RecordMeta {
             key: key.into(),
-            version: Some(
-                Version {
-                    timestamp: ts,
-                    writer: 1,
-                }
-                .into(),
-            ),
+            version: Some(Version::new(ts, 1).into()),
             deleted: false,
             content_type: String::new(),
             size: value.len() as u64,
             checksum: Bytes::copy_from_slice(blake3::hash(value).as_bytes()),
+            expires_at: 0,
         }
     }
 
@@ -1596,17 +1709,7 @@ mod tests {
                 tomb.checksum = Bytes::new();
                 store.write_whole(tomb, Bytes::new()).unwrap();
                 let dropped = format!("tree-{}", 200 + i);
-                assert!(
-                    store
-                        .drop_if(
-                            &dropped,
-                            Version {
-                                timestamp: 10,
-                                writer: 1
-                            }
-                        )
-                        .unwrap()
-                );
+                assert!(store.drop_if(&dropped, Version::new(10, 1)).unwrap());
                 store
                     .write_whole(meta(&key, 5, b"x"), Bytes::from_static(b"x"))
                     .unwrap();
@@ -1753,10 +1856,7 @@ mod tests {
             let mut m = meta("big", 5, &value);
             m.size = value.len() as u64;
             store.write_whole(m, Bytes::from(value)).unwrap();
-            let v = |ts| Version {
-                timestamp: ts,
-                writer: 1,
-            };
+            let v = |ts| Version::new(ts, 1);
             assert!(!store.drop_if("big", v(4)).unwrap());
             assert!(store.record("big").unwrap().is_some());
             assert!(store.drop_if("big", v(5)).unwrap());
@@ -1776,10 +1876,7 @@ mod tests {
     }
 
     fn v(ts: u64) -> Version {
-        Version {
-            timestamp: ts,
-            writer: 1,
-        }
+        Version::new(ts, 1)
     }
 
     /// A large value of `len` bytes written whole at `ts`.
@@ -1787,6 +1884,171 @@ mod tests {
         let mut m = meta(key, ts, value);
         m.size = value.len() as u64;
         store.write_whole(m, Bytes::copy_from_slice(value)).unwrap();
+    }
+
+    /// `m` with its expiry changed at `touch` to `expires_at`.
+    fn touched(m: &RecordMeta, touch: u64, expires_at: u64) -> RecordMeta {
+        RecordMeta {
+            version: Some(m.version().touched(touch).into()),
+            expires_at,
+            ..m.clone()
+        }
+    }
+
+    #[test]
+    fn an_expiry_change_replaces_its_value_only_and_only_while_newest() {
+        for (store, _dir) in stores() {
+            let value = Bytes::from_static(b"v1");
+            let first = meta("k", 10, &value);
+            store.write_whole(first.clone(), value.clone()).unwrap();
+            // EXPIRE: same value, a touch, an expiry.
+            let expire = touched(&first, 50, 1_000);
+            assert!(
+                store
+                    .write_whole(expire.clone(), value.clone())
+                    .unwrap()
+                    .applied
+            );
+            let held = store.record("k").unwrap().unwrap();
+            assert_eq!(held.meta.as_ref().unwrap().expires_at, 1_000);
+            assert_eq!(store.inline_value(&held).unwrap(), Some(value.clone()));
+            // An earlier change of the same value loses to it; a later wins.
+            assert!(
+                !store
+                    .write_whole(touched(&first, 40, 7), value.clone())
+                    .unwrap()
+                    .applied
+            );
+            let persist = touched(&first, 60, 0);
+            assert!(store.write_whole(persist, value.clone()).unwrap().applied);
+            assert_eq!(
+                store.record("k").unwrap().unwrap().meta.unwrap().expires_at,
+                0
+            );
+            // A later write wins over every change of the earlier value,
+            // and no change of that value can come back over it.
+            let second = meta("k", 11, b"v2");
+            assert!(
+                store
+                    .write_whole(second, Bytes::from_static(b"v2"))
+                    .unwrap()
+                    .applied
+            );
+            let late = touched(&first, 99, 5);
+            assert!(!store.write_whole(late, value.clone()).unwrap().applied);
+            let held = store.record("k").unwrap().unwrap();
+            assert_eq!(held.inline_value, Some(Bytes::from_static(b"v2")));
+            assert!(leaves_match(&store));
+        }
+    }
+
+    #[test]
+    fn an_expiry_change_of_a_large_value_keeps_its_chunks() {
+        for (store, dir) in stores() {
+            let value = big(3 * CHUNK_SIZE_BYTES + 17);
+            write_big(&store, "big", 10, &value);
+            let base = store.record("big").unwrap().unwrap().meta.unwrap();
+            // The record alone (no bytes): the value held at its base stays.
+            let expire = touched(&base, 20, 5_000);
+            assert!(
+                store
+                    .write_whole(expire.clone(), Bytes::new())
+                    .unwrap()
+                    .applied
+            );
+            assert_eq!(read_back(&store, "big"), value);
+            // A whole write of the touched version (read repair of a replica
+            // that lacked the change) rewrites the same chunks, removes none.
+            let again = touched(&base, 30, 6_000);
+            assert!(
+                store
+                    .write_whole(again, Bytes::from(value.clone()))
+                    .unwrap()
+                    .applied
+            );
+            assert_eq!(read_back(&store, "big"), value);
+            // So does a streamed one, applied or not.
+            for (touch, applied) in [(40, true), (35, false)] {
+                let mut writer = store.begin_stream(touched(&base, touch, 7_000)).unwrap();
+                writer.write(&value).unwrap();
+                let sum = blake3::hash(&value);
+                let outcome = writer.finish(value.len() as u64, sum.as_bytes()).unwrap();
+                assert_eq!(outcome.applied, applied);
+                assert_eq!(read_back(&store, "big"), value);
+            }
+            // An aborted stream of the same base leaves the chunks too.
+            drop(store.begin_stream(touched(&base, 45, 1)).unwrap());
+            assert_eq!(read_back(&store, "big"), value);
+            assert!(leaves_match(&store));
+            if let Some(dir) = dir {
+                drop(store);
+                let reopened = Store::open(&StorageOptions {
+                    data_dir: Some(dir.path().to_path_buf()),
+                    fsync: false,
+                    disk_reserve: 0,
+                })
+                .unwrap();
+                assert_eq!(read_back(&reopened, "big"), value);
+                assert!(leaves_match(&reopened));
+                let entry = reopened
+                    .keys_in_range(
+                        TokenRange {
+                            start: Token(0),
+                            end: Token(0),
+                        },
+                        None,
+                        10,
+                    )
+                    .unwrap();
+                assert_eq!(entry[0].expires_at, 7_000);
+                assert_eq!(entry[0].version, base.version().touched(40));
+            }
+        }
+    }
+
+    #[test]
+    fn an_expiry_change_without_bytes_needs_the_value_it_changes() {
+        for (store, _dir) in stores() {
+            let value = big(CHUNK_SIZE_BYTES + 1);
+            let m = meta("big", 10, &value);
+            // Nothing held, or another value held: NotFound.
+            let expire = touched(&m, 20, 5_000);
+            assert!(matches!(
+                store.write_whole(expire.clone(), Bytes::new()),
+                Err(Error::NotFound { .. })
+            ));
+            write_big(&store, "big", 9, &value);
+            assert!(matches!(
+                store.write_whole(expire, Bytes::new()),
+                Err(Error::NotFound { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn expiring_values_are_counted_for_collection() {
+        for (store, _dir) in stores() {
+            let whole = TokenRange {
+                start: Token(0),
+                end: Token(0),
+            };
+            let mut m = meta("e", 10, b"x");
+            store
+                .write_whole(m.clone(), Bytes::from_static(b"x"))
+                .unwrap();
+            assert!(store.leaves_to_collect(whole).is_empty());
+            m = touched(&m, 11, 123);
+            store
+                .write_whole(m.clone(), Bytes::from_static(b"x"))
+                .unwrap();
+            assert_eq!(store.leaves_to_collect(whole).len(), 1);
+            assert_eq!(store.key_count(), 1);
+            store
+                .write_whole(touched(&m, 12, 0), Bytes::from_static(b"x"))
+                .unwrap();
+            assert!(store.leaves_to_collect(whole).is_empty());
+            assert!(leaves_match(&store));
+        }
     }
 
     #[test]
@@ -2127,18 +2389,7 @@ mod tests {
             assert_eq!(rec.chunk_count, 3);
             let mut back = Vec::new();
             for i in 0..rec.chunk_count {
-                back.extend_from_slice(
-                    &store
-                        .read_chunk(
-                            "big",
-                            Version {
-                                timestamp: 5,
-                                writer: 1,
-                            },
-                            i,
-                        )
-                        .unwrap(),
-                );
+                back.extend_from_slice(&store.read_chunk("big", Version::new(5, 1), i).unwrap());
             }
             assert_eq!(back, value);
         }

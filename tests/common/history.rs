@@ -10,11 +10,16 @@
 //! request may still have reached some replicas). Anything older is a stale
 //! read during the run, or, in the final check, a lost write or a deleted
 //! key come back.
+//!
+//! Some workloads also write values with a time to live (F28). A value read
+//! after its expiry has surely passed (the read began more than the TTL
+//! after its write was acknowledged) is a violation like a stale read;
+//! one read while it may or may not have expired may be either.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -42,6 +47,35 @@ pub struct Change {
     pub effect: Effect,
     /// How it ended.
     pub outcome: Outcome,
+    /// For a value written with a time to live, when it was sent and
+    /// answered and the TTL: it expires somewhere in between plus the TTL.
+    pub expiry: Option<Lifetime>,
+}
+
+/// The life of a value written with a TTL, as its client saw it.
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetime {
+    /// When the write was sent.
+    pub sent: Instant,
+    /// When it was answered (or given up on).
+    pub answered: Instant,
+    /// Its time to live.
+    pub ttl: Duration,
+}
+
+/// Allowance for the clocks of client and nodes and for rounding to ms.
+const EXPIRY_SLACK: Duration = Duration::from_millis(50);
+
+impl Lifetime {
+    /// Expired for sure at `at`.
+    fn surely_expired(&self, at: Instant) -> bool {
+        at > self.answered + self.ttl + EXPIRY_SLACK
+    }
+
+    /// Maybe expired at `at`.
+    fn maybe_expired(&self, at: Instant) -> bool {
+        at + EXPIRY_SLACK >= self.sent + self.ttl
+    }
 }
 
 /// Figures of a run.
@@ -84,6 +118,32 @@ pub fn allowed(changes: &[Change]) -> Vec<Effect> {
     allowed
 }
 
+/// What `changes` allow a read sent at `sent` and answered at `answered` to
+/// return, expiry included: a value surely expired by `sent` reads as
+/// absent, one maybe expired meanwhile as either.
+pub fn allowed_at(changes: &[Change], sent: Instant, answered: Instant) -> Vec<Effect> {
+    let last_ack = changes
+        .iter()
+        .rposition(|c| c.outcome == Outcome::Acknowledged);
+    let mut allowed: Vec<Effect> = Vec::new();
+    if last_ack.is_none() {
+        allowed.push(None);
+    }
+    for change in &changes[last_ack.unwrap_or(0)..] {
+        match (change.effect, change.expiry) {
+            (Some(_), Some(life)) if life.surely_expired(sent) => allowed.push(None),
+            (Some(value), Some(life)) if life.maybe_expired(answered) => {
+                allowed.push(Some(value));
+                allowed.push(None);
+            }
+            (effect, _) => allowed.push(effect),
+        }
+    }
+    allowed.sort();
+    allowed.dedup();
+    allowed
+}
+
 /// Running clients.
 pub struct Workload {
     stop: Arc<AtomicBool>,
@@ -114,6 +174,20 @@ impl Workload {
         timeout: Duration,
         seed: u64,
     ) -> Workload {
+        Workload::start_expiring(urls, prefix, clients, keys, timeout, seed, None)
+    }
+
+    /// [`Workload::start`], where with `ttl` half the writes give their
+    /// value a time to live drawn from `ttl`'s range (`?ttl=…ms`).
+    pub fn start_expiring(
+        urls: Vec<String>,
+        prefix: &str,
+        clients: usize,
+        keys: usize,
+        timeout: Duration,
+        seed: u64,
+        ttl: Option<(Duration, Duration)>,
+    ) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let targets = Arc::new(Mutex::new(urls));
         let acknowledged = Arc::new(AtomicU64::new(0));
@@ -129,6 +203,7 @@ impl Workload {
                     stop.clone(),
                     targets.clone(),
                     acknowledged.clone(),
+                    ttl,
                 ))
             })
             .collect();
@@ -183,6 +258,7 @@ async fn send(request: reqwest::RequestBuilder) -> (Outcome, Option<(StatusCode,
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run_client(
     client: u64,
     mut rng: StdRng,
@@ -191,6 +267,7 @@ async fn run_client(
     stop: Arc<AtomicBool>,
     targets: Arc<Mutex<Vec<String>>>,
     acknowledged: Arc<AtomicU64>,
+    ttl: Option<(Duration, Duration)>,
 ) -> (Changes, Tally) {
     let http = reqwest::Client::builder()
         .timeout(timeout)
@@ -215,18 +292,33 @@ async fn run_client(
             // An overwrite with a value unique to this client and step.
             seq += 1;
             let value = client * 1_000_000_000 + seq;
+            let life = ttl.filter(|_| rng.random_bool(0.5)).map(|(low, high)| {
+                Duration::from_millis(
+                    rng.random_range(low.as_millis() as u64..=high.as_millis() as u64),
+                )
+            });
+            let url = match life {
+                Some(ttl) => format!("{url}?ttl={}ms", ttl.as_millis()),
+                None => url,
+            };
+            let sent = Instant::now();
             let (outcome, reply) = send(http.put(&url).body(value.to_string())).await;
             let outcome = match (outcome, reply) {
                 (Outcome::Acknowledged, Some((StatusCode::CREATED, _))) => Outcome::Acknowledged,
                 (Outcome::Unknown, _) => Outcome::Unknown,
                 _ => Outcome::Failed,
             };
+            let expiry = life.map(|ttl| Lifetime {
+                sent,
+                answered: Instant::now(),
+                ttl,
+            });
             record(
                 &mut keys,
                 &mut tally,
                 &acknowledged,
                 &name,
-                Some(value),
+                (Some(value), expiry),
                 outcome,
             );
         } else if dice < 60 {
@@ -236,9 +328,18 @@ async fn run_client(
                 (Outcome::Unknown, _) => Outcome::Unknown,
                 _ => Outcome::Failed,
             };
-            record(&mut keys, &mut tally, &acknowledged, &name, None, outcome);
+            record(
+                &mut keys,
+                &mut tally,
+                &acknowledged,
+                &name,
+                (None, None),
+                outcome,
+            );
         } else {
+            let sent = Instant::now();
             let (outcome, reply) = send(http.get(&url)).await;
+            let answered = Instant::now();
             let read = match (outcome, reply) {
                 (Outcome::Acknowledged, Some((StatusCode::OK, body))) => {
                     Some(body.parse::<u64>().ok())
@@ -256,7 +357,7 @@ async fn run_client(
             };
             tally.reads[0] += 1;
             let changes = &keys[&name];
-            let allowed = allowed(changes);
+            let allowed = allowed_at(changes, sent, answered);
             if !allowed.contains(&got) {
                 tally.stale.push(format!(
                     "GET {url} returned {got:?}; allowed {allowed:?} after {changes:?}"
@@ -272,7 +373,7 @@ fn record(
     tally: &mut Tally,
     acknowledged: &AtomicU64,
     name: &str,
-    effect: Effect,
+    (effect, expiry): (Effect, Option<Lifetime>),
     outcome: Outcome,
 ) {
     tally.changes[slot(outcome)] += 1;
@@ -280,7 +381,11 @@ fn record(
         acknowledged.fetch_add(1, Ordering::Release);
     }
     if let Some(changes) = keys.get_mut(name) {
-        changes.push(Change { effect, outcome });
+        changes.push(Change {
+            effect,
+            outcome,
+            expiry,
+        });
     }
 }
 
@@ -289,7 +394,8 @@ fn record(
 pub struct Verdict {
     /// Keys read, per node.
     pub reads: u64,
-    /// Acknowledged writes lost, deleted keys come back, described.
+    /// Acknowledged writes lost, deleted or expired keys come back,
+    /// described.
     pub violations: Vec<String>,
     /// Keys whose replicas hold different versions, described.
     pub disagreements: Vec<String>,
@@ -300,8 +406,8 @@ pub struct Verdict {
 pub async fn verify(http: &reqwest::Client, urls: &[String], history: &History) -> Verdict {
     let mut verdict = Verdict::default();
     for (key, changes) in &history.keys {
-        let allowed = allowed(changes);
         for url in urls {
+            let sent = Instant::now();
             let response = http
                 .get(format!("{url}/keys/{key}"))
                 .send()
@@ -313,6 +419,7 @@ pub async fn verify(http: &reqwest::Client, urls: &[String], history: &History) 
                 status => panic!("final read of {key} through {url}: {status}"),
             };
             verdict.reads += 1;
+            let allowed = allowed_at(changes, sent, Instant::now());
             if !allowed.contains(&got) {
                 let last_ack = changes
                     .iter()
@@ -320,6 +427,7 @@ pub async fn verify(http: &reqwest::Client, urls: &[String], history: &History) 
                     .find(|c| c.outcome == Outcome::Acknowledged);
                 let what = match (got, last_ack) {
                     (Some(_), Some(c)) if c.effect.is_none() => "a deleted key came back",
+                    (Some(_), Some(c)) if c.expiry.is_some() => "an expired value came back",
                     _ => "an acknowledged write was lost",
                 };
                 verdict.violations.push(format!(
