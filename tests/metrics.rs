@@ -505,3 +505,54 @@ async fn a_node_back_after_the_grace_period_is_not_ready_until_it_has_caught_up(
         .unwrap();
     assert_eq!(body["checks"]["storage"]["catching_up"], false, "{body}");
 }
+
+/// Body bytes are counted as they pass, and a response of known length
+/// keeps its Content-Length (a body wrapper that drops the size hint would
+/// turn every reply into a chunked one).
+#[tokio::test(flavor = "multi_thread")]
+async fn body_bytes_are_counted_and_lengths_kept() {
+    let cluster = Cluster::start(Options {
+        nodes: 1,
+        replicas: 1,
+        ..Options::default()
+    })
+    .await;
+    let url = cluster.url(0);
+    let (_, before) = scrape(&cluster.http, &url).await;
+    let bytes_in = |e: &Exposition| value(e, "ringkv_http_bytes", &[("direction", "in")]);
+    let bytes_out = |e: &Exposition| value(e, "ringkv_http_bytes", &[("direction", "out")]);
+    let value_bytes = vec![7u8; 10_000];
+    let put = cluster
+        .http
+        .put(format!("{url}/keys/counted"))
+        .body(value_bytes.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let get = cluster
+        .http
+        .get(format!("{url}/keys/counted"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), StatusCode::OK);
+    assert_eq!(get.headers()["content-length"], "10000");
+    assert_eq!(get.bytes().await.unwrap().len(), 10_000);
+    let ring = cluster
+        .http
+        .get(format!("{url}/ring"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        ring.headers().contains_key("content-length"),
+        "{:?}",
+        ring.headers()
+    );
+    let (_, after) = scrape(&cluster.http, &url).await;
+    let grew = |f: &dyn Fn(&Exposition) -> Option<f64>| f(&after).unwrap() - f(&before).unwrap();
+    assert_eq!(grew(&bytes_in), 10_000.0);
+    // The value, the PUT's reply, the ring and the first scrape went out.
+    assert!(grew(&bytes_out) > 10_000.0);
+}

@@ -80,14 +80,15 @@ pub async fn track(State(metrics): State<Metrics>, request: Request, next: Next)
     response.map(|body| counted(body, metrics, Direction::Out))
 }
 
-/// `body`, counting its data frames' bytes in `direction`.
+/// `body`, counting its data frames' bytes in `direction`. It keeps the
+/// body's size hint (`map_frame` would not), so that a response of known
+/// length still goes out with its `Content-Length`.
 fn counted(body: Body, metrics: Metrics, direction: Direction) -> Body {
     use http_body_util::BodyExt;
-    Body::new(body.map_frame(move |frame| {
+    Body::new(body.inspect_frame(move |frame| {
         if let Some(data) = frame.data_ref() {
             metrics.http_bytes(direction, data.len());
         }
-        frame
     }))
 }
 
