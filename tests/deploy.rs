@@ -352,6 +352,24 @@ async fn the_kubernetes_manifest_is_consistent_with_the_binary() {
         .replace("ringkv-0.ringkv:50140", &format!("127.0.0.1:{port}"))
         .replace("port = 50140", &format!("port = {port}"))
         .replace("\"/data\"", &format!("{:?}", dir.path().join("data")));
+    // The tokens come from the Secret, mounted where the file says.
+    let secret = of_kind("Secret")[0];
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "secret")
+        .expect("the secret mount");
+    let tokens_in_pod = format!("{}/api-tokens", mount["mountPath"].as_str().unwrap());
+    assert!(
+        config.contains(&format!("api_token_file = \"{tokens_in_pod}\"")),
+        "{config}"
+    );
+    assert!(secret["stringData"]["api-tokens"].is_string());
+    let token = "0123456789abcdef0123456789abcdef";
+    let tokens = dir.path().join("api-tokens");
+    std::fs::write(&tokens, format!("admin {token}\n")).unwrap();
+    let config = config.replace(&tokens_in_pod, tokens.to_str().unwrap());
     let config_path = dir.path().join("ringkv.toml");
     std::fs::write(&config_path, &config).unwrap();
     let check = run(RINGKV, &["config", "check", config_path.to_str().unwrap()]);
@@ -394,8 +412,11 @@ async fn the_kubernetes_manifest_is_consistent_with_the_binary() {
         })
         .await;
     }
+    let ring = format!("http://127.0.0.1:{port}/ring");
+    assert_eq!(http.get(&ring).send().await.unwrap().status(), 401);
     let ring: serde_json::Value = http
-        .get(format!("http://127.0.0.1:{port}/ring"))
+        .get(&ring)
+        .bearer_auth(token)
         .send()
         .await
         .unwrap()
@@ -482,4 +503,62 @@ async fn every_metric_the_dashboard_uses_is_in_metrics() {
     let exposed = metric_names(&samples);
     let missing: Vec<&String> = used.difference(&exposed).collect();
     assert!(missing.is_empty(), "not in /metrics: {missing:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_print_writes_a_config_file_per_host_that_runs() {
+    // Three "hosts" on one machine: 127.0.0.1 to .3 are all loopback.
+    let hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let configs = dir.path().join("configs");
+    let out = run(
+        RINGKV,
+        &[
+            "cluster",
+            "--print",
+            "--hosts",
+            &hosts.join(","),
+            "--base-port",
+            &port.to_string(),
+            "--config-dir",
+            configs.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut nodes = Vec::new();
+    for (i, host) in hosts.iter().enumerate() {
+        let file = configs.join(format!("{host}.toml"));
+        assert!(
+            printed.contains(&format!(
+                "# on {host}\ninstall -D -m 0640 {}",
+                file.display()
+            )),
+            "{printed}"
+        );
+        let check = run(RINGKV, &["config", "check", file.to_str().unwrap()]);
+        assert!(check.status.success(), "{}", text(&check));
+        let content = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            content.contains("data_dir = \"/var/lib/ringkv\""),
+            "{content}"
+        );
+        // As the unit runs it, but with the data here (a flag overrides
+        // the file).
+        let data = dir.path().join(format!("data-{i}"));
+        nodes.push(Killed(
+            Command::new(RINGKV)
+                .args(["serve", "--config", file.to_str().unwrap(), "--data-dir"])
+                .arg(&data)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    assert!(printed.matches("systemctl enable --now ringkv").count() == 3);
+    let http = reqwest::Client::new();
+    let urls: Vec<String> = hosts.iter().map(|h| format!("http://{h}:{port}")).collect();
+    wait_converged(&http, &urls, 3).await;
 }

@@ -52,6 +52,11 @@ pub struct ClusterArgs {
     /// --base-port, the others joining the first.
     #[arg(long, value_delimiter = ',', requires = "print", conflicts_with_all = ["nodes", "host"])]
     hosts: Vec<String>,
+    /// With --hosts: write one configuration file per host here
+    /// (`HOST.toml`, for `serve --config` and contrib/systemd/ringkv.service,
+    /// data in /var/lib/ringkv) and print how to install and start each.
+    #[arg(long, requires = "hosts")]
+    config_dir: Option<PathBuf>,
 }
 
 /// One node of the cluster: where it runs and the `serve` flags it gets.
@@ -155,10 +160,79 @@ fn program(local: bool) -> String {
     "ringkv".to_string()
 }
 
+/// Where the systemd unit keeps a node's data (`StateDirectory=ringkv`).
+const SYSTEMD_DATA_DIR: &str = "/var/lib/ringkv";
+
+/// `flags` (of `serve`) as a configuration file: `--name value` as
+/// `name = value`, a switch as `name = true`, `--join` as a list.
+fn config_text(id: &str, flags: &[String]) -> String {
+    let mut out = format!(
+        "# ringkv node {id}: /etc/ringkv/ringkv.toml for contrib/systemd/ringkv.service\n\
+         # (written by `ringkv cluster --print --hosts … --config-dir`; `ringkv config\n\
+         # example` lists every setting). With access control, also set\n\
+         # api_token_file = \"/etc/ringkv/api-tokens\".\n"
+    );
+    let mut words = flags.iter().peekable();
+    while let Some(flag) = words.next() {
+        let name = flag.trim_start_matches("--").replace('-', "_");
+        let value = match words.peek() {
+            Some(next) if !next.starts_with("--") => words.next().cloned(),
+            _ => None,
+        };
+        let literal = |v: &str| {
+            if v.parse::<u64>().is_ok() {
+                v.to_string()
+            } else {
+                toml_edit::Value::from(v).to_string().trim().to_string()
+            }
+        };
+        let line = match (name.as_str(), value) {
+            ("data_dir", Some(_)) => format!("data_dir = {}", literal(SYSTEMD_DATA_DIR)),
+            ("join", Some(v)) => {
+                let seeds: Vec<String> = v.split(',').map(literal).collect();
+                format!("join = [{}]", seeds.join(", "))
+            }
+            (_, Some(v)) => format!("{name} = {}", literal(&v)),
+            (_, None) => format!("{name} = true"),
+        };
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+/// `--config-dir`: writes each host's file and prints how to install it
+/// and start the node under systemd.
+fn write_configs(dir: &std::path::Path, plans: &[Plan]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    println!(
+        "# one node per host, under contrib/systemd/ringkv.service: start {} first",
+        plans[0].id
+    );
+    for plan in plans {
+        let host = plan
+            .id
+            .rsplit_once(':')
+            .map_or(plan.id.as_str(), |(h, _)| h);
+        let file = dir.join(format!("{host}.toml"));
+        std::fs::write(&file, config_text(&plan.id, &plan.flags))
+            .with_context(|| format!("cannot write {}", file.display()))?;
+        let file = shell_quote(&file.to_string_lossy());
+        println!("# on {host}");
+        println!("install -D -m 0640 {file} /etc/ringkv/ringkv.toml");
+        println!("systemctl enable --now ringkv");
+    }
+    Ok(())
+}
+
 /// `ringkv cluster --print`: the commands, one per line (a `# on HOST`
 /// comment before each with --hosts), or a JSON array with --json.
 fn print(args: &ClusterArgs, out: super::ops::Output) -> anyhow::Result<ExitCode> {
     let plans = plan(args)?;
+    if let Some(dir) = &args.config_dir {
+        write_configs(dir, &plans)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let local = args.hosts.is_empty();
     let exe = program(local);
     let lines: Vec<(String, String)> = plans
