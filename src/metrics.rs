@@ -157,6 +157,18 @@ struct Inner {
     /// Client reads and writes refused because their coordinator planned
     /// them on a ring that places the key elsewhere, by call.
     fence_refusals: Family<FenceLabels, Counter>,
+    /// Node-to-node packets and connections refused for want of the
+    /// cluster secret (or as replays), by channel and reason.
+    cluster_rejections: Family<RejectionLabels, Counter>,
+}
+
+/// Labels of a refused node-to-node packet or connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    /// `gossip` or `rpc`.
+    channel: &'static str,
+    /// `unsealed`, `bad_key`, `stale`, `replay` or `malformed`.
+    reason: &'static str,
 }
 
 /// Labels naming the call a ring fence refused.
@@ -257,6 +269,20 @@ impl Metrics {
             "Client reads and writes this replica refused because their coordinator planned them on a ring that places the key on other nodes (the coordinator learns this node's ring and asks again)",
             fence_refusals.clone(),
         );
+        let cluster_rejections = Family::<RejectionLabels, Counter>::default();
+        for channel in [crate::secret::Channel::Gossip, crate::secret::Channel::Rpc] {
+            for reason in crate::secret::Refused::ALL {
+                let _ = cluster_rejections.get_or_create(&RejectionLabels {
+                    channel: channel.as_str(),
+                    reason: reason.as_str(),
+                });
+            }
+        }
+        registry.register(
+            "cluster_rejections",
+            "Node-to-node gossip packets and RPC connections this node refused (no or another cluster secret, replays, outside the replay window), by channel and reason",
+            cluster_rejections.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -269,8 +295,17 @@ impl Metrics {
                 streams,
                 refused_writes,
                 fence_refusals,
+                cluster_rejections,
             }),
         }
+    }
+
+    /// Counts a node-to-node packet or connection refused.
+    pub fn cluster_rejected(&self, channel: &'static str, reason: &'static str) {
+        self.inner
+            .cluster_rejections
+            .get_or_create(&RejectionLabels { channel, reason })
+            .inc();
     }
 
     /// Counts a call refused by the ring fence.

@@ -73,7 +73,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run a local cluster of several nodes until Ctrl-C.
     Cluster(cluster::ClusterArgs),
     /// Store a value: `put KEY VALUE`, `put KEY -f FILE`, `put KEY -` (stdin).
@@ -389,7 +389,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     };
     match args.command {
-        Command::Serve(serve) => serve::run(serve, args.json).await,
+        Command::Serve(serve) => serve::run(*serve, args.json).await,
         Command::Secret => {
             println!("{}", crate::secret::generate_hex()?);
             Ok(ExitCode::SUCCESS)
