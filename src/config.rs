@@ -71,6 +71,12 @@ pub struct NodeConfig {
     pub tombstone_grace: Duration,
     /// The API token file (`SCOPE TOKEN` lines); `None`: the API is open.
     pub api_token_file: Option<PathBuf>,
+    /// The cluster secret's file (`--cluster-secret-file`).
+    pub cluster_secret_file: Option<PathBuf>,
+    /// The cluster secret itself (`RINGKV_CLUSTER_SECRET`).
+    pub cluster_secret_env: Option<crate::secret::SecretText>,
+    /// A second secret accepted during a rotation, never sent with.
+    pub cluster_secret_file_next: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -91,11 +97,46 @@ impl NodeConfig {
         if self.max_value_size == 0 {
             return Err(Error::invalid("--max-value-size must be positive"));
         }
+        if self.cluster_secret_file.is_some() && self.cluster_secret_env.is_some() {
+            return Err(Error::invalid(
+                "give the cluster secret once: --cluster-secret-file or RINGKV_CLUSTER_SECRET, not both",
+            ));
+        }
+        if self.cluster_secret_file_next.is_some()
+            && self.cluster_secret_file.is_none()
+            && self.cluster_secret_env.is_none()
+        {
+            return Err(Error::invalid(
+                "--cluster-secret-file-next is the second secret of a rotation: give the current one too (--cluster-secret-file)",
+            ));
+        }
         for seed in &self.join {
             crate::ring::NodeId::parse(seed)
                 .map_err(|_| Error::invalid(format!("--join {seed:?} is not host:port")))?;
         }
         Ok(())
+    }
+
+    /// The secrets this node holds, read from their file or the
+    /// environment; `None` without a secret.
+    pub fn secrets(&self) -> Result<Option<crate::secret::Secrets>> {
+        use crate::secret::Keys;
+        let current = match (&self.cluster_secret_file, &self.cluster_secret_env) {
+            (Some(path), _) => Keys::from_file(path)?,
+            (None, Some(text)) => Keys::from_text(&text.0).map_err(|e| match e {
+                Error::InvalidInput { reason } => {
+                    Error::invalid(format!("RINGKV_CLUSTER_SECRET: {reason}"))
+                }
+                other => other,
+            })?,
+            (None, None) => return Ok(None),
+        };
+        let next = self
+            .cluster_secret_file_next
+            .as_deref()
+            .map(Keys::from_file)
+            .transpose()?;
+        Ok(Some(crate::secret::Secrets { current, next }))
     }
 
     /// The data directory: explicit, or one named after the node in the

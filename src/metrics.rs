@@ -160,6 +160,18 @@ struct Inner {
     /// Bytes of HTTP request and response bodies, by direction (two
     /// counters, indexed by [`Direction`], cloned out of the family once).
     http_bytes: [Counter; 2],
+    /// Node-to-node packets and connections refused for want of the
+    /// cluster secret (or as replays), by channel and reason.
+    cluster_rejections: Family<RejectionLabels, Counter>,
+}
+
+/// Labels of a refused node-to-node packet or connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RejectionLabels {
+    /// `gossip` or `rpc`.
+    channel: &'static str,
+    /// `unsealed`, `bad_key`, `stale`, `replay` or `malformed`.
+    reason: &'static str,
 }
 
 /// Labels naming the call a ring fence refused.
@@ -271,6 +283,20 @@ impl Metrics {
             "Bytes of HTTP request bodies received (in) and response bodies sent (out)",
             http_bytes_family,
         );
+        let cluster_rejections = Family::<RejectionLabels, Counter>::default();
+        for channel in [crate::secret::Channel::Gossip, crate::secret::Channel::Rpc] {
+            for reason in crate::secret::Refused::ALL {
+                let _ = cluster_rejections.get_or_create(&RejectionLabels {
+                    channel: channel.as_str(),
+                    reason: reason.as_str(),
+                });
+            }
+        }
+        registry.register(
+            "cluster_rejections",
+            "Node-to-node gossip packets and RPC connections this node refused (no or another cluster secret, replays, outside the replay window), by channel and reason",
+            cluster_rejections.clone(),
+        );
         Metrics {
             inner: Arc::new(Inner {
                 registry,
@@ -284,6 +310,7 @@ impl Metrics {
                 refused_writes,
                 fence_refusals,
                 http_bytes,
+                cluster_rejections,
             }),
         }
     }
@@ -295,6 +322,14 @@ impl Metrics {
             Direction::Out => 1,
         };
         self.inner.http_bytes[index].inc_by(bytes as u64);
+    }
+
+    /// Counts a node-to-node packet or connection refused.
+    pub fn cluster_rejected(&self, channel: &'static str, reason: &'static str) {
+        self.inner
+            .cluster_rejections
+            .get_or_create(&RejectionLabels { channel, reason })
+            .inc();
     }
 
     /// Counts a call refused by the ring fence.

@@ -28,11 +28,14 @@ use crate::coordinator::{Coordinator, CoordinatorOptions};
 use crate::error::{Error, Result};
 use crate::http::{self, AppState};
 use crate::lifecycle::{Lifecycle, LifecycleOptions, TransitionSummary};
+use crate::membership::sealed::SealedTransport;
 use crate::membership::{Membership, MembershipOptions};
 use crate::metrics::Metrics;
 use crate::proto::replica_server::ReplicaServer;
 use crate::ring::{NodeId, Token, decode_tokens, encode_tokens};
+use crate::rpc::noise::Acceptor;
 use crate::rpc::{LocalReplica, MAX_RPC_MESSAGE_BYTES, Peers, ReplicaService, RpcOptions};
+use crate::secret::{Refused, Rejections};
 use crate::storage::{StorageOptions, Store};
 use crate::version::Clock;
 
@@ -96,21 +99,72 @@ struct Routes {
     api: axum::Router,
 }
 
+/// Which services a connection reaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Serves {
+    /// Both, by content type (no cluster secret).
+    Both,
+    /// gRPC only (a peer's Noise session).
+    Grpc,
+    /// The public API only (a client's connection, with a secret).
+    Api,
+}
+
 impl Routes {
-    /// Answers one request as the accept loop would.
-    fn call(
-        &self,
-        request: hyper::Request<Body>,
-    ) -> impl std::future::Future<Output = axum::response::Response> + Send + use<> {
-        let is_grpc = request
-            .headers()
-            .get(hyper::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        let mut router = if is_grpc {
+    /// The hyper service of one connection reaching `serves`; a gRPC call
+    /// on a public connection is refused and counted against `refuser`'s peer.
+    fn service(
+        self,
+        serves: Serves,
+        refuser: Option<(Acceptor, SocketAddr)>,
+    ) -> tower::util::ServiceFn<
+        impl FnMut(
+            hyper::Request<Incoming>,
+        ) -> futures::future::BoxFuture<
+            'static,
+            std::result::Result<axum::response::Response, std::convert::Infallible>,
+        > + Clone
+        + Send,
+    > {
+        tower::service_fn(move |request: hyper::Request<Incoming>| {
+            let request = request.map(Body::new);
+            let refused = serves == Serves::Api && is_grpc(&request);
+            if refused && let Some((acceptor, peer)) = &refuser {
+                acceptor.refused(Refused::Unsealed, *peer);
+            }
+            let response = match serves {
+                _ if refused => None,
+                Serves::Grpc => Some(self.call_router(self.grpc.clone(), request)),
+                Serves::Api => Some(self.call_router(self.api.clone(), request)),
+                Serves::Both => Some(self.call_router(self.pick(&request), request)),
+            };
+            let future: futures::future::BoxFuture<'static, _> = Box::pin(async move {
+                Ok(match response {
+                    Some(response) => response.await,
+                    None => tonic::Status::unauthenticated(
+                        "node-to-node calls need the cluster secret's handshake",
+                    )
+                    .into_http(),
+                })
+            });
+            future
+        })
+    }
+
+    /// The router a request of a connection serving both goes to.
+    fn pick(&self, request: &hyper::Request<Body>) -> axum::Router {
+        if is_grpc(request) {
             self.grpc.clone()
         } else {
             self.api.clone()
-        };
+        }
+    }
+
+    fn call_router(
+        &self,
+        mut router: axum::Router,
+        request: hyper::Request<Body>,
+    ) -> impl std::future::Future<Output = axum::response::Response> + Send + use<> {
         async move {
             match router.call(request).await {
                 Ok(response) => response,
@@ -118,6 +172,23 @@ impl Routes {
             }
         }
     }
+
+    /// Answers one request as the accept loop would.
+    fn call(
+        &self,
+        request: hyper::Request<Body>,
+    ) -> impl std::future::Future<Output = axum::response::Response> + Send + use<> {
+        let router = self.pick(&request);
+        self.call_router(router, request)
+    }
+}
+
+/// Whether a request is a gRPC call (by its content type).
+fn is_grpc<B>(request: &hyper::Request<B>) -> bool {
+    request
+        .headers()
+        .get(hyper::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 impl RunningNode {
@@ -284,6 +355,31 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .as_deref()
         .map(crate::access::Tokens::load)
         .transpose()?;
+    let secrets = config.secrets()?.map(Arc::new);
+    match &secrets {
+        None if !config.bind.is_loopback() => {
+            return Err(Error::invalid(format!(
+                "this node would listen on {}, beyond loopback, without a cluster secret: anyone \
+                 reaching the port could join, gossip, call the replicas and read the traffic. \
+                 Give every node the same --cluster-secret-file (`ringkv secret > FILE` makes \
+                 one), or RINGKV_CLUSTER_SECRET; or --bind 127.0.0.1 for a local cluster",
+                config.bind
+            )));
+        }
+        None => tracing::warn!(
+            "no cluster secret: node-to-node traffic is neither authenticated nor encrypted \
+             (tolerated on loopback only; see --cluster-secret-file)"
+        ),
+        Some(secrets) => tracing::info!(
+            secret = %secrets.current.fingerprint,
+            next = secrets.next.as_ref().map(|k| k.fingerprint.as_str()),
+            "node-to-node traffic sealed with the cluster secret (fingerprints, not the secret)"
+        ),
+    }
+    // One set of figures per node, never global: nodes sharing a process
+    // keep their own.
+    let metrics = Metrics::new();
+    let rejections = Rejections::new(metrics.clone());
     let listener = bind(&config).await?;
     let local_addr = listener.local_addr()?;
     let id = NodeId::parse(&format!("{}:{}", config.host, local_addr.port()))?;
@@ -327,6 +423,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             replicas: config.replicas,
             cluster_id: config.cluster_id.clone(),
             gossip_interval: config.gossip_interval,
+            sealed: secrets.clone().map(|secrets| SealedTransport {
+                secrets,
+                rejections: rejections.clone(),
+            }),
         })
         .await?,
     );
@@ -352,12 +452,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         clock,
         catching_up: catching_up.clone(),
     };
-    // One set of figures per node, never global: nodes sharing a process
-    // keep their own.
-    let metrics = Metrics::new();
     let peers = Peers::new(
         RpcOptions {
             timeout: config.rpc_timeout,
+            secrets: secrets.clone(),
             ..RpcOptions::default()
         },
         metrics.clone(),
@@ -438,9 +536,11 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         why
     };
     let routes = Routes { grpc, api };
+    let acceptor = secrets.map(|secrets| Acceptor::new(secrets, rejections));
     let task = tokio::spawn(serve(
         listener,
         routes.clone(),
+        acceptor,
         stop,
         membership_for_serve,
         store,
@@ -453,6 +553,118 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         task,
         routes,
     })
+}
+
+/// One connection of a node with a cluster secret: a peer's Noise session
+/// (gRPC only) or a client's connection (the public API only), told apart
+/// by its first bytes.
+async fn serve_sealed(
+    mut stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    routes: Routes,
+    builder: &auto::Builder<TokioExecutor>,
+    acceptor: Acceptor,
+    watcher: hyper_util::server::graceful::Watcher,
+) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    use tokio::io::AsyncReadExt;
+    let mut first = [0u8; 4];
+    let mut got = 0;
+    let read = async {
+        while got < first.len() {
+            match stream.read(&mut first[got..]).await? {
+                0 => break,
+                n => got += n,
+            }
+            if first[..got] != crate::rpc::noise::PREAMBLE[..got] {
+                break;
+            }
+        }
+        std::io::Result::Ok(())
+    };
+    match tokio::time::timeout(FIRST_BYTES_TIMEOUT, read).await {
+        Ok(Ok(())) if got > 0 => {}
+        // Idle, closed at once, or broken: nothing to serve.
+        _ => return Ok(()),
+    }
+    if first[..got] == crate::rpc::noise::PREAMBLE[..] {
+        let Some(session) = acceptor.accept(stream, peer).await else {
+            return Ok(());
+        };
+        let service = routes.service(Serves::Grpc, None);
+        let connection = builder.serve_connection_with_upgrades(
+            TokioIo::new(session),
+            TowerToHyperService::new(service),
+        );
+        return watcher.watch(connection.into_owned()).await;
+    }
+    let stream = Rewind {
+        prefix: first[..got].to_vec(),
+        inner: stream,
+    };
+    let service = routes.service(Serves::Api, Some((acceptor, peer)));
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+    watcher.watch(connection.into_owned()).await
+}
+
+/// A stream whose first bytes were read already: they are read again first.
+struct Rewind<S> {
+    /// Bytes read to classify the connection, handed out before `inner`'s.
+    prefix: Vec<u8>,
+    /// The connection.
+    inner: S,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = buf.remaining().min(self.prefix.len());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.drain(..n);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }
 
 /// What SIGHUP reads again.
@@ -484,21 +696,27 @@ fn spawn_reloader(what: Reloadable) -> Result<Option<tokio::task::JoinHandle<()>
     })))
 }
 
-/// Accept loop: one hyper connection (HTTP/1 or h2c) per TCP connection,
-/// each request routed to gRPC or the public API by its content type.
+/// How long a new connection may take to send its first 4 bytes, which
+/// tell a peer's Noise session from a client's request (browsers open
+/// connections ahead of use and may keep them idle a while).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Accept loop: one hyper connection (HTTP/1 or h2c) per TCP connection.
+/// Without a secret each request is routed to gRPC or the public API by
+/// its content type. With one (`acceptor`), a connection whose first bytes
+/// are the Noise preamble is a peer's: after the handshake it carries
+/// gRPC only; any other connection is a client's and carries the public
+/// API only (a gRPC call there is refused as unauthenticated).
 async fn serve(
     listener: TcpListener,
     routes: Routes,
+    acceptor: Option<Acceptor>,
     shutdown: impl std::future::Future<Output = Result<()>> + Send,
     membership: Arc<Membership>,
     store: Store,
 ) -> Result<()> {
     let mut shutdown = std::pin::pin!(shutdown);
     let mut outcome = Ok(());
-    let service = tower::service_fn(move |request: hyper::Request<Incoming>| {
-        let response = routes.call(request.map(Body::new));
-        async move { Ok::<_, std::convert::Infallible>(response.await) }
-    });
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -507,6 +725,7 @@ async fn serve(
         .max_concurrent_streams(1024)
         .initial_stream_window_size(crate::rpc::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(crate::rpc::CONNECTION_WINDOW_BYTES);
+    let builder = Arc::new(builder);
     loop {
         let permit = tokio::select! {
             result = &mut shutdown => { outcome = result; break }
@@ -528,13 +747,23 @@ async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let connection = builder.serve_connection_with_upgrades(
-            TokioIo::new(stream),
-            TowerToHyperService::new(service.clone()),
-        );
-        let connection = graceful.watch(connection.into_owned());
+        let watcher = graceful.watcher();
+        let (routes, builder, acceptor) = (routes.clone(), builder.clone(), acceptor.clone());
         tokio::spawn(async move {
-            if let Err(err) = connection.await {
+            let result = match acceptor {
+                None => {
+                    let service = routes.service(Serves::Both, None);
+                    let connection = builder.serve_connection_with_upgrades(
+                        TokioIo::new(stream),
+                        TowerToHyperService::new(service),
+                    );
+                    watcher.watch(connection.into_owned()).await
+                }
+                Some(acceptor) => {
+                    serve_sealed(stream, peer, routes, &builder, acceptor, watcher).await
+                }
+            };
+            if let Err(err) = result {
                 tracing::debug!(%peer, %err, "connection ended with an error");
             }
             drop(permit);

@@ -370,6 +370,16 @@ async fn the_kubernetes_manifest_is_consistent_with_the_binary() {
     let tokens = dir.path().join("api-tokens");
     std::fs::write(&tokens, format!("admin {token}\n")).unwrap();
     let config = config.replace(&tokens_in_pod, tokens.to_str().unwrap());
+    // It binds beyond loopback: it needs the cluster secret, from there too.
+    let secret_in_pod = format!("{}/cluster-secret", mount["mountPath"].as_str().unwrap());
+    assert!(
+        config.contains(&format!("cluster_secret_file = \"{secret_in_pod}\"")),
+        "{config}"
+    );
+    assert!(secret["stringData"]["cluster-secret"].is_string());
+    let cluster_secret = dir.path().join("cluster-secret");
+    std::fs::write(&cluster_secret, "ab".repeat(32)).unwrap();
+    let config = config.replace(&secret_in_pod, cluster_secret.to_str().unwrap());
     let config_path = dir.path().join("ringkv.toml");
     std::fs::write(&config_path, &config).unwrap();
     let check = run(RINGKV, &["config", "check", config_path.to_str().unwrap()]);

@@ -55,6 +55,11 @@ fn rpc_corpus() {
 }
 
 #[test]
+fn secure_corpus() {
+    replay("secure", harness::secure);
+}
+
+#[test]
 fn gossip_corpus() {
     replay("gossip", harness::gossip);
 }

@@ -428,3 +428,398 @@ async fn a_bad_token_file_stops_the_node_naming_the_line() {
     assert!(err.contains("line 2") && err.contains("superuser"), "{err}");
     assert!(!err.contains(ADMIN) && !err.contains(READ), "{err}");
 }
+
+// ---- The cluster secret ----
+
+/// `ringkv_cluster_rejections_total` of node `i`, by `channel/reason`.
+async fn rejections(cluster: &Cluster, i: usize) -> BTreeMap<String, u64> {
+    let text = cluster
+        .http
+        .get(format!("{}/metrics", cluster.url(i)))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    text.lines()
+        .filter_map(|l| l.strip_prefix("ringkv_cluster_rejections_total{channel=\""))
+        .filter_map(|l| {
+            let (channel, rest) = l.split_once("\",reason=\"")?;
+            let (reason, value) = rest.split_once("\"} ")?;
+            Some((format!("{channel}/{reason}"), value.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+/// Waits until node `i` counted at least `at_least` refusals `what`
+/// (`channel/reason`).
+async fn wait_rejected(cluster: &Cluster, i: usize, what: &str, at_least: u64) -> u64 {
+    wait_for(
+        &format!("{what} refusals on node {i}"),
+        DEADLINE,
+        || async {
+            let count = rejections(cluster, i).await.get(what).copied().unwrap_or(0);
+            (count >= at_least).then_some(count)
+        },
+    )
+    .await
+}
+
+/// A cluster of `nodes` sharing a new secret `cluster.secret`; returns it
+/// with the secret file's path.
+async fn sealed(nodes: usize, extra: &[&str]) -> (Cluster, String) {
+    let mut cluster = Cluster::empty(None);
+    let secret = cluster.secret_file("cluster.secret");
+    for i in 0..nodes {
+        let mut flags = vec![
+            "--replicas".to_string(),
+            nodes.min(3).to_string(),
+            "--cluster-secret-file".into(),
+            secret.clone(),
+        ];
+        flags.extend(extra.iter().map(|s| s.to_string()));
+        if i > 0 {
+            flags.extend(["--join".to_string(), cluster.nodes[0].id.clone()]);
+        }
+        cluster.spawn(flags);
+    }
+    cluster.wait_converged().await;
+    (cluster, secret)
+}
+
+/// Every member named in node `i`'s `/ring`.
+async fn members_seen(cluster: &Cluster, i: usize) -> Vec<String> {
+    let ring = cluster.ring(i).await.expect("ring");
+    ring["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .map(|m| m["node"].as_str().expect("node").to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn nodes_without_the_secret_are_never_heard() {
+    let (mut cluster, _) = sealed(3, &[]).await;
+    let seed = cluster.nodes[0].id.clone();
+    let wrong = cluster.secret_file("wrong.secret");
+    let outsider = cluster.spawn(vec![
+        "--cluster-secret-file".into(),
+        wrong,
+        "--join".into(),
+        seed.clone(),
+    ]);
+    let plain = cluster.spawn(vec!["--join".into(), seed.clone()]);
+    // Their gossip reaches the seed and is refused, round after round.
+    wait_rejected(&cluster, 0, "gossip/bad_key", 20).await;
+    wait_rejected(&cluster, 0, "gossip/unsealed", 20).await;
+    let (outsider_id, plain_id) = (
+        cluster.nodes[outsider].id.clone(),
+        cluster.nodes[plain].id.clone(),
+    );
+    for i in 0..3 {
+        let seen = members_seen(&cluster, i).await;
+        assert_eq!(seen.len(), 3, "node {i} sees {seen:?}");
+        assert!(!seen.contains(&outsider_id) && !seen.contains(&plain_id));
+    }
+    // Neither heard the cluster either: each sees itself at most.
+    for i in [outsider, plain] {
+        let seen = members_seen(&cluster, i).await;
+        assert!(seen.iter().all(|m| m == &cluster.nodes[i].id), "{seen:?}");
+        let health = cluster
+            .http
+            .get(format!("{}/health", cluster.url(i)))
+            .send()
+            .await
+            .expect("health");
+        assert_eq!(
+            health.status(),
+            503,
+            "a joiner that hears nobody is not ready"
+        );
+    }
+    // The refusals are logged once a minute per peer, not per packet.
+    let log = std::fs::read_to_string(cluster.dir.path().join("node0.log")).expect("log");
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("refused a node-to-node gossip packet"))
+        .count();
+    assert!((2..=4).contains(&lines), "{lines} log lines of refusals");
+    // The cluster still works.
+    let (ok, _, err) = cluster.cli(1, &["put", "still", "here"]);
+    assert!(ok, "{err}");
+}
+
+#[tokio::test]
+async fn replica_rpcs_need_the_secret() {
+    use ringkv::proto::PingRequest;
+    use ringkv::proto::replica_client::ReplicaClient;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (cluster, secret) = sealed(1, &[]).await;
+    let node = cluster.nodes[0].id.clone();
+
+    // gRPC in clear on the public port: refused as unauthenticated.
+    let mut client = ReplicaClient::connect(format!("http://{node}"))
+        .await
+        .expect("h2c connection");
+    let status = client
+        .ping(PingRequest {})
+        .await
+        .expect_err("a ping without the handshake");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    wait_rejected(&cluster, 0, "rpc/unsealed", 1).await;
+
+    // A handshake with another secret: the node closes without a word.
+    let wrong =
+        ringkv::secret::Keys::from_text(ringkv::secret::generate_hex().expect("secret").as_bytes())
+            .expect("keys");
+    let tcp = tokio::net::TcpStream::connect(&node).await.expect("tcp");
+    let err = ringkv::rpc::noise::connect(tcp, &wrong)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("another cluster secret"), "{err}");
+    wait_rejected(&cluster, 0, "rpc/bad_key", 1).await;
+
+    // A captured first message of a real handshake, played twice: the
+    // node answers the first time (it is genuine) and refuses the replay.
+    let keys = ringkv::secret::Keys::from_file(std::path::Path::new(&secret)).expect("keys");
+    let (a, mut b) = tokio::io::duplex(1 << 16);
+    let capture = tokio::spawn(async move {
+        let mut sent = vec![0u8; 4 + 1 + 2 + 72];
+        b.read_exact(&mut sent).await.expect("first message");
+        sent
+    });
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_millis(300),
+        ringkv::rpc::noise::connect(a, &keys),
+    )
+    .await;
+    let captured = capture.await.expect("captured");
+    for replay in [false, true] {
+        let mut tcp = tokio::net::TcpStream::connect(&node).await.expect("tcp");
+        tcp.write_all(&captured).await.expect("send");
+        if replay {
+            let mut answer = Vec::new();
+            let _ = tokio::time::timeout(DEADLINE, tcp.read_to_end(&mut answer)).await;
+            assert!(answer.is_empty(), "a replayed handshake got an answer");
+        } else {
+            let mut answer = [0u8; 2 + 48];
+            tokio::time::timeout(DEADLINE, tcp.read_exact(&mut answer))
+                .await
+                .expect("an answer in time")
+                .expect("the genuine handshake's answer");
+        }
+    }
+    wait_rejected(&cluster, 0, "rpc/replay", 1).await;
+
+    // With the secret the same call works, as a peer makes it.
+    let peers = ringkv::rpc::Peers::new(
+        ringkv::rpc::RpcOptions {
+            secrets: Some(std::sync::Arc::new(ringkv::secret::Secrets {
+                current: keys,
+                next: None,
+            })),
+            ..Default::default()
+        },
+        ringkv::metrics::Metrics::new(),
+    );
+    let node_id = ringkv::ring::NodeId::parse(&node).expect("id");
+    let reply = peers
+        .client(&node_id)
+        .expect("client")
+        .ping(PingRequest {})
+        .await
+        .expect("a ping through the Noise session");
+    assert_eq!(reply.into_inner().node, node);
+}
+
+#[tokio::test]
+async fn a_replayed_gossip_packet_is_dropped() {
+    let (mut cluster, secret) = sealed(1, &[]).await;
+    // A node of the cluster gossiping to a socket of this test: its packets
+    // are captured there.
+    let trap = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .expect("udp");
+    let trap_addr = trap.local_addr().expect("addr").to_string();
+    cluster.spawn(vec![
+        "--cluster-secret-file".into(),
+        secret,
+        "--join".into(),
+        trap_addr,
+    ]);
+    let mut packet = vec![0u8; 65_536];
+    let len = tokio::time::timeout(DEADLINE, trap.recv(&mut packet))
+        .await
+        .expect("a gossip packet in time")
+        .expect("recv");
+    packet.truncate(len);
+    assert!(packet.starts_with(b"RKG1"), "sealed");
+    assert!(
+        !String::from_utf8_lossy(&packet).contains("127.0.0.1"),
+        "gossip is encrypted: no address readable"
+    );
+    let before = rejections(&cluster, 0).await;
+    let target = &cluster.nodes[0].id;
+    // Delivered once: a genuine packet. Again: a replay.
+    for _ in 0..3 {
+        trap.send_to(&packet, target).await.expect("send");
+    }
+    let count = wait_rejected(&cluster, 0, "gossip/replay", before["gossip/replay"] + 2).await;
+    assert_eq!(count, before["gossip/replay"] + 2);
+    // Changed in one byte: refused as sealed with another key.
+    let last = packet.len() - 1;
+    packet[last] ^= 0x01;
+    trap.send_to(&packet, target).await.expect("send");
+    wait_rejected(&cluster, 0, "gossip/bad_key", before["gossip/bad_key"] + 1).await;
+}
+
+#[tokio::test]
+async fn beyond_loopback_a_node_needs_a_secret() {
+    let out = Command::new(RINGKV)
+        .args(["serve", "--bind", "0.0.0.0", "--port", "0", "--in-memory"])
+        .output()
+        .expect("ringkv");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("without a cluster secret") && err.contains("--cluster-secret-file"),
+        "{err}"
+    );
+    // On loopback it starts, with a warning.
+    let mut cluster = Cluster::empty(None);
+    cluster.spawn(vec![]);
+    cluster.wait_ready(0).await;
+    let log = std::fs::read_to_string(cluster.dir.path().join("node0.log")).expect("log");
+    assert!(log.contains("no cluster secret"), "{log}");
+    // A secret too short, or two sources at once, is refused.
+    let dir = tempfile::tempdir().expect("dir");
+    let short = dir.path().join("short");
+    std::fs::write(&short, "0123456789abcdef").expect("write");
+    let out = Command::new(RINGKV)
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--in-memory",
+            "--cluster-secret-file",
+        ])
+        .arg(&short)
+        .output()
+        .expect("ringkv");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("at least 32"), "{err}");
+    assert!(
+        !err.contains("0123456789abcdef"),
+        "the secret is not printed: {err}"
+    );
+    let out = Command::new(RINGKV)
+        .args([
+            "serve",
+            "--port",
+            "0",
+            "--in-memory",
+            "--cluster-secret-file",
+        ])
+        .arg(&short)
+        .env("RINGKV_CLUSTER_SECRET", "x".repeat(40))
+        .output()
+        .expect("ringkv");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("once"));
+}
+
+#[tokio::test]
+async fn the_secret_rotates_with_rolling_restarts() {
+    let (mut cluster, old) = sealed(3, &["--on-signal", "stop"]).await;
+    let new = cluster.secret_file("new.secret");
+    let (ok, _, err) = cluster.cli(0, &["put", "before", "rotation"]);
+    assert!(ok, "{err}");
+    // A writer going on through the rotation, failing over between nodes.
+    let nodes: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let stop = stop.clone();
+        let client = ringkv::client::Client::with_options(
+            nodes.clone(),
+            ringkv::client::ClientOptions {
+                retries: 6,
+                ..Default::default()
+            },
+        )
+        .expect("client");
+        tokio::spawn(async move {
+            let (mut written, mut failed) = (0u64, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("during/{written}");
+                let value = ringkv::client::Upload::Bytes(bytes::Bytes::from(key.clone()));
+                match client.put(&key, value, None, None).await {
+                    Ok(_) => written += 1,
+                    Err(err) => failed.push(err.to_string()),
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            (written, failed)
+        })
+    };
+    // Three rolling restarts: accept the new secret too; send with it,
+    // still accepting the old; the new one alone.
+    let phases: [Vec<String>; 3] = [
+        vec![
+            "--cluster-secret-file".into(),
+            old.clone(),
+            "--cluster-secret-file-next".into(),
+            new.clone(),
+        ],
+        vec![
+            "--cluster-secret-file".into(),
+            new.clone(),
+            "--cluster-secret-file-next".into(),
+            old.clone(),
+        ],
+        vec!["--cluster-secret-file".into(), new.clone()],
+    ];
+    for phase in &phases {
+        for i in 0..3 {
+            cluster.terminate(i);
+            let flags = &mut cluster.nodes[i].flags;
+            let at = flags
+                .iter()
+                .position(|f| f == "--cluster-secret-file")
+                .expect("secret flag");
+            flags.drain(at..at + 2);
+            if let Some(at) = flags.iter().position(|f| f == "--cluster-secret-file-next") {
+                flags.drain(at..at + 2);
+            }
+            flags.extend(phase.iter().cloned());
+            cluster.restart(i);
+            cluster.wait_converged().await;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (written, failed) = writer.await.expect("writer");
+    assert!(
+        failed.is_empty(),
+        "writes failed during the rotation: {failed:?}"
+    );
+    assert!(written > 20, "only {written} writes during the rotation");
+    for i in 0..3 {
+        let (ok, out, err) = cluster.cli(i, &["get", "before"]);
+        assert!(ok && out == "rotation", "{err}");
+        let (ok, out, err) = cluster.cli(i, &["get", &format!("during/{}", written - 1)]);
+        assert!(ok && out == format!("during/{}", written - 1), "{err}");
+    }
+    // The old secret no longer gets in.
+    let seed = cluster.nodes[0].id.clone();
+    let stale = cluster.spawn(vec![
+        "--cluster-secret-file".into(),
+        old,
+        "--join".into(),
+        seed,
+    ]);
+    wait_rejected(&cluster, 0, "gossip/bad_key", 10).await;
+    let stale_id = cluster.nodes[stale].id.clone();
+    assert!(!members_seen(&cluster, 0).await.contains(&stale_id));
+}

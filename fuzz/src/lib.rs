@@ -11,6 +11,8 @@
 //! - [`rpc`]: gRPC messages through a node's replica service, in-process.
 //! - [`gossip`]: what peers publish in gossip, turned into a ring.
 //! - [`record`]: arbitrary bytes in every space of a store, read back.
+//! - [`secure`]: the parsers of F27: the `Authorization` header, sealed
+//!   gossip packets, the Noise handshake and the session's frames.
 //!
 //! The same functions serve the cargo-fuzz targets (`fuzz_targets/`) and
 //! `tests/fuzz_corpus.rs`, which replays every corpus and regression file in
@@ -547,4 +549,157 @@ fn take_u16_prefixed(data: &[u8]) -> Option<(&[u8], &[u8])> {
     };
     let len = usize::from(u16::from_be_bytes([*a, *b])).min(rest.len());
     Some(rest.split_at(len))
+}
+
+/// The runtime of the [`secure`] harness's in-memory sessions.
+static SECURE_RUNTIME: Mutex<Option<tokio::runtime::Runtime>> = Mutex::new(None);
+
+/// The parsers of F27, chosen by the first byte: `0` an `Authorization`
+/// header value; `1` a gossip datagram (and the seal/open round trip of the
+/// same bytes); `2` what a peer sends after the Noise preamble; `3` raw
+/// frames into an established Noise session. Invariants: no panic, no
+/// hang, nothing opened that was not sealed with the key, a round trip
+/// gives back its bytes, a bearer token is a part of its header.
+pub fn secure(data: &[u8]) {
+    use ringkv::membership::sealed::{Opener, seal};
+    use ringkv::rpc::noise;
+    use ringkv::secret::{Keys, Rejections, Secrets};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let keys = || Keys::derive(&[42u8; 32]).expect("keys");
+    let secrets = || {
+        std::sync::Arc::new(Secrets {
+            current: keys(),
+            next: Some(Keys::derive(&[43u8; 32]).expect("keys")),
+        })
+    };
+    let now = 1_800_000_000_000u64;
+    let from: std::net::SocketAddr = "127.0.0.1:9".parse().expect("addr");
+    match mode % 4 {
+        0 => {
+            if let Some(token) = ringkv::access::bearer_token(rest) {
+                assert!(!token.is_empty() && token.len() < rest.len());
+                let set = ringkv::access::TokenSet::parse("read fuzz-token-0123456789\n")
+                    .expect("tokens");
+                let verdict = set.check(Some(rest), ringkv::access::Scope::Read);
+                let known = token == b"fuzz-token-0123456789";
+                assert_eq!(verdict == ringkv::access::Verdict::Allowed, known);
+            }
+        }
+        1 => {
+            let secrets = secrets();
+            let opened = Opener::default().open(&secrets, rest, from, now);
+            if let Ok(Some(_)) = opened {
+                panic!("opened a packet the fuzzer made without the key");
+            }
+            let mut opener = Opener::default();
+            let mut whole = None;
+            for packet in seal(&secrets.current, rest, now, 1) {
+                assert!(packet.len() <= ringkv::membership::sealed::MAX_DATAGRAM);
+                if let Some(message) = opener.open(&secrets, &packet, from, now).expect("opens") {
+                    whole = Some(message);
+                }
+            }
+            assert_eq!(whole.as_deref(), Some(rest), "round trip");
+        }
+        _ => {
+            let mut slot = SECURE_RUNTIME.lock().unwrap_or_else(|p| p.into_inner());
+            let runtime = slot.get_or_insert_with(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime")
+            });
+            let acceptor = noise::Acceptor::new(secrets(), Rejections::new(Default::default()));
+            let handshake = mode % 4 == 2;
+            runtime.block_on(async {
+                let work = async {
+                    let (mut a, b) = tokio::io::duplex(1 << 20);
+                    if handshake {
+                        // The fuzzer's bytes as a first message: refused.
+                        a.write_all(rest).await.expect("write");
+                        drop(a);
+                        assert!(acceptor.accept(b, from).await.is_none());
+                        return;
+                    }
+                    let server = acceptor.accept(b, from);
+                    let client = async {
+                        // The acceptor reads after the preamble: skip it.
+                        noise::connect(
+                            PreambleSkipper {
+                                inner: a,
+                                skipped: 0,
+                            },
+                            &keys(),
+                        )
+                        .await
+                    };
+                    let (client, server) = tokio::join!(client, server);
+                    let (Ok(client), Some(mut server)) = (client, server) else {
+                        panic!("a genuine handshake failed");
+                    };
+                    let mut raw = client.into_inner().inner;
+                    raw.write_all(rest).await.expect("write");
+                    drop(raw);
+                    let mut got = Vec::new();
+                    // Whatever it read must have been sealed: random bytes
+                    // never decrypt, so nothing or an error.
+                    let result = server.read_to_end(&mut got).await;
+                    assert!(got.is_empty(), "decrypted bytes the fuzzer made");
+                    let _ = result;
+                };
+                tokio::time::timeout(Duration::from_secs(20), work)
+                    .await
+                    .expect("no hang");
+            });
+        }
+    }
+}
+
+/// The client side of an in-memory Noise connection whose preamble the
+/// accept loop would have read: its first 4 bytes are dropped on the way.
+struct PreambleSkipper {
+    inner: tokio::io::DuplexStream,
+    skipped: usize,
+}
+
+impl tokio::io::AsyncRead for PreambleSkipper {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for PreambleSkipper {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let skip = (4 - self.skipped).min(buf.len());
+        if skip > 0 {
+            self.skipped += skip;
+            return std::task::Poll::Ready(Ok(skip));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }

@@ -74,7 +74,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Run a local cluster of several nodes until Ctrl-C.
     Cluster(cluster::ClusterArgs),
     /// Store a value: `put KEY VALUE`, `put KEY -f FILE`, `put KEY -` (stdin).
@@ -203,16 +203,15 @@ pub fn main() -> ExitCode {
     use clap::{CommandFactory, FromArgMatches};
     let matches = Args::command().get_matches();
     let mut args = Args::from_arg_matches(&matches).unwrap_or_else(|err| err.exit());
-    if let Command::Serve(ServeArgs {
-        config: Some(path), ..
-    }) = &args.command
+    if let Command::Serve(serve) = &args.command
+        && let Some(path) = &serve.config
     {
         let serve = matches
             .subcommand_matches("serve")
             .cloned()
             .unwrap_or_default();
         match config_file::apply(path, &serve) {
-            Ok(serve) => args.command = Command::Serve(serve),
+            Ok(serve) => args.command = Command::Serve(Box::new(serve)),
             Err(err) => {
                 report(&anyhow::Error::from(err), args.json, "");
                 return ExitCode::from(2);
@@ -455,7 +454,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         )
     };
     match args.command {
-        Command::Serve(serve) => serve::run(serve, args.json).await,
+        Command::Serve(serve) => serve::run(*serve, args.json).await,
         Command::Secret => {
             println!("{}", crate::secret::generate_hex()?);
             Ok(ExitCode::SUCCESS)

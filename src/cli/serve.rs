@@ -123,6 +123,15 @@ pub struct ServeArgs {
     /// Read again on SIGHUP.
     #[arg(long)]
     pub api_token_file: Option<PathBuf>,
+    /// The cluster secret (at least 32 random bytes, hex or raw; `ringkv
+    /// secret` prints one), or RINGKV_CLUSTER_SECRET: it authenticates and
+    /// encrypts all node-to-node traffic, gossip included. Needed unless
+    /// the node binds a loopback address.
+    #[arg(long)]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// A second secret accepted (never sent with) during a rotation.
+    #[arg(long)]
+    pub cluster_secret_file_next: Option<PathBuf>,
 }
 
 /// What the first SIGTERM/SIGINT does.
@@ -170,6 +179,15 @@ impl ServeArgs {
             auto_purge: !self.no_auto_purge,
             tombstone_grace: self.tombstone_grace,
             api_token_file: self.api_token_file.clone(),
+            cluster_secret_file: self.cluster_secret_file.clone(),
+            cluster_secret_env: std::env::var_os("RINGKV_CLUSTER_SECRET")
+                .filter(|v| !v.is_empty())
+                .map(|v| {
+                    crate::secret::SecretText(
+                        std::os::unix::ffi::OsStrExt::as_bytes(v.as_os_str()).to_vec(),
+                    )
+                }),
+            cluster_secret_file_next: self.cluster_secret_file_next.clone(),
         }
     }
 }

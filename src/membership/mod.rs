@@ -38,6 +38,7 @@ use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig
 use tokio::sync::{Mutex, watch};
 
 pub mod merge;
+pub mod sealed;
 
 use crate::error::{Error, Result};
 use crate::ring::{
@@ -106,6 +107,9 @@ pub struct MembershipOptions {
     pub cluster_id: String,
     /// Time between gossip rounds.
     pub gossip_interval: Duration,
+    /// Gossip sealed with the cluster secret; `None`: plain chitchat
+    /// (loopback-only clusters without a secret).
+    pub sealed: Option<sealed::SealedTransport>,
 }
 
 /// How often the ring is rebuilt from the gossip state.
@@ -405,7 +409,11 @@ impl Membership {
         } else {
             initial.push((KEY_STATE.to_string(), MemberState::Joining.as_str().into()));
         }
-        let handle = spawn_chitchat(config, initial, &UdpTransport)
+        let transport: &dyn chitchat::transport::Transport = match &options.sealed {
+            Some(sealed) => sealed,
+            None => &UdpTransport,
+        };
+        let handle = spawn_chitchat(config, initial, transport)
             .await
             .map_err(|e| Error::Io(std::io::Error::other(format!("gossip: {e:#}"))))?;
         let ready = Arc::new(AtomicBool::new(ready));

@@ -16,6 +16,7 @@
 
 pub mod deadline;
 pub mod local;
+pub mod noise;
 pub mod service;
 
 use std::collections::HashMap;
@@ -79,6 +80,9 @@ pub struct RpcOptions {
     pub timeout: Duration,
     /// How long establishing a connection may take.
     pub connect_timeout: Duration,
+    /// The cluster secret: connections to peers open a Noise session
+    /// with it (`noise.rs`); `None`: plain h2c (loopback only).
+    pub secrets: Option<Arc<crate::secret::Secrets>>,
 }
 
 impl Default for RpcOptions {
@@ -86,6 +90,7 @@ impl Default for RpcOptions {
         RpcOptions {
             timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(2),
+            secrets: None,
         }
     }
 }
@@ -139,7 +144,12 @@ impl Peers {
                     .keep_alive_while_idle(true)
                     .initial_stream_window_size(Some(STREAM_WINDOW_BYTES))
                     .initial_connection_window_size(Some(CONNECTION_WINDOW_BYTES));
-                let channel = endpoint.connect_lazy();
+                let channel = match &self.options.secrets {
+                    Some(secrets) => endpoint.connect_with_connector_lazy(noise::Connector {
+                        secrets: secrets.clone(),
+                    }),
+                    None => endpoint.connect_lazy(),
+                };
                 channels.insert(node.clone(), channel.clone());
                 channel
             }

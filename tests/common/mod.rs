@@ -132,8 +132,14 @@ impl Cluster {
     pub async fn start(options: Options) -> Cluster {
         let mut cluster = Cluster::empty(options.token.clone());
         cluster.net = options.netns.then(netns::Net::new);
+        // Nodes beyond loopback need a cluster secret (F27): the fault
+        // matrix runs with it on.
+        let secret = options.netns.then(|| cluster.secret_file("cluster.secret"));
         for i in 0..options.nodes {
             let mut flags = vec!["--replicas".to_string(), options.replicas.to_string()];
+            if let Some(secret) = &secret {
+                flags.extend(["--cluster-secret-file".to_string(), secret.clone()]);
+            }
             flags.extend(options.flags.iter().cloned());
             if i > 0 {
                 flags.push("--join".into());
@@ -171,6 +177,19 @@ impl Cluster {
             net: None,
             token,
         }
+    }
+
+    /// Writes a new cluster secret (`ringkv secret`) to `name` in the
+    /// cluster's dir; returns its path.
+    pub fn secret_file(&self, name: &str) -> String {
+        let out = Command::new(RINGKV)
+            .arg("secret")
+            .output()
+            .expect("ringkv secret");
+        assert!(out.status.success(), "{out:?}");
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, &out.stdout).expect("secret file");
+        path.display().to_string()
     }
 
     /// `ringkv ARGS` against node `i`, with the cluster's token.
