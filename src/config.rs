@@ -69,6 +69,14 @@ pub struct NodeConfig {
     pub auto_purge: bool,
     /// Age after which tombstones every replica holds are dropped.
     pub tombstone_grace: Duration,
+    /// The Redis protocol front end: its port (0 picks one), when on.
+    pub resp_port: Option<u16>,
+    /// RESP connections served at once.
+    pub resp_max_connections: usize,
+    /// RESP connections silent this long are closed.
+    pub resp_idle_timeout: Duration,
+    /// FLUSHALL/FLUSHDB over RESP allowed.
+    pub resp_allow_flush: bool,
 }
 
 impl NodeConfig {
@@ -88,6 +96,12 @@ impl NodeConfig {
         }
         if self.max_value_size == 0 {
             return Err(Error::invalid("--max-value-size must be positive"));
+        }
+        if self.resp_max_connections == 0 {
+            return Err(Error::invalid("--resp-max-connections must be at least 1"));
+        }
+        if self.resp_port.is_some_and(|p| p != 0 && p == self.port) {
+            return Err(Error::invalid("--resp-port must differ from --port"));
         }
         for seed in &self.join {
             crate::ring::NodeId::parse(seed)

@@ -372,13 +372,13 @@ fn cluster_print_shows_commands_to_paste() {
         commands,
         vec![
             format!(
-                "{exe} serve --host 127.0.0.1 --port 50140 --replicas 3 --data-dir ringkv-data/node-50140 --on-signal stop"
+                "{exe} serve --host 127.0.0.1 --port 50140 --replicas 3 --resp-port 51140 --data-dir ringkv-data/node-50140 --on-signal stop"
             ),
             format!(
-                "{exe} serve --host 127.0.0.1 --port 50141 --replicas 3 --data-dir ringkv-data/node-50141 --on-signal stop --join 127.0.0.1:50140"
+                "{exe} serve --host 127.0.0.1 --port 50141 --replicas 3 --resp-port 51141 --data-dir ringkv-data/node-50141 --on-signal stop --join 127.0.0.1:50140"
             ),
             format!(
-                "{exe} serve --host 127.0.0.1 --port 50142 --replicas 3 --data-dir ringkv-data/node-50142 --on-signal stop --join 127.0.0.1:50140"
+                "{exe} serve --host 127.0.0.1 --port 50142 --replicas 3 --resp-port 51142 --data-dir ringkv-data/node-50142 --on-signal stop --join 127.0.0.1:50140"
             ),
         ]
     );
@@ -398,11 +398,11 @@ fn cluster_print_shows_commands_to_paste() {
         String::from_utf8(out.stdout).unwrap(),
         "# one node per host: start db1:50140 first, then the others\n\
          # on db1\n\
-         ringkv serve --host db1 --port 50140 --replicas 2 --data-dir ringkv-data/node-50140\n\
+         ringkv serve --host db1 --port 50140 --replicas 2 --resp-port 51140 --data-dir ringkv-data/node-50140\n\
          # on db2\n\
-         ringkv serve --host db2 --port 50140 --replicas 2 --data-dir ringkv-data/node-50140 --join db1:50140\n\
+         ringkv serve --host db2 --port 50140 --replicas 2 --resp-port 51140 --data-dir ringkv-data/node-50140 --join db1:50140\n\
          # on 10.0.0.3\n\
-         ringkv serve --host 10.0.0.3 --port 50140 --replicas 2 --data-dir ringkv-data/node-50140 --join db1:50140\n"
+         ringkv serve --host 10.0.0.3 --port 50140 --replicas 2 --resp-port 51140 --data-dir ringkv-data/node-50140 --join db1:50140\n"
     );
     // --hosts is for printing only.
     let out = Command::new(RINGKV)
