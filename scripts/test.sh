@@ -21,10 +21,21 @@ missing=()
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# The Redis protocol tests drive redis-cli (and benchmarks redis-benchmark).
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing ${missing[*]}…"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+# redis-py, for tests/resp.rs, in a virtual environment of its own.
+if ! target/redis-venv/bin/python -c 'import redis' >/dev/null 2>&1; then
+  echo "installing redis-py in target/redis-venv…"
+  mkdir -p target
+  python3 -m venv target/redis-venv
+  target/redis-venv/bin/pip install -q redis
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest…"

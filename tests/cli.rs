@@ -164,15 +164,16 @@ async fn ringkv_cluster_runs_a_working_cluster_until_stopped() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut urls = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3u16 {
+        // `node N http://HOST:PORT/  redis HOST:PORT+1000`
         let line = lines.next().unwrap().unwrap();
-        let url = line
-            .split_whitespace()
-            .last()
-            .unwrap()
-            .trim_end_matches('/')
-            .to_string();
-        urls.push(url);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        urls.push(words[2].trim_end_matches('/').to_string());
+        assert_eq!(
+            words.last().copied(),
+            Some(format!("127.0.0.1:{}", base + 1000 + i).as_str()),
+            "{line}"
+        );
     }
     assert_eq!(urls[0], format!("http://127.0.0.1:{base}"));
     let http = reqwest::Client::new();

@@ -55,6 +55,11 @@ fn rpc_corpus() {
 }
 
 #[test]
+fn resp_corpus() {
+    replay("resp", harness::resp);
+}
+
+#[test]
 fn gossip_corpus() {
     replay("gossip", harness::gossip);
 }

@@ -71,8 +71,8 @@ def with_retries(what, op):
     for attempt in range(60):
         try:
             return op()
-        except (redis.ConnectionError, redis.TimeoutError, redis.ClusterDownError,
-                redis.exceptions.TryAgainError):
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError,
+                redis.exceptions.ClusterDownError, redis.exceptions.TryAgainError):
             time.sleep(0.1)
     raise AssertionError(f"{what} kept failing")
 
