@@ -362,7 +362,13 @@ async fn bad_input_gets_an_error_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_expire_while_a_replica_is_away_does_not_come_undone() {
-    let mut cluster = Cluster::start(options(&["--no-hints", "--repair-interval", "0"])).await;
+    let mut cluster = Cluster::start(options(&[
+        "--no-hints",
+        "--repair-interval",
+        "0",
+        "--resp-allow-flush",
+    ]))
+    .await;
     let ports = [resp_port(&cluster, 0).await, resp_port(&cluster, 1).await];
     assert_eq!(cli(ports[0], &["set", "brief", "v"]), "OK");
     let (timestamp, _) = cluster.haskey(2, "brief").await;
@@ -398,6 +404,13 @@ async fn an_expire_while_a_replica_is_away_does_not_come_undone() {
     // A write after the expiry is a new value, with no expiry.
     assert_eq!(cli(third, &["set", "brief", "again"]), "OK");
     assert_eq!(cli(ports[0], &["ttl", "brief"]), "-1");
+    // FLUSHALL, allowed on these nodes, deletes every key of the cluster.
+    for i in 0..20 {
+        assert_eq!(cli(ports[1], &["set", &format!("f{i}"), "x"]), "OK");
+    }
+    assert_eq!(cli(ports[0], &["flushall"]), "OK");
+    assert_eq!(cli(third, &["keys", "*"]), "");
+    assert_eq!(cli(third, &["get", "f7"]), "");
 }
 
 /// A Python with redis-py: `$RINGKV_PYTHON`, the virtual environment that
