@@ -27,10 +27,21 @@ command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v runc >/dev/null 2>&1 || missing+=(runc)
 python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
+# The Redis protocol tests drive redis-cli (and benchmarks redis-benchmark).
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing ${missing[*]}…"
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${missing[@]}"
+fi
+# redis-py, for tests/resp.rs, in a virtual environment of its own.
+if ! target/redis-venv/bin/python -c 'import redis' >/dev/null 2>&1; then
+  echo "installing redis-py in target/redis-venv…"
+  mkdir -p target
+  python3 -m venv target/redis-venv
+  target/redis-venv/bin/pip install -q redis
 fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "installing cargo-nextest…"

@@ -77,6 +77,14 @@ pub struct NodeConfig {
     pub cluster_secret_env: Option<crate::secret::SecretText>,
     /// A second secret accepted during a rotation, never sent with.
     pub cluster_secret_file_next: Option<PathBuf>,
+    /// The Redis protocol front end: its port (0 picks one), when on.
+    pub resp_port: Option<u16>,
+    /// RESP connections served at once.
+    pub resp_max_connections: usize,
+    /// RESP connections silent this long are closed.
+    pub resp_idle_timeout: Duration,
+    /// FLUSHALL/FLUSHDB over RESP allowed.
+    pub resp_allow_flush: bool,
 }
 
 impl NodeConfig {
@@ -109,6 +117,12 @@ impl NodeConfig {
             return Err(Error::invalid(
                 "--cluster-secret-file-next is the second secret of a rotation: give the current one too (--cluster-secret-file)",
             ));
+        }
+        if self.resp_max_connections == 0 {
+            return Err(Error::invalid("--resp-max-connections must be at least 1"));
+        }
+        if self.resp_port.is_some_and(|p| p != 0 && p == self.port) {
+            return Err(Error::invalid("--resp-port must differ from --port"));
         }
         for seed in &self.join {
             crate::ring::NodeId::parse(seed)

@@ -9,7 +9,8 @@
 //!   layers above record into it). [`access`]: API tokens and scopes; [`secret`]: the cluster secret.
 //! - [`membership`] (gossip) and [`rpc`] (the node-to-node gRPC service).
 //! - [`coordinator`]: quorum reads and writes, read repair, streaming.
-//! - [`http`]: the public API; [`server`] wires a node together.
+//! - [`http`]: the public API; [`resp`]: the Redis protocol front end;
+//!   [`server`] wires a node together.
 //! - [`client`] (used by the CLI, the bench and the tests) and [`cli`].
 
 pub mod access;
@@ -25,6 +26,7 @@ pub mod membership;
 pub mod merkle;
 pub mod metrics;
 pub mod proto;
+pub mod resp;
 pub mod ring;
 pub mod rpc;
 pub mod secret;

@@ -472,6 +472,21 @@ impl Ring {
         self.natural.nodes_of_token(token)
     }
 
+    /// The range of the natural placement that holds `token`: (the point
+    /// before it, the first point at or after it]; `None` on an empty ring.
+    pub fn range_of_token(&self, token: Token) -> Option<TokenRange> {
+        let points = &self.natural.points;
+        if points.is_empty() {
+            return None;
+        }
+        let at = points.partition_point(|(t, _)| *t < token) % points.len();
+        let before = (at + points.len() - 1) % points.len();
+        Some(TokenRange {
+            start: points[before].0,
+            end: points[at].0,
+        })
+    }
+
     /// The nodes a write of `key` goes to besides its replicas: those that
     /// will be replicas when the transition under way is over.
     pub fn pending_of(&self, key: &[u8]) -> Vec<NodeId> {

@@ -80,6 +80,8 @@ pub struct RunningNode {
     pub id: NodeId,
     /// The TCP address it listens on.
     pub local_addr: SocketAddr,
+    /// Its Redis protocol address (`host:port`), when `--resp-port` is on.
+    pub resp_addr: Option<String>,
     /// Stops the node when sent to (or dropped).
     shutdown: tokio::sync::oneshot::Sender<()>,
     /// Joins, leaves, removals, hints.
@@ -382,6 +384,16 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     let rejections = Rejections::new(metrics.clone());
     let listener = bind(&config).await?;
     let local_addr = listener.local_addr()?;
+    let resp_listener = match config.resp_port {
+        Some(port) => {
+            let addr = SocketAddr::new(config.bind, port);
+            let listener = TcpListener::bind(addr)
+                .await
+                .map_err(|e| port_error("TCP", addr, e))?;
+            Some(listener)
+        }
+        None => None,
+    };
     let id = NodeId::parse(&format!("{}:{}", config.host, local_addr.port()))?;
     let data_dir = config.data_dir_for(local_addr.port());
     let identity = load_identity(data_dir.as_deref(), &id)?;
@@ -505,6 +517,31 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     .layer(axum::middleware::from_fn(crate::rpc::deadline::keep));
     let left = Arc::new(tokio::sync::Notify::new());
     let stall_watch = tokio::spawn(coordinator.clone().watch_stalls());
+    // The Redis protocol front end stops accepting when the node stops.
+    let (resp_stop, mut resp_stopped) = tokio::sync::watch::channel(false);
+    let mut resp_addr = None;
+    if let Some(listener) = resp_listener {
+        let port = listener.local_addr()?.port();
+        let addr = format!("{}:{port}", config.host);
+        membership.set_resp(addr.clone()).await;
+        let shared = Arc::new(crate::resp::Shared::new(
+            coordinator.clone(),
+            membership.clone(),
+            crate::resp::RespOptions {
+                host: config.host.clone(),
+                port,
+                max_connections: config.resp_max_connections,
+                idle_timeout: config.resp_idle_timeout,
+                allow_flush: config.resp_allow_flush,
+                max_bulk: config.max_value_size.min(crate::resp::MAX_BULK_BYTES),
+            },
+        ));
+        tokio::spawn(crate::resp::serve(listener, shared, async move {
+            let _ = resp_stopped.wait_for(|stopped| *stopped).await;
+        }));
+        tracing::info!(node = %id, resp = %addr, "serving the Redis protocol");
+        resp_addr = Some(addr);
+    }
     let api = http::router(AppState {
         node: id.clone(),
         coordinator,
@@ -533,6 +570,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         if let Some(reloader) = reloader {
             reloader.abort();
         }
+        let _ = resp_stop.send(true);
         why
     };
     let routes = Routes { grpc, api };
@@ -548,6 +586,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     Ok(RunningNode {
         id,
         local_addr,
+        resp_addr,
         shutdown: shutdown_tx,
         lifecycle,
         task,

@@ -164,15 +164,16 @@ async fn ringkv_cluster_runs_a_working_cluster_until_stopped() {
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut urls = Vec::new();
-    for _ in 0..3 {
+    for i in 0..3u16 {
+        // `node N http://HOST:PORT/  redis HOST:PORT+1000`
         let line = lines.next().unwrap().unwrap();
-        let url = line
-            .split_whitespace()
-            .last()
-            .unwrap()
-            .trim_end_matches('/')
-            .to_string();
-        urls.push(url);
+        let words: Vec<&str> = line.split_whitespace().collect();
+        urls.push(words[2].trim_end_matches('/').to_string());
+        assert_eq!(
+            words.last().copied(),
+            Some(format!("127.0.0.1:{}", base + 1000 + i).as_str()),
+            "{line}"
+        );
     }
     assert_eq!(urls[0], format!("http://127.0.0.1:{base}"));
     let http = reqwest::Client::new();
@@ -372,13 +373,13 @@ fn cluster_print_shows_commands_to_paste() {
         commands,
         vec![
             format!(
-                "{exe} serve --host 127.0.0.1 --port 50140 --replicas 3 --data-dir ringkv-data/node-50140 --on-signal stop"
+                "{exe} serve --host 127.0.0.1 --port 50140 --replicas 3 --resp-port 51140 --data-dir ringkv-data/node-50140 --on-signal stop"
             ),
             format!(
-                "{exe} serve --host 127.0.0.1 --port 50141 --replicas 3 --data-dir ringkv-data/node-50141 --on-signal stop --join 127.0.0.1:50140"
+                "{exe} serve --host 127.0.0.1 --port 50141 --replicas 3 --resp-port 51141 --data-dir ringkv-data/node-50141 --on-signal stop --join 127.0.0.1:50140"
             ),
             format!(
-                "{exe} serve --host 127.0.0.1 --port 50142 --replicas 3 --data-dir ringkv-data/node-50142 --on-signal stop --join 127.0.0.1:50140"
+                "{exe} serve --host 127.0.0.1 --port 50142 --replicas 3 --resp-port 51142 --data-dir ringkv-data/node-50142 --on-signal stop --join 127.0.0.1:50140"
             ),
         ]
     );
@@ -398,11 +399,11 @@ fn cluster_print_shows_commands_to_paste() {
         String::from_utf8(out.stdout).unwrap(),
         "# one node per host: start db1:50140 first, then the others\n\
          # on db1\n\
-         ringkv serve --host db1 --port 50140 --replicas 2 --data-dir ringkv-data/node-50140\n\
+         ringkv serve --host db1 --port 50140 --replicas 2 --resp-port 51140 --data-dir ringkv-data/node-50140\n\
          # on db2\n\
-         ringkv serve --host db2 --port 50140 --replicas 2 --data-dir ringkv-data/node-50140 --join db1:50140\n\
+         ringkv serve --host db2 --port 50140 --replicas 2 --resp-port 51140 --data-dir ringkv-data/node-50140 --join db1:50140\n\
          # on 10.0.0.3\n\
-         ringkv serve --host 10.0.0.3 --port 50140 --replicas 2 --data-dir ringkv-data/node-50140 --join db1:50140\n"
+         ringkv serve --host 10.0.0.3 --port 50140 --replicas 2 --resp-port 51140 --data-dir ringkv-data/node-50140 --join db1:50140\n"
     );
     // --hosts is for printing only.
     let out = Command::new(RINGKV)

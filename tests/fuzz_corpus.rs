@@ -60,6 +60,11 @@ fn secure_corpus() {
 }
 
 #[test]
+fn resp_corpus() {
+    replay("resp", harness::resp);
+}
+
+#[test]
 fn gossip_corpus() {
     replay("gossip", harness::gossip);
 }

@@ -13,6 +13,9 @@
 //! - [`record`]: arbitrary bytes in every space of a store, read back.
 //! - [`secure`]: the parsers of F27: the `Authorization` header, sealed
 //!   gossip packets, the Noise handshake and the session's frames.
+//! - [`resp`]: bytes on the Redis protocol port through the frame decoder
+//!   (whole and split), the command table and the pure parsers behind
+//!   commands, with the encoder's round trip.
 //!
 //! The same functions serve the cargo-fuzz targets (`fuzz_targets/`) and
 //! `tests/fuzz_corpus.rs`, which replays every corpus and regression file in
@@ -701,5 +704,71 @@ impl tokio::io::AsyncWrite for PreambleSkipper {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+/// Whether a simple or error string inside `frame` holds CR or LF.
+fn has_line_break(frame: &ringkv::resp::frame::Frame) -> bool {
+    use ringkv::resp::frame::Frame;
+    match frame {
+        Frame::Simple(s) | Frame::Error(s) => s.contains(['\r', '\n']),
+        Frame::Array(items) => items.iter().any(has_line_break),
+        _ => false,
+    }
+}
+
+/// Bytes arriving on the Redis protocol port. The decoder must give the
+/// same frames and the same error however the bytes are split into reads
+/// (whole, then in pieces the first byte sizes); every decoded frame, once
+/// encoded (RESP2 and RESP3), decodes to itself; every request goes through
+/// the command table, its keys, and the pure parsers of command arguments
+/// (expiry options, glob patterns, slots).
+pub fn resp(data: &[u8]) {
+    use ringkv::resp::cmd;
+    use ringkv::resp::frame::{Decoder, Protocol};
+    let limit = 1024 * 1024;
+    let decode = |pieces: &mut dyn Iterator<Item = &[u8]>| {
+        let mut decoder = Decoder::new(limit);
+        let mut buf = bytes::BytesMut::new();
+        let mut frames = Vec::new();
+        for piece in pieces {
+            buf.extend_from_slice(piece);
+            loop {
+                match decoder.decode(&mut buf) {
+                    Ok(Some(frame)) => frames.push(frame),
+                    Ok(None) => break,
+                    Err(err) => return (frames, Some(err)),
+                }
+            }
+        }
+        (frames, None)
+    };
+    let whole = decode(&mut std::iter::once(data));
+    let step = data.first().map_or(1, |b| (*b as usize % 7) + 1);
+    let split = decode(&mut data.chunks(step));
+    assert_eq!(whole, split, "decoding depends on how the bytes are split");
+    for frame in &whole.0 {
+        for protocol in [Protocol::Resp2, Protocol::Resp3] {
+            let mut out = bytes::BytesMut::new();
+            frame.encode(protocol, &mut out);
+            // Our simple strings never hold CR or LF (the encoder replaces
+            // them), so a decoded one that does cannot round-trip.
+            if protocol == Protocol::Resp2 && !has_line_break(frame) {
+                let mut decoder = Decoder::new(limit);
+                let again = decoder.decode(&mut out).expect("our own encoding decodes");
+                assert_eq!(again.as_ref(), Some(frame), "round trip of {frame:?}");
+                assert!(out.is_empty(), "bytes left after {frame:?}");
+            }
+        }
+        if let Ok(call) = cmd::prepare(frame.clone()) {
+            let keys = call.keys();
+            assert!(keys.len() <= call.args.len(), "more keys than arguments");
+            for arg in &call.args {
+                let _ = cmd::string::expiry_of("EX", arg, "set");
+                let _ = cmd::string::expiry_of("PXAT", arg, "set");
+                let _ = cmd::key_of(arg);
+                let _ = cmd::keys::glob(arg, b"user:1000:profile");
+                assert!(cmd::cluster::key_slot(arg) < cmd::cluster::SLOTS);
+            }
+        }
     }
 }

@@ -1,6 +1,7 @@
 //! `ringkv cluster`: runs N `ringkv serve` processes on this machine
-//! (ports base, base+1, …), the first founding the cluster and the others
-//! joining it, until Ctrl-C (MyDHT's createservers.py, but running).
+//! (ports base, base+1, …; the Redis protocol on base+1000, base+1001, …),
+//! the first founding the cluster and the others joining it, until Ctrl-C
+//! (MyDHT's createservers.py, but running).
 //! With `--json` it prints one JSON object per line as nodes start
 //! (`{"node", "url"}`, then `{"running"}`). `--print` prints those
 //! commands instead, and with `--hosts h1,h2,…` the
@@ -17,6 +18,9 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use crate::config::DEFAULT_PORT;
+
+/// The Redis protocol port of a node is its port plus this.
+const RESP_PORT_OFFSET: u16 = 1000;
 
 /// How long a node may take to print its listening line.
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -103,6 +107,10 @@ fn plan(args: &ClusterArgs) -> anyhow::Result<Vec<Plan>> {
             port.to_string(),
         ];
         flags.extend(["--replicas".into(), args.replicas.to_string()]);
+        let resp_port = port
+            .checked_add(RESP_PORT_OFFSET)
+            .context("Redis protocol ports run past 65535")?;
+        flags.extend(["--resp-port".into(), resp_port.to_string()]);
         if args.in_memory {
             flags.push("--in-memory".into());
         } else {
@@ -304,13 +312,20 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
             .context("a node did not start in time")??
             .context("a node exited at start (is the port taken?)")?;
         let url = line.trim_start_matches("listening on ").to_string();
+        // The second line names the Redis protocol address.
+        let resp = tokio::time::timeout(NODE_START_TIMEOUT, lines.next_line())
+            .await
+            .ok()
+            .and_then(|l| l.ok().flatten())
+            .map(|l| l.trim_start_matches("redis protocol on ").to_string())
+            .unwrap_or_default();
         if out.json {
             println!(
                 "{}",
-                serde_json::json!({ "node": i + 1, "url": format!("{url}/") })
+                serde_json::json!({ "node": i + 1, "url": format!("{url}/"), "resp": resp })
             );
         } else {
-            println!("node {} {}/", i + 1, url);
+            println!("node {} {}/  redis {}", i + 1, url, resp);
         }
         // Keep draining stdout so the child never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -323,9 +338,11 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
         println!("{}", serde_json::json!({ "running": children.len() }));
     } else {
         println!(
-            "cluster of {} nodes running; try: curl -T FILE {}/keys/NAME ; Ctrl-C stops it",
+            "cluster of {} nodes running; try: curl -T FILE {}/keys/NAME , or redis-cli -c -p {} ; \
+             Ctrl-C stops it",
             children.len(),
-            children[0].0
+            children[0].0,
+            args.base_port.saturating_add(RESP_PORT_OFFSET)
         );
     }
     let mut term = signal(SignalKind::terminate())?;

@@ -132,6 +132,22 @@ pub struct ServeArgs {
     /// A second secret accepted (never sent with) during a rotation.
     #[arg(long)]
     pub cluster_secret_file_next: Option<PathBuf>,
+    /// Serve the Redis protocol (RESP2/RESP3) on this TCP port; 0 picks a
+    /// free one. Off when unset.
+    #[arg(long)]
+    pub resp_port: Option<u16>,
+    /// Redis protocol connections served at once; one more is told
+    /// "max number of clients reached" and closed.
+    #[arg(long, default_value_t = 10_000)]
+    pub resp_max_connections: usize,
+    /// Close a Redis protocol connection silent this long (it also bounds
+    /// how long one request may take to arrive).
+    #[arg(long, value_parser = parse_duration, default_value = "300s")]
+    pub resp_idle_timeout: Duration,
+    /// Allow FLUSHALL and FLUSHDB over the Redis protocol: a cluster-wide
+    /// delete of every key (tombstones, like DEL).
+    #[arg(long)]
+    pub resp_allow_flush: bool,
 }
 
 /// What the first SIGTERM/SIGINT does.
@@ -188,6 +204,10 @@ impl ServeArgs {
                     )
                 }),
             cluster_secret_file_next: self.cluster_secret_file_next.clone(),
+            resp_port: self.resp_port,
+            resp_max_connections: self.resp_max_connections,
+            resp_idle_timeout: self.resp_idle_timeout,
+            resp_allow_flush: self.resp_allow_flush,
         }
     }
 }
@@ -199,12 +219,16 @@ pub async fn run(args: ServeArgs, json: bool) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut node = crate::server::start(args.config()).await?;
     if json {
-        println!(
-            "{}",
-            serde_json::json!({ "listening": format!("http://{}", node.id) })
-        );
+        let mut line = serde_json::json!({ "listening": format!("http://{}", node.id) });
+        if let Some(resp) = &node.resp_addr {
+            line["resp"] = serde_json::json!(resp);
+        }
+        println!("{line}");
     } else {
         println!("listening on http://{}", node.id);
+        if let Some(resp) = &node.resp_addr {
+            println!("redis protocol on {resp}");
+        }
     }
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

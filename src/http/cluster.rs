@@ -38,6 +38,7 @@ pub async fn ring(State(state): State<AppState>) -> Response {
                 "repair": repair,
                 "scrub": scrub,
                 "stats": stats,
+                "resp": view.resp.get(&m.id),
                 "url": format!("http://{}/", m.id),
             })
         })

@@ -63,6 +63,9 @@ pub const KEY_REPAIR: &str = "repair";
 pub const KEY_SCRUB: &str = "scrub";
 /// Gossip key: what this node holds (keys, bytes, hints pending), JSON.
 pub const KEY_STATS: &str = "stats";
+/// Published key: the node's Redis protocol address (`host:port`), when it
+/// serves one (`--resp-port`).
+pub const KEY_RESP: &str = "resp";
 /// Gossip key prefix: `remove:host:port` = `tokenhash:removing|removed`.
 pub const REMOVAL_PREFIX: &str = "remove:";
 
@@ -318,6 +321,8 @@ pub struct View {
     pub scrubs: BTreeMap<NodeId, String>,
     /// Each member's published figures: keys, bytes, hints (JSON).
     pub stats: BTreeMap<NodeId, String>,
+    /// Each member's Redis protocol address, for those that serve one.
+    pub resp: BTreeMap<NodeId, String>,
     /// When each member that is down was last heard from.
     pub down_since: BTreeMap<NodeId, Instant>,
     /// The winning replication setting gossiped.
@@ -578,6 +583,11 @@ impl Membership {
     /// Publishes this node's scrub progress.
     pub async fn set_scrub(&self, json: String) {
         self.publish(KEY_SCRUB, json).await;
+    }
+
+    /// Publishes this node's Redis protocol address (`host:port`).
+    pub async fn set_resp(&self, addr: String) {
+        self.publish(KEY_RESP, addr).await;
     }
 
     /// Publishes what this node holds (keys, bytes, hints pending).
@@ -885,6 +895,9 @@ impl Refresh {
             }
             if let Some(s) = peer.keys.get(KEY_SCRUB) {
                 view.scrubs.insert(id.clone(), s.clone());
+            }
+            if let Some(r) = peer.keys.get(KEY_RESP) {
+                view.resp.insert(id.clone(), r.clone());
             }
             if let Some(s) = peer.keys.get(KEY_STATS) {
                 view.stats.insert(id, s.clone());

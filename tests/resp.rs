@@ -1,0 +1,495 @@
+//! The Redis protocol front end (F24) with the real tools: redis-cli
+//! (Debian's redis-tools) and redis-py (in the virtual environment
+//! scripts/test.sh makes) against a real 3-node cluster, plain and
+//! cluster-aware, including a node killed under a cluster client; expiry
+//! over RESP with a replica away (F28); bad input on the port (F26).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Cluster, DEADLINE, Options, key_url, wait_for};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn options(extra: &[&str]) -> Options {
+    let mut flags: Vec<String> = vec!["--resp-port".into(), "0".into()];
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    Options {
+        flags,
+        ..Options::default()
+    }
+}
+
+/// The RESP port of node `i`, from its `/ring`.
+async fn resp_port(cluster: &Cluster, i: usize) -> u16 {
+    let id = cluster.nodes[i].id.clone();
+    wait_for("the node's RESP address", DEADLINE, || async {
+        let ring = cluster.ring(i).await?;
+        let member = ring["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["node"] == id.as_str())?
+            .clone();
+        let port: u16 = member["resp"].as_str()?.rsplit(':').next()?.parse().ok()?;
+        // A restarted node publishes its new port after a moment.
+        TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+        Some(port)
+    })
+    .await
+}
+
+/// `redis-cli -p PORT args…`: its stdout, trimmed (raw output: not a tty).
+fn cli(port: u16, args: &[&str]) -> String {
+    let out = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .output()
+        .expect(
+            "redis-cli is needed (Debian's redis-tools; scripts/test.sh installs it when missing)",
+        );
+    assert!(out.status.success(), "redis-cli {args:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim_end().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_cli_drives_every_command() {
+    let cluster = Cluster::start(options(&[])).await;
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        ports.push(resp_port(&cluster, i).await);
+    }
+    let (a, b, c) = (ports[0], ports[1], ports[2]);
+    // Connection.
+    assert_eq!(cli(a, &["ping"]), "PONG");
+    assert_eq!(cli(a, &["ping", "hi"]), "hi");
+    assert_eq!(cli(a, &["echo", "x y"]), "x y");
+    assert_eq!(cli(a, &["select", "0"]), "OK");
+    assert!(cli(a, &["select", "1"]).starts_with("ERR DB index is out of range"));
+    assert!(cli(a, &["auth", "secret"]).contains("no access control"));
+    assert_eq!(cli(a, &["client", "setname", "me"]), "OK");
+    assert!(cli(a, &["hello", "3"]).contains("proto"));
+    assert!(cli(a, &["hello", "4"]).starts_with("NOPROTO"));
+    // Strings, through any node.
+    assert_eq!(cli(a, &["set", "k", "v1"]), "OK");
+    assert_eq!(cli(b, &["get", "k"]), "v1");
+    assert_eq!(cli(c, &["set", "k", "v2", "NX"]), "");
+    assert_eq!(cli(c, &["set", "k", "v3", "XX", "GET"]), "v1");
+    assert_eq!(cli(a, &["set", "nothing", "v", "XX"]), "");
+    assert_eq!(cli(a, &["setnx", "k", "x"]), "0");
+    assert_eq!(cli(a, &["setnx", "fresh", "x"]), "1");
+    assert_eq!(cli(a, &["getset", "fresh", "y"]), "x");
+    assert_eq!(cli(b, &["strlen", "k"]), "2");
+    assert_eq!(cli(b, &["getrange", "k", "0", "0"]), "v");
+    assert_eq!(cli(a, &["mset", "m1", "1", "m2", "2"]), "OK");
+    assert_eq!(cli(b, &["mget", "none", "m1", "m2"]), "\n1\n2");
+    assert_eq!(cli(a, &["getdel", "m1"]), "1");
+    assert_eq!(cli(a, &["get", "m1"]), "");
+    // Expiry.
+    assert_eq!(cli(a, &["set", "e", "x", "EX", "100"]), "OK");
+    assert_eq!(cli(b, &["ttl", "e"]), "100");
+    assert_eq!(cli(a, &["set", "e", "y", "KEEPTTL"]), "OK");
+    let pttl: i64 = cli(c, &["pttl", "e"]).parse().unwrap();
+    assert!((95_000..=100_000).contains(&pttl), "{pttl}");
+    assert_eq!(cli(a, &["expire", "e", "200", "LT"]), "0");
+    assert_eq!(cli(a, &["expire", "e", "200", "GT"]), "1");
+    assert_eq!(cli(a, &["expire", "e", "300", "NX"]), "0");
+    assert_eq!(cli(a, &["persist", "e"]), "1");
+    assert_eq!(cli(b, &["ttl", "e"]), "-1");
+    assert_eq!(cli(b, &["get", "e"]), "y");
+    assert_eq!(cli(b, &["ttl", "nothing"]), "-2");
+    assert!(cli(a, &["set", "e", "x", "EX", "0"]).contains("invalid expire time"));
+    assert!(cli(a, &["expire", "e", "1", "NX", "XX"]).contains("not compatible"));
+    assert_eq!(cli(a, &["setex", "s", "100", "v"]), "OK");
+    assert_eq!(cli(a, &["psetex", "p", "300", "v"]), "OK");
+    assert_eq!(cli(a, &["getex", "s", "PX", "50000"]), "v");
+    let left: i64 = cli(b, &["pttl", "s"]).parse().unwrap();
+    assert!((45_000..=50_000).contains(&left), "{left}");
+    wait_for("p to expire", DEADLINE, || async {
+        (cli(c, &["get", "p"]).is_empty()).then_some(())
+    })
+    .await;
+    assert_eq!(cli(a, &["exists", "p"]), "0");
+    // Keys.
+    assert_eq!(cli(a, &["exists", "k", "k", "none"]), "2");
+    assert_eq!(cli(a, &["type", "k"]), "string");
+    assert_eq!(cli(a, &["type", "none"]), "none");
+    assert_eq!(cli(a, &["del", "k", "fresh", "none"]), "2");
+    assert_eq!(cli(a, &["unlink", "m2"]), "1");
+    for i in 0..50 {
+        assert_eq!(cli(b, &["set", &format!("scan:{i}"), "x"]), "OK");
+    }
+    let mut keys = cli(a, &["keys", "scan:*"])
+        .lines()
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    keys.sort();
+    assert_eq!(keys.len(), 50, "{keys:?}");
+    let scanned = cli(c, &["--scan", "--pattern", "scan:*"]);
+    assert_eq!(scanned.lines().count(), 50, "{scanned}");
+    // The same values as over HTTP.
+    let response = cluster
+        .http
+        .put(key_url(&cluster, 0, "from-http"))
+        .body("hello")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(cli(c, &["get", "from-http"]), "hello");
+    // Server.
+    assert!(cli(a, &["info"]).contains("# Ringkv"));
+    assert!(cli(a, &["info", "cluster"]).contains("cluster_enabled:1"));
+    let count: usize = cli(a, &["command", "count"]).parse().unwrap();
+    assert!(count > 50);
+    assert!(cli(a, &["command", "docs", "get"]).contains("summary"));
+    assert!(cli(a, &["flushall"]).contains("--resp-allow-flush"));
+    let dbsize: i64 = cli(a, &["dbsize"]).parse().unwrap();
+    assert!(dbsize >= 0);
+    // Refused, clearly, and the connection stays usable.
+    for command in [
+        vec!["incr", "n"],
+        vec!["append", "n", "x"],
+        vec!["multi"],
+        vec!["watch", "n"],
+        vec!["rename", "e", "f"],
+        vec!["eval", "return 1", "0"],
+    ] {
+        let reply = cli(a, &command);
+        assert!(
+            reply.starts_with("ERR") && reply.contains("ringkv"),
+            "{command:?}: {reply}"
+        );
+    }
+    assert!(cli(a, &["lpush", "e", "x"]).starts_with("WRONGTYPE"));
+    assert!(cli(a, &["nosuch", "a", "b"]).starts_with("ERR unknown command 'nosuch'"));
+    assert!(cli(a, &["get"]).starts_with("ERR wrong number of arguments for 'get' command"));
+    // Cluster discovery: every node holds a share of the slots, no MOVED.
+    let nodes = cli(a, &["cluster", "nodes"]);
+    assert_eq!(nodes.lines().count(), 3, "{nodes}");
+    assert!(
+        nodes.contains(" 0-5460") && nodes.contains("-16383"),
+        "{nodes}"
+    );
+    assert!(cli(a, &["cluster", "info"]).contains("cluster_state:ok"));
+    assert_eq!(cli(a, &["cluster", "keyslot", "foo"]), "12182");
+    assert_eq!(cli(a, &["-c", "set", "cluster:key", "v"]), "OK");
+    assert_eq!(cli(b, &["-c", "get", "cluster:key"]), "v");
+    // Inline commands.
+    let mut stream = TcpStream::connect(("127.0.0.1", a)).await.unwrap();
+    stream.write_all(b"PING\r\nget k\r\n\r\n").await.unwrap();
+    let reply = read_until(&mut stream, b"$-1\r\n").await;
+    assert_eq!(reply, b"+PONG\r\n$-1\r\n");
+}
+
+/// Reads from `stream` until what was read ends with `end` (or 10 s).
+async fn read_until(stream: &mut TcpStream, end: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !out.ends_with(end) && Instant::now() < deadline {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => break,
+        }
+    }
+    out
+}
+
+/// Sends `input` on a fresh connection; what comes back until the server
+/// closes it (or 10 s).
+async fn exchange(port: u16, input: &[u8]) -> (Vec<u8>, bool) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let _ = stream.write_all(input).await;
+    let mut out = Vec::new();
+    let closed = loop {
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break false,
+        }
+    };
+    (out, closed)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_an_error_and_loses_nothing() {
+    let cluster = Cluster::start(options(&[
+        "--resp-idle-timeout",
+        "2s",
+        "--resp-max-connections",
+        "8",
+        "--max-value-size",
+        "1MiB",
+    ]))
+    .await;
+    let port = resp_port(&cluster, 0).await;
+    assert_eq!(cli(port, &["set", "kept", "value"]), "OK");
+    // Malformed frames: an error, then the connection closes.
+    for input in [
+        &b"*1\r\n!4\r\nPING\r\n"[..],
+        b"*x\r\n",
+        b"*1\r\n$abc\r\n",
+        b"*1\r\n$4\r\nPINGxx",
+        b"*-5\r\n",
+    ] {
+        let (reply, closed) = exchange(port, input).await;
+        assert!(
+            reply.starts_with(b"-ERR Protocol error"),
+            "{input:?}: {reply:?}"
+        );
+        assert!(closed, "{input:?}");
+    }
+    // A bulk longer than the limit is refused on its header.
+    let (reply, closed) = exchange(port, b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$2000000000\r\n").await;
+    assert!(
+        String::from_utf8_lossy(&reply).contains("invalid bulk length"),
+        "{reply:?}"
+    );
+    assert!(closed);
+    // Nested too deep.
+    let (reply, closed) = exchange(port, "*1\r\n".repeat(20).as_bytes()).await;
+    assert!(
+        String::from_utf8_lossy(&reply).contains("nested"),
+        "{reply:?}"
+    );
+    assert!(closed);
+    // An array announcing more elements than allowed.
+    let (reply, _) = exchange(port, b"*99999999\r\n").await;
+    assert!(String::from_utf8_lossy(&reply).contains("multibulk length"));
+    // A million-element request: read whole, answered, the node goes on.
+    let mut big = b"*1000000\r\n$7\r\nNOSUCH1\r\n".to_vec();
+    for _ in 1..1_000_000 {
+        big.extend_from_slice(b"$1\r\na\r\n");
+    }
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream.write_all(&big).await.unwrap();
+    stream.write_all(b"PING\r\n").await.unwrap();
+    let reply = read_until(&mut stream, b"+PONG\r\n").await;
+    assert!(
+        reply.starts_with(b"-ERR unknown command 'NOSUCH1'"),
+        "{:?}",
+        &reply[..40.min(reply.len())]
+    );
+    assert!(reply.ends_with(b"+PONG\r\n"));
+    drop(stream);
+    // An inline line over 64 KiB.
+    let (reply, closed) = exchange(port, &vec![b'a'; 70 * 1024]).await;
+    assert!(String::from_utf8_lossy(&reply).contains("too big inline request"));
+    assert!(closed);
+    // Half-closed halfway through a request: the node just drops it.
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    stream
+        .write_all(b"*2\r\n$3\r\nGET\r\n$4\r\nke")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(rest.is_empty());
+    // A slow client: one byte a second never completes a request within
+    // the idle timeout; the connection is closed.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let started = Instant::now();
+    let closed = loop {
+        if slow.write_all(b"*").await.is_err() {
+            break true;
+        }
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(1), slow.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            _ => {}
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            break false;
+        }
+    };
+    assert!(closed, "a trickling client was not cut off");
+    // A client writing without reading replies is slowed down by TCP (the
+    // node stops reading while its replies wait), not buffered without end.
+    let mut flood = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let chunk = b"*2\r\n$3\r\nGET\r\n$4\r\nkept\r\n".repeat(4096);
+    let mut sent = 0u64;
+    let stalled = loop {
+        match tokio::time::timeout(Duration::from_secs(2), flood.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len() as u64,
+            Ok(Err(_)) => break false,
+            Err(_) => break true,
+        }
+        if sent > 1 << 30 {
+            break false;
+        }
+    };
+    assert!(stalled, "1 GiB went in without the node pushing back");
+    // Meanwhile others are served, and nothing was lost.
+    assert_eq!(cli(port, &["get", "kept"]), "value");
+    drop(flood);
+    drop(slow);
+    wait_for("the other connections to close", DEADLINE, || async {
+        cli(port, &["info", "clients"])
+            .contains("connected_clients:1\r")
+            .then_some(())
+    })
+    .await;
+    // Connections are bounded.
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"PING\r\n").await.unwrap();
+        assert_eq!(read_until(&mut s, b"+PONG\r\n").await, b"+PONG\r\n");
+        open.push(s);
+    }
+    let (reply, closed) = exchange(port, b"PING\r\n").await;
+    assert!(String::from_utf8_lossy(&reply).contains("max number of clients"));
+    assert!(closed);
+    drop(open);
+    wait_for("a connection to be free again", DEADLINE, || async {
+        (cli(port, &["get", "kept"]) == "value").then_some(())
+    })
+    .await;
+    let health = cluster
+        .http
+        .get(format!("{}/health", cluster.url(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expire_while_a_replica_is_away_does_not_come_undone() {
+    let mut cluster = Cluster::start(options(&[
+        "--no-hints",
+        "--repair-interval",
+        "0",
+        "--resp-allow-flush",
+    ]))
+    .await;
+    let ports = [resp_port(&cluster, 0).await, resp_port(&cluster, 1).await];
+    assert_eq!(cli(ports[0], &["set", "brief", "v"]), "OK");
+    let (timestamp, _) = cluster.haskey(2, "brief").await;
+    assert_ne!(timestamp, 0);
+    cluster.kill(2);
+    // The expiry change reaches two replicas; the third holds the value
+    // without it.
+    assert_eq!(cli(ports[1], &["pexpire", "brief", "300"]), "1");
+    wait_for("the key to expire", DEADLINE, || async {
+        cli(ports[0], &["get", "brief"]).is_empty().then_some(())
+    })
+    .await;
+    cluster.restart(2);
+    cluster.wait_converged().await;
+    let third = resp_port(&cluster, 2).await;
+    // A majority read through the node that was away: absent, and read
+    // repair gives it the expiry change (same value timestamp, a touch).
+    assert_eq!(cli(third, &["get", "brief"]), "");
+    wait_for("node 2 to hold the expiry", DEADLINE, || async {
+        let url = format!("{}/haskey/brief", cluster.url(2));
+        let has: serde_json::Value = common::get_json(&cluster.http, &url).await;
+        (has["expired"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(cluster.haskey(2, "brief").await.0, timestamp);
+    let r1 = cluster
+        .http
+        .get(format!("{}?r=1", key_url(&cluster, 2, "brief")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r1.status(), 404);
+    // A write after the expiry is a new value, with no expiry.
+    assert_eq!(cli(third, &["set", "brief", "again"]), "OK");
+    assert_eq!(cli(ports[0], &["ttl", "brief"]), "-1");
+    // FLUSHALL, allowed on these nodes, deletes every key of the cluster.
+    for i in 0..20 {
+        assert_eq!(cli(ports[1], &["set", &format!("f{i}"), "x"]), "OK");
+    }
+    assert_eq!(cli(ports[0], &["flushall"]), "OK");
+    assert_eq!(cli(third, &["keys", "*"]), "");
+    assert_eq!(cli(third, &["get", "f7"]), "");
+}
+
+/// A Python with redis-py: `$RINGKV_PYTHON`, the virtual environment that
+/// scripts/test.sh makes, or `python3`.
+fn python() -> String {
+    let candidates = [
+        std::env::var("RINGKV_PYTHON").ok(),
+        Some(format!(
+            "{}/target/redis-venv/bin/python",
+            env!("CARGO_MANIFEST_DIR")
+        )),
+        Some("python3".to_string()),
+    ];
+    for candidate in candidates.into_iter().flatten() {
+        let ok = Command::new(&candidate)
+            .args(["-c", "import redis"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return candidate;
+        }
+    }
+    panic!(
+        "redis-py is needed: run scripts/test.sh (it makes target/redis-venv), or \
+         set RINGKV_PYTHON to a python with `redis` installed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_py_plain_and_cluster_aware_survives_a_node_death() {
+    let mut cluster = Cluster::start(options(&[])).await;
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        ports.push(resp_port(&cluster, i).await);
+    }
+    let script = format!("{}/tests/resp_client.py", env!("CARGO_MANIFEST_DIR"));
+    let mut child = Command::new(python())
+        .arg(&script)
+        .args(ports.iter().map(|p| p.to_string()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("python");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = BufReader::new(stdout).lines();
+    let first = tokio::task::spawn_blocking(move || {
+        let line = lines.next();
+        (line, lines)
+    });
+    let (line, mut lines) = first.await.unwrap();
+    let line = line.and_then(|l| l.ok()).unwrap_or_default();
+    if line != "KILL" {
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "redis-py run failed before the kill: {line}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    cluster.kill(2);
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "go").unwrap();
+    let done = tokio::task::spawn_blocking(move || lines.next())
+        .await
+        .unwrap()
+        .and_then(|l| l.ok())
+        .unwrap_or_default();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success() && done.starts_with("DONE"),
+        "{done}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The refreshed map lists the two live nodes only.
+    let expected = format!("nodes={:?}", {
+        let mut live = vec![ports[0], ports[1]];
+        live.sort();
+        live
+    });
+    assert!(done.contains(&expected), "{done}, expected {expected}");
+    eprintln!("redis-py across a node's death: {done}");
+}
