@@ -251,7 +251,14 @@ impl Decoder {
     /// the stack; `Some` only for an empty or null one).
     fn element(&mut self, buf: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
         loop {
-            let Some(end) = find_crlf(buf, MAX_HEADER_BYTES)? else {
+            // A simple or error string is a line of text; every other
+            // header holds a number.
+            let limit = match buf.first() {
+                None => return Ok(None),
+                Some(b'+' | b'-') => MAX_INLINE_BYTES,
+                Some(_) => MAX_HEADER_BYTES,
+            };
+            let Some(end) = find_crlf(buf, limit)? else {
                 return Ok(None);
             };
             let kind = buf[0];
@@ -549,6 +556,22 @@ mod tests {
         ));
         let long = vec![b'a'; MAX_INLINE_BYTES + 1];
         assert_eq!(decode_all(&long, 100), Err(FrameError::InlineTooLong));
+    }
+
+    #[test]
+    fn simple_strings_are_lines_not_headers() {
+        // Found by the resp fuzz target: a simple string longer than a
+        // length header (here once its invalid UTF-8 is replaced) must
+        // decode, or our own encoding of it would not.
+        let long = format!("*1\r\n+{}\r\n", "é".repeat(40));
+        let frames = decode_all(long.as_bytes(), 100).unwrap();
+        assert_eq!(
+            frames,
+            vec![Frame::Array(vec![Frame::Simple("é".repeat(40))])]
+        );
+        let mut out = BytesMut::new();
+        frames[0].encode(Protocol::Resp2, &mut out);
+        assert_eq!(&out[..], long.as_bytes());
     }
 
     #[test]
