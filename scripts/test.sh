@@ -31,6 +31,8 @@ python3 -c 'import yaml' >/dev/null 2>&1 || missing+=(python3-yaml)
 command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+# tests/security.rs sends requests with the real curl.
+command -v curl >/dev/null 2>&1 || missing+=(curl)
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "installing ${missing[*]}…"
   $SUDO apt-get update -q

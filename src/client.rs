@@ -51,6 +51,16 @@ pub struct ClientOptions {
     /// The API token sent as `Authorization: Bearer` with every request
     /// (`--token`, `RINGKV_TOKEN`); never logged.
     pub token: Option<String>,
+    /// Talk HTTPS: verified against the system's roots, or only against
+    /// the CA certificates (PEM) of this file (`--tls`, `--ca`).
+    pub tls: Option<ClientTls>,
+}
+
+/// How a client verifies nodes serving TLS.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// CA certificates (PEM) to trust instead of the system's roots.
+    pub ca: Option<PathBuf>,
 }
 
 impl Default for ClientOptions {
@@ -62,6 +72,7 @@ impl Default for ClientOptions {
             base_delay: Duration::from_millis(RETRY_BASE_DELAY_MS),
             discover: false,
             token: None,
+            tls: None,
         }
     }
 }
@@ -193,7 +204,20 @@ impl Client {
             value.set_sensitive(true);
             headers.insert(reqwest::header::AUTHORIZATION, value);
         }
-        let http = reqwest::Client::builder()
+        let mut builder = crate::tls::http_client_builder();
+        if let Some(tls) = &options.tls {
+            crate::tls::install_provider();
+            builder = builder.https_only(true);
+            if let Some(path) = &tls.ca {
+                let pem = std::fs::read(path)
+                    .map_err(|e| Error::invalid(format!("--ca {}: {e}", path.display())))?;
+                let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+                    Error::invalid(format!("--ca {}: no PEM certificate ({e})", path.display()))
+                })?;
+                builder = builder.tls_certs_only(certs);
+            }
+        }
+        let http = builder
             .default_headers(headers)
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
@@ -207,6 +231,15 @@ impl Client {
             known: Arc::default(),
             discovered: Arc::default(),
         })
+    }
+
+    /// `https` when the client talks TLS, else `http`.
+    fn scheme(&self) -> &'static str {
+        if self.options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The nodes this client was given.
@@ -280,7 +313,7 @@ impl Client {
         }
         let answer = async {
             self.http
-                .get(format!("http://{node}/ring"))
+                .get(format!("{}://{node}/ring", self.scheme()))
                 .timeout(Duration::from_secs(5))
                 .send()
                 .await?
@@ -333,7 +366,7 @@ impl Client {
                 tokio::time::sleep(pause).await;
             }
             for node in self.candidates(policy.scope) {
-                let base = format!("http://{node}");
+                let base = format!("{}://{node}", self.scheme());
                 match build(&self.http, &base)?.send().await {
                     Ok(response) => {
                         let status = response.status().as_u16();

@@ -85,6 +85,10 @@ pub struct NodeConfig {
     pub resp_idle_timeout: Duration,
     /// FLUSHALL/FLUSHDB over RESP allowed.
     pub resp_allow_flush: bool,
+    /// The public port's TLS certificate chain (PEM); with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The public port's TLS private key (PEM).
+    pub tls_key: Option<PathBuf>,
 }
 
 impl NodeConfig {
@@ -123,6 +127,11 @@ impl NodeConfig {
         }
         if self.resp_port.is_some_and(|p| p != 0 && p == self.port) {
             return Err(Error::invalid("--resp-port must differ from --port"));
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return Err(Error::invalid(
+                "--tls-cert and --tls-key go together: the certificate chain and its private key",
+            ));
         }
         for seed in &self.join {
             crate::ring::NodeId::parse(seed)

@@ -6,7 +6,7 @@
 //!   data, placement and the local store; no networking. [`throttle`]
 //!   paces background byte transfers (`--stream-rate`, `--repair-rate`).
 //!   [`metrics`] holds a node's Prometheus figures (no networking; the
-//!   layers above record into it). [`access`]: API tokens and scopes; [`secret`]: the cluster secret.
+//!   layers above record into it). [`access`]: API tokens and scopes; [`secret`]: the cluster secret; [`tls`]: TLS on the public port.
 //! - [`membership`] (gossip) and [`rpc`] (the node-to-node gRPC service).
 //! - [`coordinator`]: quorum reads and writes, read repair, streaming.
 //! - [`http`]: the public API; [`resp`]: the Redis protocol front end;
@@ -33,4 +33,5 @@ pub mod secret;
 pub mod server;
 pub mod storage;
 pub mod throttle;
+pub mod tls;
 pub mod version;

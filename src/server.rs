@@ -358,6 +358,10 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         .map(crate::access::Tokens::load)
         .transpose()?;
     let secrets = config.secrets()?.map(Arc::new);
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::tls::ServerTls::load(cert, key)?),
+        _ => None,
+    };
     match &secrets {
         None if !config.bind.is_loopback() => {
             return Err(Error::invalid(format!(
@@ -551,9 +555,13 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         left: left.clone(),
         metrics,
         tokens: tokens.clone(),
+        tls_chain: config.tls_cert.clone(),
     });
     lifecycle.spawn_tasks();
-    let reloader = spawn_reloader(Reloadable { tokens })?;
+    let reloader = spawn_reloader(Reloadable {
+        tokens,
+        tls: tls.clone(),
+    })?;
     tracing::info!(node = %id, addr = %local_addr, data_dir = ?data_dir, "node started");
     let (shutdown_tx, shutdown_rx) = tokio::sync::oneshot::channel();
     let stop = async move {
@@ -579,6 +587,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         listener,
         routes.clone(),
         acceptor,
+        tls,
         stop,
         membership_for_serve,
         store,
@@ -594,18 +603,23 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     })
 }
 
-/// One connection of a node with a cluster secret: a peer's Noise session
-/// (gRPC only) or a client's connection (the public API only), told apart
-/// by its first bytes.
-async fn serve_sealed(
+/// One connection of a node with a cluster secret or TLS, told apart by
+/// its first bytes: the Noise preamble is a peer's session (gRPC only); a
+/// TLS handshake record a client's HTTPS connection; `PRI ` (HTTP/2 in
+/// clear) a peer's h2c connection when there is no secret; anything else a
+/// client's plain HTTP: the public API without TLS, a 400 saying to use
+/// HTTPS with it.
+async fn serve_classified(
     mut stream: tokio::net::TcpStream,
     peer: SocketAddr,
     routes: Routes,
     builder: &auto::Builder<TokioExecutor>,
-    acceptor: Acceptor,
+    acceptor: Option<Acceptor>,
+    tls: Option<crate::tls::ServerTls>,
     watcher: hyper_util::server::graceful::Watcher,
 ) -> std::result::Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let preamble = crate::rpc::noise::PREAMBLE;
     let mut first = [0u8; 4];
     let mut got = 0;
     let read = async {
@@ -614,7 +628,9 @@ async fn serve_sealed(
                 0 => break,
                 n => got += n,
             }
-            if first[..got] != crate::rpc::noise::PREAMBLE[..got] {
+            let noise = first[..got] == preamble[..got];
+            let h2c = first[..got] == b"PRI "[..got];
+            if !noise && !h2c {
                 break;
             }
         }
@@ -625,8 +641,15 @@ async fn serve_sealed(
         // Idle, closed at once, or broken: nothing to serve.
         _ => return Ok(()),
     }
-    if first[..got] == crate::rpc::noise::PREAMBLE[..] {
-        let Some(session) = acceptor.accept(stream, peer).await else {
+    let first = &first[..got];
+    let rewound = Rewind {
+        prefix: first.to_vec(),
+        inner: stream,
+    };
+    if first == preamble
+        && let Some(acceptor) = &acceptor
+    {
+        let Some(session) = acceptor.accept(rewound.inner, peer).await else {
             return Ok(());
         };
         let service = routes.service(Serves::Grpc, None);
@@ -636,13 +659,46 @@ async fn serve_sealed(
         );
         return watcher.watch(connection.into_owned()).await;
     }
-    let stream = Rewind {
-        prefix: first[..got].to_vec(),
-        inner: stream,
+    // With a secret, clients reach the API only; without, a connection may
+    // also carry a peer's gRPC (loopback clusters).
+    let public = match &acceptor {
+        Some(_) => Serves::Api,
+        None => Serves::Both,
     };
-    let service = routes.service(Serves::Api, Some((acceptor, peer)));
+    let refuser = acceptor.clone().map(|a| (a, peer));
+    if let Some(tls) = &tls {
+        if first[0] == crate::tls::HANDSHAKE_RECORD {
+            let stream = match tls.acceptor().accept(rewound).await {
+                Ok(stream) => stream,
+                Err(err) => {
+                    tracing::debug!(%peer, %err, "TLS handshake failed");
+                    return Ok(());
+                }
+            };
+            let service = routes.service(public, refuser);
+            let connection = builder.serve_connection_with_upgrades(
+                TokioIo::new(stream),
+                TowerToHyperService::new(service),
+            );
+            return watcher.watch(connection.into_owned()).await;
+        }
+        if first != b"PRI " || acceptor.is_some() {
+            let mut stream = rewound.inner;
+            let _ = stream.write_all(&crate::tls::plain_http_refusal()).await;
+            let _ = stream.shutdown().await;
+            return Ok(());
+        }
+        // A peer's h2c without a secret (loopback): its gRPC only.
+        let service = routes.service(Serves::Grpc, None);
+        let connection = builder.serve_connection_with_upgrades(
+            TokioIo::new(rewound),
+            TowerToHyperService::new(service),
+        );
+        return watcher.watch(connection.into_owned()).await;
+    }
+    let service = routes.service(public, refuser);
     let connection = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service));
+        .serve_connection_with_upgrades(TokioIo::new(rewound), TowerToHyperService::new(service));
     watcher.watch(connection.into_owned()).await
 }
 
@@ -710,6 +766,8 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Rewind<S> {
 struct Reloadable {
     /// The API token file, when given.
     tokens: Option<crate::access::Tokens>,
+    /// The TLS certificate and key, when given.
+    tls: Option<crate::tls::ServerTls>,
 }
 
 /// Reads the files of `what` again on every SIGHUP (a failed reload keeps
@@ -717,7 +775,7 @@ struct Reloadable {
 /// nothing to reload, so that SIGHUP keeps its default action then.
 fn spawn_reloader(what: Reloadable) -> Result<Option<tokio::task::JoinHandle<()>>> {
     use tokio::signal::unix::{SignalKind, signal};
-    if what.tokens.is_none() {
+    if what.tokens.is_none() && what.tls.is_none() {
         return Ok(None);
     }
     let mut hangups = signal(SignalKind::hangup())?;
@@ -729,6 +787,15 @@ fn spawn_reloader(what: Reloadable) -> Result<Option<tokio::task::JoinHandle<()>
                     Err(err) => {
                         tracing::error!(%err, "API tokens not reloaded; the previous ones stay in force")
                     }
+                }
+            }
+            if let Some(tls) = &what.tls {
+                match tls.reload() {
+                    Ok(()) => tracing::info!("TLS certificate reloaded"),
+                    Err(err) => tracing::error!(
+                        %err,
+                        "TLS certificate not reloaded; the previous one stays in force"
+                    ),
                 }
             }
         }
@@ -750,6 +817,7 @@ async fn serve(
     listener: TcpListener,
     routes: Routes,
     acceptor: Option<Acceptor>,
+    tls: Option<crate::tls::ServerTls>,
     shutdown: impl std::future::Future<Output = Result<()>> + Send,
     membership: Arc<Membership>,
     store: Store,
@@ -788,9 +856,10 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let watcher = graceful.watcher();
         let (routes, builder, acceptor) = (routes.clone(), builder.clone(), acceptor.clone());
+        let tls = tls.clone();
         tokio::spawn(async move {
-            let result = match acceptor {
-                None => {
+            let result = match (acceptor, tls) {
+                (None, None) => {
                     let service = routes.service(Serves::Both, None);
                     let connection = builder.serve_connection_with_upgrades(
                         TokioIo::new(stream),
@@ -798,8 +867,8 @@ async fn serve(
                     );
                     watcher.watch(connection.into_owned()).await
                 }
-                Some(acceptor) => {
-                    serve_sealed(stream, peer, routes, &builder, acceptor, watcher).await
+                (acceptor, tls) => {
+                    serve_classified(stream, peer, routes, &builder, acceptor, tls, watcher).await
                 }
             };
             if let Err(err) = result {

@@ -480,7 +480,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     // Over the limit with a declared length: 413 before the body is read.
     // The body never ends, so only an early answer can pass this.
     // A client of their own: the node closes these connections.
-    let oneshot = reqwest::Client::new();
+    let oneshot = ringkv::tls::http_client();
     let endless = futures::stream::repeat_with(|| {
         Ok::<_, std::io::Error>(bytes::Bytes::from(vec![0u8; 65536]))
     });
@@ -502,7 +502,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     let chunked = futures::stream::iter(
         (0..80).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![1u8; 65536]))),
     );
-    let response = reqwest::Client::new()
+    let response = ringkv::tls::http_client()
         .put(format!("{base}/keys/huge"))
         .body(reqwest::Body::wrap_stream(chunked))
         .send()
@@ -556,7 +556,7 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
     }
 
     // A malformed RPC message gets an error reply; the node stays up.
-    let h2 = reqwest::Client::builder()
+    let h2 = ringkv::tls::http_client_builder()
         .http2_prior_knowledge()
         .build()
         .unwrap();

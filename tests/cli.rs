@@ -176,7 +176,7 @@ async fn ringkv_cluster_runs_a_working_cluster_until_stopped() {
         );
     }
     assert_eq!(urls[0], format!("http://127.0.0.1:{base}"));
-    let http = reqwest::Client::new();
+    let http = ringkv::tls::http_client();
     wait_converged(&http, &urls, 3).await;
     let put = http
         .put(format!("{}/keys/hello", urls[0]))
@@ -439,7 +439,7 @@ async fn printed_cluster_commands_run_a_cluster() {
     let urls: Vec<String> = (0..2)
         .map(|i| format!("http://127.0.0.1:{}", base + i))
         .collect();
-    wait_converged(&reqwest::Client::new(), &urls, 2).await;
+    wait_converged(&ringkv::tls::http_client(), &urls, 2).await;
     assert!(
         dir.path()
             .join("data root")

@@ -293,7 +293,7 @@ async fn a_coordinator_resumed_after_a_pause_applies_no_ghost_write() {
     // Node 0 stops; a client sends it a write and gives up waiting.
     cluster.freeze(0);
     let paused = std::time::Instant::now();
-    let impatient = reqwest::Client::builder()
+    let impatient = ringkv::tls::http_client_builder()
         .timeout(Duration::from_millis(500))
         .build()
         .unwrap();

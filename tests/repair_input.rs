@@ -95,7 +95,7 @@ async fn malformed_tree_and_scan_messages_fail_alone_and_the_node_stays_up() {
     })
     .await;
     let http = cluster.http.clone();
-    let h2 = reqwest::Client::builder()
+    let h2 = ringkv::tls::http_client_builder()
         .http2_prior_knowledge()
         .timeout(std::time::Duration::from_secs(30))
         .build()

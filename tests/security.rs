@@ -108,7 +108,7 @@ fn endpoints(node: &str) -> Vec<(&'static str, String, Option<&'static str>)> {
 async fn every_endpoint_against_each_scope() {
     let cluster = guarded(1).await;
     let node = cluster.nodes[0].id.clone();
-    let http = reqwest::Client::new();
+    let http = ringkv::tls::http_client();
     let tokens: [(&str, Option<&str>); 6] = [
         ("none", None),
         ("unknown", Some(UNKNOWN)),
@@ -272,7 +272,7 @@ async fn sighup_reloads_the_token_file() {
         .nth(1)
         .expect("token file flag")
         .clone();
-    let http = reqwest::Client::new();
+    let http = ringkv::tls::http_client();
     let status = |token: &'static str| {
         let http = http.clone();
         let url = format!("{}/ring", node.url());
@@ -370,7 +370,7 @@ async fn the_cli_takes_a_token_and_purge_all_passes_it_on() {
 #[tokio::test]
 async fn tokens_stay_out_of_logs_ring_metrics_and_the_page() {
     let cluster = guarded(3).await;
-    let http = reqwest::Client::new();
+    let http = ringkv::tls::http_client();
     // Requests with every token, good and bad, on every node.
     for i in 0..3 {
         for token in ALL {
@@ -822,4 +822,137 @@ async fn the_secret_rotates_with_rolling_restarts() {
     wait_rejected(&cluster, 0, "gossip/bad_key", 10).await;
     let stale_id = cluster.nodes[stale].id.clone();
     assert!(!members_seen(&cluster, 0).await.contains(&stale_id));
+}
+
+// ---- TLS on the public port ----
+
+/// Writes a throwaway CA and a certificate for 127.0.0.1 signed by it
+/// (rcgen) into `dir`: (ca, cert chain, key) paths.
+fn certificates(dir: &Path, tag: &str) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca, cert, key) = ringkv::tls::demo_certificates(&["127.0.0.1".into(), "localhost".into()])
+        .expect("certificates");
+    let paths = (
+        dir.join(format!("{tag}-ca.pem")),
+        dir.join(format!("{tag}-cert.pem")),
+        dir.join(format!("{tag}-key.pem")),
+    );
+    std::fs::write(&paths.0, &ca).expect("ca");
+    std::fs::write(&paths.1, format!("{cert}{ca}")).expect("cert");
+    std::fs::write(&paths.2, key).expect("key");
+    paths
+}
+
+#[tokio::test]
+async fn tls_with_curl_and_the_cli() {
+    let mut cluster = Cluster::empty(None);
+    let secret = cluster.secret_file("cluster.secret");
+    let (ca, cert, key) = certificates(cluster.dir.path(), "first");
+    for i in 0..3 {
+        let mut flags: Vec<String> = vec![
+            "--cluster-secret-file".into(),
+            secret.clone(),
+            "--tls-cert".into(),
+            cert.display().to_string(),
+            "--tls-key".into(),
+            key.display().to_string(),
+        ];
+        if i > 0 {
+            flags.extend(["--join".to_string(), cluster.nodes[0].id.clone()]);
+        }
+        cluster.spawn(flags);
+    }
+    ringkv::tls::install_provider();
+    let pem = std::fs::read(&ca).expect("ca");
+    let https = ringkv::tls::http_client_builder()
+        .tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem).expect("pem"))
+        .build()
+        .expect("client");
+    let urls: Vec<String> = cluster
+        .nodes
+        .iter()
+        .map(|n| format!("https://{}", n.id))
+        .collect();
+    common::wait_converged(&https, &urls, 3).await;
+    let node = cluster.nodes[0].id.clone();
+    let cacert = ca.display().to_string();
+
+    // curl over TLS, HTTP/2 by ALPN (and HTTP/1.1 when asked).
+    for (flag, version) in [("--http2", "2"), ("--http1.1", "1.1")] {
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code} %{http_version}",
+                flag,
+            ])
+            .args(["--cacert", &cacert, &format!("https://{node}/ring")])
+            .output()
+            .expect("curl");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("200 {version}")
+        );
+    }
+    let (status, _, body) = curl(&[
+        "--cacert",
+        &cacert,
+        "-X",
+        "PUT",
+        "--data-binary",
+        "over tls",
+        &format!("https://{node}/keys/tls-key"),
+    ]);
+    assert_eq!(status, 201, "{body}");
+    // Without the CA, curl refuses the certificate.
+    let out = Command::new("curl")
+        .args(["-s", &format!("https://{node}/ring")])
+        .output()
+        .expect("curl");
+    assert_eq!(out.status.code(), Some(60), "curl: certificate not trusted");
+    // Plain HTTP to the TLS port: a clear 400, at once.
+    let started = std::time::Instant::now();
+    let (status, _, body) = curl(&[&format!("http://{node}/ring")]);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("use https://"), "{body}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+    // The CLI with --ca, on another node; without it the system's roots
+    // do not know this CA.
+    let cli = |args: &[&str]| {
+        let out = Command::new(RINGKV)
+            .args(["--node", &cluster.nodes[2].id])
+            .args(args)
+            .output()
+            .expect("ringkv");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = cli(&["--ca", &cacert, "get", "tls-key"]);
+    assert!(ok, "{err}");
+    assert_eq!(out, "over tls");
+    let (ok, _, err) = cli(&["--ca", &cacert, "put", "cli-tls", "yes"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["--tls", "--retries", "0", "get", "tls-key"]);
+    assert!(!ok, "the demo CA is not a system root");
+    assert!(err.to_lowercase().contains("certificate"), "{err}");
+    // A new certificate from another CA, read on SIGHUP.
+    let (new_ca, new_cert, new_key) = certificates(cluster.dir.path(), "second");
+    std::fs::copy(&new_cert, &cert).expect("cert");
+    std::fs::copy(&new_key, &key).expect("key");
+    cluster.signal(0, libc::SIGHUP);
+    let new_cacert = new_ca.display().to_string();
+    wait_for("the new certificate to be served", DEADLINE, || async {
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--cacert", &new_cacert, &format!("https://{node}/health")])
+            .output()
+            .ok()?;
+        (String::from_utf8_lossy(&out.stdout) == "200").then_some(())
+    })
+    .await;
 }

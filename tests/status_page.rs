@@ -83,7 +83,7 @@ async fn browser(driver: &Driver, downloads: &Path) -> Client {
 /// (chromedriver's log endpoint).
 async fn console_errors(driver: &Driver, client: &Client) -> Vec<String> {
     let session = client.session_id().await.unwrap().expect("session id");
-    let reply: Value = reqwest::Client::new()
+    let reply: Value = ringkv::tls::http_client()
         .post(format!(
             "http://127.0.0.1:{}/session/{session}/se/log",
             driver.port

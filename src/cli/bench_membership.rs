@@ -110,7 +110,7 @@ impl LocalCluster {
         let dir = std::env::temp_dir().join(format!("ringkv-bench-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let http = reqwest::Client::builder()
+        let http = crate::tls::http_client_builder()
             .timeout(RING_TIMEOUT)
             .build()
             .context("http client")?;

@@ -482,7 +482,9 @@ pub async fn repair_cost(args: RepairCost, out: Output) -> anyhow::Result<ExitCo
     anyhow::ensure!(args.keys >= 1, "need keys");
     let base = base_version();
     let base_dir = fill_base(&[("bench/", args.keys)], args.value_size, base).await?;
-    let http = reqwest::Client::builder().build().context("http client")?;
+    let http = crate::tls::http_client_builder()
+        .build()
+        .context("http client")?;
     let mut rows = Vec::new();
     for &count in &args.diffs {
         let mut cluster = LocalCluster::new(Settings {
@@ -641,7 +643,9 @@ pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCo
     let mixed = [("bench/", args.keys), ("repair/", args.repair_keys)];
     let full = fill_base(&mixed, args.value_size, base).await?;
     let partial = fill_base(&mixed[..1], args.value_size, base).await?;
-    let http = reqwest::Client::builder().build().context("http client")?;
+    let http = crate::tls::http_client_builder()
+        .build()
+        .context("http client")?;
     let value = Bytes::from(vec![b'x'; args.value_size as usize]);
     let cases = [
         LoadCase {

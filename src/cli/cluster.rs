@@ -422,7 +422,7 @@ async fn wait_ports_free(id: &str) -> anyhow::Result<()> {
 /// Waits until the node at `url` shows itself normal in its `/ring`.
 async fn wait_normal(url: &str) -> anyhow::Result<()> {
     let id = url.trim_start_matches("http://");
-    let http = reqwest::Client::new();
+    let http = crate::tls::http_client();
     let deadline = tokio::time::Instant::now() + NODE_JOIN_TIMEOUT;
     loop {
         let ring: Option<serde_json::Value> = match http.get(format!("{url}/ring")).send().await {

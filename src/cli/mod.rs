@@ -49,6 +49,14 @@ pub struct Args {
     /// `Authorization: Bearer`).
     #[arg(long, global = true, env = "RINGKV_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// Talk HTTPS to the nodes (started with --tls-cert), verifying them
+    /// against the system's root certificates.
+    #[arg(long, global = true, env = "RINGKV_TLS")]
+    tls: bool,
+    /// Talk HTTPS, verifying the nodes against the CA certificates of this
+    /// PEM file only (e.g. the CA of `ringkv cluster --tls`).
+    #[arg(long, global = true, env = "RINGKV_CA")]
+    ca: Option<std::path::PathBuf>,
     /// More logging (-v: debug, -vv: trace).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -449,6 +457,9 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 retries: args.retries,
                 discover: true,
                 token: args.token.clone(),
+                tls: (args.tls || args.ca.is_some()).then(|| crate::client::ClientTls {
+                    ca: args.ca.clone(),
+                }),
                 ..ClientOptions::default()
             },
         )

@@ -148,6 +148,13 @@ pub struct ServeArgs {
     /// delete of every key (tombstones, like DEL).
     #[arg(long)]
     pub resp_allow_flush: bool,
+    /// Serve the API and the page over HTTPS (HTTP/2 or 1.1 by ALPN) with
+    /// this certificate chain (PEM); with --tls-key. Read again on SIGHUP.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
 }
 
 /// What the first SIGTERM/SIGINT does.
@@ -208,24 +215,31 @@ impl ServeArgs {
             resp_max_connections: self.resp_max_connections,
             resp_idle_timeout: self.resp_idle_timeout,
             resp_allow_flush: self.resp_allow_flush,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
         }
     }
 }
 
-/// Runs the node; prints `listening on http://HOST:PORT` on stdout once it
-/// serves (tests and `ringkv cluster` read that line), or with `json`
-/// `{"listening": "http://HOST:PORT"}`.
+/// Runs the node; prints `listening on http://HOST:PORT` (`https://` with
+/// TLS) on stdout once it serves (tests and `ringkv cluster` read that
+/// line), or with `json` `{"listening": "http://HOST:PORT"}`.
 pub async fn run(args: ServeArgs, json: bool) -> anyhow::Result<ExitCode> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut node = crate::server::start(args.config()).await?;
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     if json {
-        let mut line = serde_json::json!({ "listening": format!("http://{}", node.id) });
+        let mut line = serde_json::json!({ "listening": format!("{scheme}://{}", node.id) });
         if let Some(resp) = &node.resp_addr {
             line["resp"] = serde_json::json!(resp);
         }
         println!("{line}");
     } else {
-        println!("listening on http://{}", node.id);
+        println!("listening on {scheme}://{}", node.id);
         if let Some(resp) = &node.resp_addr {
             println!("redis protocol on {resp}");
         }

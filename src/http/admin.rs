@@ -144,6 +144,10 @@ pub async fn purge(
         .and_then(|t| String::from_utf8(t.to_vec()).ok());
     let options = crate::client::ClientOptions {
         token,
+        tls: state
+            .tls_chain
+            .clone()
+            .map(|chain| crate::client::ClientTls { ca: Some(chain) }),
         ..crate::client::ClientOptions::default()
     };
     let calls = others.iter().map(|node| async {

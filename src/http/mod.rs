@@ -53,6 +53,10 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The API tokens (`--api-token-file`); `None`: the API is open.
     pub tokens: Option<Tokens>,
+    /// With TLS on the public port, this node's certificate chain file:
+    /// asking other members over HTTPS (`/purge?all=true`) trusts its
+    /// certificates (the members share one CA).
+    pub tls_chain: Option<std::path::PathBuf>,
 }
 
 /// The public router.

@@ -80,7 +80,7 @@ async fn run(
     prefix: String,
     keys: usize,
 ) -> Report {
-    let http = reqwest::Client::builder()
+    let http = ringkv::tls::http_client_builder()
         .timeout(Duration::from_secs(20))
         .build()
         .expect("client");

@@ -269,7 +269,7 @@ async fn run_client(
     acknowledged: Arc<AtomicU64>,
     ttl: Option<(Duration, Duration)>,
 ) -> (Changes, Tally) {
-    let http = reqwest::Client::builder()
+    let http = ringkv::tls::http_client_builder()
         .timeout(timeout)
         .connect_timeout(timeout)
         .build()

@@ -169,7 +169,7 @@ impl Cluster {
                 .tempdir()
                 .expect("temp dir"),
             nodes: Vec::new(),
-            http: reqwest::Client::builder()
+            http: ringkv::tls::http_client_builder()
                 .timeout(Duration::from_secs(60))
                 .default_headers(headers)
                 .build()
