@@ -398,12 +398,13 @@ fn cluster_print_shows_commands_to_paste() {
     assert_eq!(
         String::from_utf8(out.stdout).unwrap(),
         "# one node per host: start db1:50140 first, then the others\n\
+         # first: `ringkv secret > ringkv-data/cluster.secret` and copy that file to every host\n\
          # on db1\n\
-         ringkv serve --host db1 --port 50140 --replicas 2 --resp-port 51140 --data-dir ringkv-data/node-50140\n\
+         ringkv serve --host db1 --port 50140 --replicas 2 --resp-port 51140 --data-dir ringkv-data/node-50140 --cluster-secret-file ringkv-data/cluster.secret\n\
          # on db2\n\
-         ringkv serve --host db2 --port 50140 --replicas 2 --resp-port 51140 --data-dir ringkv-data/node-50140 --join db1:50140\n\
+         ringkv serve --host db2 --port 50140 --replicas 2 --resp-port 51140 --data-dir ringkv-data/node-50140 --cluster-secret-file ringkv-data/cluster.secret --join db1:50140\n\
          # on 10.0.0.3\n\
-         ringkv serve --host 10.0.0.3 --port 50140 --replicas 2 --resp-port 51140 --data-dir ringkv-data/node-50140 --join db1:50140\n"
+         ringkv serve --host 10.0.0.3 --port 50140 --replicas 2 --resp-port 51140 --data-dir ringkv-data/node-50140 --cluster-secret-file ringkv-data/cluster.secret --join db1:50140\n"
     );
     // --hosts is for printing only.
     let out = Command::new(RINGKV)

@@ -207,7 +207,7 @@ async fn the_container_image_runs_a_three_node_cluster() {
     for name in &names[1..] {
         ports.push(podman.start_node(name, Some(&seed)).await);
     }
-    let http = reqwest::Client::new();
+    let http = ringkv::tls::http_client();
     let urls: Vec<String> = ports
         .iter()
         .map(|p| format!("http://127.0.0.1:{p}"))
@@ -413,7 +413,7 @@ async fn the_kubernetes_manifest_is_consistent_with_the_binary() {
             .spawn()
             .unwrap(),
     );
-    let http = reqwest::Client::new();
+    let http = ringkv::tls::http_client();
     for probe in ["/health/live", "/health"] {
         let url = format!("http://127.0.0.1:{port}{probe}");
         wait_for(&format!("{probe} to answer 200"), DEADLINE, || async {
@@ -537,6 +537,14 @@ async fn cluster_print_writes_a_config_file_per_host_that_runs() {
     );
     assert!(out.status.success(), "{}", text(&out));
     let printed = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        printed.contains("/etc/ringkv/cluster.secret`"),
+        "says where the secret goes: {printed}"
+    );
+    let secret = dir.path().join("cluster.secret");
+    let made = run(RINGKV, &["secret"]);
+    assert!(made.status.success(), "{}", text(&made));
+    std::fs::write(&secret, &made.stdout).unwrap();
     let mut nodes = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
         let file = configs.join(format!("{host}.toml"));
@@ -551,16 +559,19 @@ async fn cluster_print_writes_a_config_file_per_host_that_runs() {
         assert!(check.status.success(), "{}", text(&check));
         let content = std::fs::read_to_string(&file).unwrap();
         assert!(
-            content.contains("data_dir = \"/var/lib/ringkv\""),
+            content.contains("data_dir = \"/var/lib/ringkv\"")
+                && content.contains("cluster_secret_file = \"/etc/ringkv/cluster.secret\""),
             "{content}"
         );
-        // As the unit runs it, but with the data here (a flag overrides
-        // the file).
+        // As the unit runs it, but with the data and the secret here (a
+        // flag overrides the file).
         let data = dir.path().join(format!("data-{i}"));
         nodes.push(Killed(
             Command::new(RINGKV)
                 .args(["serve", "--config", file.to_str().unwrap(), "--data-dir"])
                 .arg(&data)
+                .arg("--cluster-secret-file")
+                .arg(&secret)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -568,7 +579,7 @@ async fn cluster_print_writes_a_config_file_per_host_that_runs() {
         ));
     }
     assert!(printed.matches("systemctl enable --now ringkv").count() == 3);
-    let http = reqwest::Client::new();
+    let http = ringkv::tls::http_client();
     let urls: Vec<String> = hosts.iter().map(|h| format!("http://{h}:{port}")).collect();
     wait_converged(&http, &urls, 3).await;
 }

@@ -61,6 +61,71 @@ pub struct ClusterArgs {
     /// data in /var/lib/ringkv) and print how to install and start each.
     #[arg(long, requires = "hosts")]
     config_dir: Option<PathBuf>,
+    /// Seal node-to-node traffic with a cluster secret, made once in
+    /// DATA_ROOT/cluster.secret (always so with --hosts: nodes beyond
+    /// loopback need one).
+    #[arg(long)]
+    secret: bool,
+    /// Serve HTTPS with a throwaway CA and certificate made in
+    /// DATA_ROOT/tls/ (a local demo), and print how to use them with curl.
+    #[arg(long)]
+    tls: bool,
+}
+
+/// Where `--secret` keeps the cluster secret, under the data root.
+fn secret_path(args: &ClusterArgs) -> PathBuf {
+    args.data_root.join("cluster.secret")
+}
+
+/// Where `--tls` keeps the demo CA, certificate and key.
+fn tls_paths(args: &ClusterArgs) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = args.data_root.join("tls");
+    (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    )
+}
+
+/// Makes what `--secret` and `--tls` need, unless it exists already.
+fn prepare(args: &ClusterArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if args.secret {
+        let path = secret_path(args);
+        if !path.exists() {
+            std::fs::create_dir_all(&args.data_root)?;
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .with_context(|| format!("cannot create {}", path.display()))?;
+            writeln!(file, "{}", crate::secret::generate_hex()?)?;
+        }
+    }
+    if args.tls {
+        let (ca, cert, key) = tls_paths(args);
+        if !(ca.exists() && cert.exists() && key.exists()) {
+            let dir = args.data_root.join("tls");
+            std::fs::create_dir_all(&dir)?;
+            let mut names = vec![args.host.clone(), "localhost".to_string()];
+            names.extend(args.hosts.iter().cloned());
+            names.dedup();
+            let (ca_pem, cert_pem, key_pem) = crate::tls::demo_certificates(&names)?;
+            std::fs::write(&ca, &ca_pem)?;
+            // The CA after the node's certificate: `purge --all` trusts it.
+            std::fs::write(&cert, format!("{cert_pem}{ca_pem}"))?;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&key)?
+                .write_all(key_pem.as_bytes())?;
+        }
+    }
+    Ok(())
 }
 
 /// One node of the cluster: where it runs and the `serve` flags it gets.
@@ -125,6 +190,17 @@ fn plan(args: &ClusterArgs) -> anyhow::Result<Vec<Plan>> {
         if args.fsync {
             flags.push("--fsync".into());
         }
+        if args.secret || !local {
+            flags.push("--cluster-secret-file".into());
+            flags.push(secret_path(args).to_string_lossy().into_owned());
+        }
+        if args.tls {
+            let (_, cert, key) = tls_paths(args);
+            flags.push("--tls-cert".into());
+            flags.push(cert.to_string_lossy().into_owned());
+            flags.push("--tls-key".into());
+            flags.push(key.to_string_lossy().into_owned());
+        }
         if local {
             flags.extend(["--on-signal".into(), "stop".into()]);
         }
@@ -171,6 +247,9 @@ fn program(local: bool) -> String {
 /// Where the systemd unit keeps a node's data (`StateDirectory=ringkv`).
 const SYSTEMD_DATA_DIR: &str = "/var/lib/ringkv";
 
+/// Where the written configuration files expect the cluster secret.
+const SYSTEMD_SECRET_FILE: &str = "/etc/ringkv/cluster.secret";
+
 /// `flags` (of `serve`) as a configuration file: `--name value` as
 /// `name = value`, a switch as `name = true`, `--join` as a list.
 fn config_text(id: &str, flags: &[String]) -> String {
@@ -196,6 +275,9 @@ fn config_text(id: &str, flags: &[String]) -> String {
         };
         let line = match (name.as_str(), value) {
             ("data_dir", Some(_)) => format!("data_dir = {}", literal(SYSTEMD_DATA_DIR)),
+            ("cluster_secret_file", Some(_)) => {
+                format!("cluster_secret_file = {}", literal(SYSTEMD_SECRET_FILE))
+            }
             ("join", Some(v)) => {
                 let seeds: Vec<String> = v.split(',').map(literal).collect();
                 format!("join = [{}]", seeds.join(", "))
@@ -216,6 +298,10 @@ fn write_configs(dir: &std::path::Path, plans: &[Plan]) -> anyhow::Result<()> {
     println!(
         "# one node per host, under contrib/systemd/ringkv.service: start {} first",
         plans[0].id
+    );
+    println!(
+        "# first: `ringkv secret > cluster.secret`, and on every host \
+         `install -D -m 0640 -g ringkv cluster.secret {SYSTEMD_SECRET_FILE}`"
     );
     for plan in plans {
         let host = plan
@@ -272,6 +358,10 @@ fn print(args: &ClusterArgs, out: super::ops::Output) -> anyhow::Result<ExitCode
             "# one node per host: start {} first, then the others",
             plans[0].id
         );
+        println!(
+            "# first: `ringkv secret > {}` and copy that file to every host",
+            secret_path(args).display()
+        );
     }
     for (id, command) in &lines {
         if !local {
@@ -294,6 +384,8 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
     if args.print {
         return print(&args, out);
     }
+    prepare(&args)?;
+    let ca = args.tls.then(|| tls_paths(&args).0);
     let exe = std::env::current_exe().context("cannot find the ringkv binary")?;
     let mut children: Vec<(String, Child)> = Vec::new();
     for (i, node) in plan(&args)?.into_iter().enumerate() {
@@ -331,8 +423,17 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         // One at a time: a node chooses its tokens on the ring it finds, so
         // nodes joining together would choose without seeing each other.
-        wait_normal(&url).await?;
+        wait_normal(&url, ca.as_deref()).await?;
         children.push((url, child));
+    }
+    if let (Some(ca), false) = (&ca, out.json) {
+        println!(
+            "HTTPS with a throwaway CA (for this demo only): curl --cacert {ca} {url}/ring ; \
+             ringkv --ca {ca} --node {node} ring",
+            ca = ca.display(),
+            url = children[0].0,
+            node = children[0].0.trim_start_matches("https://"),
+        );
     }
     if out.json {
         println!("{}", serde_json::json!({ "running": children.len() }));
@@ -420,9 +521,16 @@ async fn wait_ports_free(id: &str) -> anyhow::Result<()> {
 }
 
 /// Waits until the node at `url` shows itself normal in its `/ring`.
-async fn wait_normal(url: &str) -> anyhow::Result<()> {
-    let id = url.trim_start_matches("http://");
-    let http = crate::tls::http_client();
+async fn wait_normal(url: &str, ca: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let id = url
+        .trim_start_matches("http://")
+        .trim_start_matches("https://");
+    let mut builder = crate::tls::http_client_builder();
+    if let Some(ca) = ca {
+        let pem = std::fs::read(ca)?;
+        builder = builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?);
+    }
+    let http = builder.build()?;
     let deadline = tokio::time::Instant::now() + NODE_JOIN_TIMEOUT;
     loop {
         let ring: Option<serde_json::Value> = match http.get(format!("{url}/ring")).send().await {

@@ -95,6 +95,9 @@ pub struct Cluster {
     pub net: Option<netns::Net>,
     /// The API token the tests' own requests carry, when the nodes need one.
     pub token: Option<String>,
+    /// The cluster secret file every node in a network namespace gets
+    /// (beyond loopback a node needs one, F27).
+    pub netns_secret: Option<String>,
 }
 
 /// Options for a test cluster.
@@ -134,12 +137,9 @@ impl Cluster {
         cluster.net = options.netns.then(netns::Net::new);
         // Nodes beyond loopback need a cluster secret (F27): the fault
         // matrix runs with it on.
-        let secret = options.netns.then(|| cluster.secret_file("cluster.secret"));
+        cluster.netns_secret = options.netns.then(|| cluster.secret_file("cluster.secret"));
         for i in 0..options.nodes {
             let mut flags = vec!["--replicas".to_string(), options.replicas.to_string()];
-            if let Some(secret) = &secret {
-                flags.extend(["--cluster-secret-file".to_string(), secret.clone()]);
-            }
             flags.extend(options.flags.iter().cloned());
             if i > 0 {
                 flags.push("--join".into());
@@ -176,6 +176,7 @@ impl Cluster {
                 .expect("client"),
             net: None,
             token,
+            netns_secret: None,
         }
     }
 
@@ -204,7 +205,12 @@ impl Cluster {
 
     /// Starts one more node with `flags` (plus the usual test flags) and
     /// returns its index. Does not wait for it to join.
-    pub fn spawn(&mut self, flags: Vec<String>) -> usize {
+    pub fn spawn(&mut self, mut flags: Vec<String>) -> usize {
+        if let Some(secret) = &self.netns_secret
+            && !flags.iter().any(|f| f == "--cluster-secret-file")
+        {
+            flags.extend(["--cluster-secret-file".to_string(), secret.clone()]);
+        }
         let index = self.nodes.len();
         let data_dir = self.dir.path().join(format!("node{index}"));
         let log = self.dir.path().join(format!("node{index}.log"));
