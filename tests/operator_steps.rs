@@ -484,5 +484,11 @@ fn cluster_waits_for_a_port_that_is_freed_within_seconds() {
     }
     let _ = child.wait();
     releaser.join().unwrap();
-    assert_eq!(first, format!("node 1 http://127.0.0.1:{port}/"));
+    assert_eq!(
+        first,
+        format!(
+            "node 1 http://127.0.0.1:{port}/  redis 127.0.0.1:{}",
+            port + 1000
+        )
+    );
 }
