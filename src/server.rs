@@ -539,6 +539,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
                 allow_flush: config.resp_allow_flush,
                 max_bulk: config.max_value_size.min(crate::resp::MAX_BULK_BYTES),
             },
+            tokens.clone(),
         ));
         tokio::spawn(crate::resp::serve(listener, shared, async move {
             let _ = resp_stopped.wait_for(|stopped| *stopped).await;

@@ -68,7 +68,7 @@ async fn redis_cli_drives_every_command() {
     assert_eq!(cli(a, &["echo", "x y"]), "x y");
     assert_eq!(cli(a, &["select", "0"]), "OK");
     assert!(cli(a, &["select", "1"]).starts_with("ERR DB index is out of range"));
-    assert!(cli(a, &["auth", "secret"]).contains("no access control"));
+    assert!(cli(a, &["auth", "secret"]).contains("no API tokens"));
     assert_eq!(cli(a, &["client", "setname", "me"]), "OK");
     assert!(cli(a, &["hello", "3"]).contains("proto"));
     assert!(cli(a, &["hello", "4"]).starts_with("NOPROTO"));
@@ -492,4 +492,174 @@ async fn redis_py_plain_and_cluster_aware_survives_a_node_death() {
     });
     assert!(done.contains(&expected), "{done}, expected {expected}");
     eprintln!("redis-py across a node's death: {done}");
+}
+
+/// Tokens of the AUTH test (at least 16 bytes each).
+const READ: &str = "resp-read-token-0123456789";
+const WRITE: &str = "resp-write-token-0123456789";
+const ADMIN: &str = "resp-admin-token-0123456789";
+
+/// `redis-cli -p PORT flags…` fed `lines` on stdin, one command each, on
+/// one connection: its output lines.
+fn cli_lines(port: u16, flags: &[&str], lines: &[&str]) -> Vec<String> {
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "--no-auth-warning"])
+        .args(flags)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli (Debian's redis-tools)");
+    let mut stdin = child.stdin.take().unwrap();
+    for line in lines {
+        writeln!(stdin, "{line}").unwrap();
+    }
+    drop(stdin);
+    let out = child.wait_with_output().unwrap();
+    // (After an error reply it prints a blank line.)
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// One RESP exchange on an open connection: the reply's first line.
+async fn ask(stream: &mut TcpStream, command: &[&str]) -> String {
+    let mut out = format!("*{}\r\n", command.len());
+    for word in command {
+        out.push_str(&format!("${}\r\n{word}\r\n", word.len()));
+    }
+    stream.write_all(out.as_bytes()).await.unwrap();
+    let reply = read_until(stream, b"\r\n").await;
+    String::from_utf8_lossy(&reply).trim_end().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_takes_an_api_token_with_its_scopes() {
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("tokens");
+    std::fs::write(
+        &path,
+        format!("read {READ}\nwrite {WRITE}\nadmin {ADMIN}\n"),
+    )
+    .unwrap();
+    let mut options = options(&["--api-token-file", path.to_str().unwrap()]);
+    options.token = Some(ADMIN.to_string());
+    let cluster = Cluster::start(options).await;
+    let (a, b) = (resp_port(&cluster, 0).await, resp_port(&cluster, 1).await);
+    // Without a token only AUTH, HELLO, QUIT and RESET run.
+    assert!(
+        cli(a, &["get", "k"]).starts_with("NOAUTH"),
+        "{}",
+        cli(a, &["get", "k"])
+    );
+    assert!(cli(a, &["ping"]).starts_with("NOAUTH"));
+    assert!(cli(a, &["cluster", "slots"]).starts_with("NOAUTH"));
+    assert!(cli(a, &["hello", "3"]).contains("proto"));
+    // A wrong token authenticates nothing.
+    assert_eq!(
+        cli_lines(a, &[], &["auth nobody-knows-this-token", "get k"]),
+        [
+            "WRONGPASS invalid username-password pair or user is disabled.",
+            "NOAUTH Authentication required: send AUTH with an API token first"
+        ]
+    );
+    // The write token writes and does not read (AUTH username token: the
+    // username is ignored).
+    let wrote = cli_lines(
+        b,
+        &["--user", "app", "--pass", WRITE],
+        &["set k v", "get k", "ping"],
+    );
+    assert_eq!(wrote[0], "OK");
+    assert!(
+        wrote[1].starts_with("NOPERM")
+            && wrote[1].contains("'get'")
+            && wrote[1].contains("read scope"),
+        "{wrote:?}"
+    );
+    assert_eq!(wrote[2], "PONG");
+    // The read token reads through any node, SCANs, and writes nothing.
+    let read = cli_lines(
+        a,
+        &["-a", READ],
+        &[
+            "get k",
+            "set k w",
+            "scan 0",
+            "del k",
+            "flushall",
+            "cluster shards",
+        ],
+    );
+    assert_eq!(read[0], "v", "{read:?}");
+    assert!(
+        read[1].starts_with("NOPERM") && read[1].contains("write scope"),
+        "{read:?}"
+    );
+    assert!(
+        read.iter().any(|l| l == "k"),
+        "SCAN shows the key: {read:?}"
+    );
+    assert!(
+        read.iter()
+            .any(|l| l.starts_with("NOPERM") && l.contains("'del'")),
+        "{read:?}"
+    );
+    assert!(
+        read.iter()
+            .any(|l| l.starts_with("NOPERM") && l.contains("'flushall'") && l.contains("admin")),
+        "{read:?}"
+    );
+    // HELLO 3 AUTH, and an AUTH in the same pipeline as what follows.
+    let hello_auth = format!("hello 3 auth default {ADMIN}");
+    let hello = cli_lines(a, &[], &[hello_auth.as_str(), "get k"]);
+    assert_eq!(hello.last().map(String::as_str), Some("v"), "{hello:?}");
+    let (out, _) = exchange(a, format!("AUTH {READ}\r\nGET k\r\nQUIT\r\n").as_bytes()).await;
+    assert_eq!(String::from_utf8_lossy(&out), "+OK\r\n$1\r\nv\r\n+OK\r\n");
+    // A cluster-aware client with a password.
+    let script = format!(
+        "import redis\n\
+         c = redis.RedisCluster(host='127.0.0.1', port={a}, password='{ADMIN}')\n\
+         c.set('py', 'yes')\n\
+         print(c.get('py').decode())\n"
+    );
+    let out = Command::new(python())
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "yes",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A token removed by a reload stops working on open connections.
+    let mut open = TcpStream::connect(("127.0.0.1", a)).await.unwrap();
+    assert_eq!(ask(&mut open, &["AUTH", READ]).await, "+OK");
+    let got = ask(&mut open, &["GET", "k"]).await;
+    if got == "$1" {
+        read_until(&mut open, b"\r\n").await;
+    } else {
+        assert_eq!(got, "$1\r\nv");
+    }
+    std::fs::write(&path, format!("admin {ADMIN}\n")).unwrap();
+    cluster.signal(0, libc::SIGHUP);
+    wait_for("the reader's token to stop working", DEADLINE, || async {
+        let mut fresh = TcpStream::connect(("127.0.0.1", a)).await.ok()?;
+        ask(&mut fresh, &["AUTH", READ])
+            .await
+            .starts_with("-WRONGPASS")
+            .then_some(())
+    })
+    .await;
+    assert!(ask(&mut open, &["GET", "k"]).await.starts_with("-NOAUTH"));
+    // No token in any node's log.
+    for i in 0..3 {
+        let log = std::fs::read_to_string(&cluster.nodes[i].log).unwrap_or_default();
+        for token in [READ, WRITE, ADMIN] {
+            assert!(!log.contains(token), "node {i}'s log shows a token");
+        }
+    }
 }

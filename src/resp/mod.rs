@@ -79,6 +79,9 @@ pub struct Shared {
     pub membership: Arc<Membership>,
     /// Settings.
     pub options: RespOptions,
+    /// The node's API tokens, when it has any: then every command but
+    /// AUTH, HELLO, QUIT and RESET needs a token with its scope.
+    pub tokens: Option<crate::access::Tokens>,
     /// When the front end started (INFO uptime).
     pub started: Instant,
     /// Next CLIENT ID.
@@ -100,11 +103,13 @@ impl Shared {
         coordinator: Coordinator,
         membership: Arc<Membership>,
         options: RespOptions,
+        tokens: Option<crate::access::Tokens>,
     ) -> Shared {
         Shared {
             coordinator,
             membership,
             options,
+            tokens,
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             connections: AtomicU64::new(0),
@@ -211,6 +216,7 @@ async fn handle(stream: tokio::net::TcpStream, addr: String, shared: Arc<Shared>
         lib: (None, None),
         addr: addr.clone(),
         closing: false,
+        credential: None,
     };
     shared.update_client(&session);
     let mut connection = Connection::new(stream, shared.options.max_bulk);
@@ -289,6 +295,12 @@ async fn run_pipeline(
             }
             Step::Call(call) => call,
         };
+        // After the barriers before it ran: an AUTH earlier in the same
+        // pipeline counts.
+        if let Err(reply) = cmd::connection::authorize(shared, session, call.spec) {
+            wave.push(Step::Reply(reply));
+            continue;
+        }
         let keys = call.keys();
         let access = call.spec.access;
         let conflicts = match access {

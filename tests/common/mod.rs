@@ -59,7 +59,7 @@ pub struct Node {
     /// Its process, while running.
     child: Option<Child>,
     /// Where its stderr goes.
-    log: PathBuf,
+    pub log: PathBuf,
 }
 
 impl Node {

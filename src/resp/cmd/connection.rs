@@ -2,7 +2,8 @@
 
 use bytes::Bytes;
 
-use super::{Frame, Session, integer, upper};
+use super::{Access, Frame, Session, Spec, integer, upper};
+use crate::access::{Scope, Scopes};
 use crate::resp::Shared;
 use crate::resp::frame::Protocol;
 
@@ -27,12 +28,104 @@ pub fn select(args: &[Bytes]) -> Frame {
     }
 }
 
-/// AUTH: there is nothing to authenticate against yet.
-pub fn auth() -> Frame {
-    Frame::error(
-        "AUTH is not available: this ringkv has no access control yet (API tokens come \
-         with the access-control issue); connect without a password",
-    )
+/// The token a connection authenticated with. Never printed: its
+/// `Debug` says only that there is one.
+#[derive(Clone)]
+pub struct Credential(Bytes);
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Credential(…)")
+    }
+}
+
+/// What a command needs of the connection's token, once the node has
+/// API tokens (`--api-token-file`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: the commands that authenticate or end a connection.
+    Nothing,
+    /// Any known token: commands that touch no key (PING, INFO, CLUSTER…).
+    AnyToken,
+    /// A token with this scope.
+    Scope(Scope),
+}
+
+/// What `spec` needs: its keys' access decides (a read needs `read`, a
+/// write `write`), SCAN and KEYS read, FLUSHALL/FLUSHDB are `admin`.
+pub fn need(spec: &Spec) -> Need {
+    match spec.name {
+        "auth" | "hello" | "quit" | "reset" => Need::Nothing,
+        "flushall" | "flushdb" => Need::Scope(Scope::Admin),
+        "scan" | "keys" => Need::Scope(Scope::Read),
+        _ => match spec.access {
+            Access::Read => Need::Scope(Scope::Read),
+            Access::Write => Need::Scope(Scope::Write),
+            Access::Free | Access::Barrier => Need::AnyToken,
+        },
+    }
+}
+
+/// Whether the connection may run `spec`: `Err` is the reply instead
+/// (`NOAUTH` without a token the node knows now, `NOPERM` without the
+/// scope). The token is checked against the tokens in force at each
+/// command, so that a token removed by a reload (SIGHUP) stops working on
+/// open connections too.
+pub fn authorize(shared: &Shared, session: &Session, spec: &Spec) -> Result<(), Frame> {
+    let Some(tokens) = &shared.tokens else {
+        return Ok(());
+    };
+    let needed = match need(spec) {
+        Need::Nothing => return Ok(()),
+        Need::AnyToken => None,
+        Need::Scope(scope) => Some(scope),
+    };
+    let scopes = match &session.credential {
+        Some(Credential(token)) => tokens.current().scopes_of(token),
+        None => Scopes::default(),
+    };
+    if scopes.is_empty() {
+        return Err(Frame::coded(
+            "NOAUTH",
+            "Authentication required: send AUTH with an API token first",
+        ));
+    }
+    match needed {
+        Some(scope) if !scopes.allows(scope) => Err(Frame::coded(
+            "NOPERM",
+            format!(
+                "this token has no permissions to run the '{}' command (it needs the {} scope)",
+                spec.name,
+                scope.as_str()
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// AUTH [username] token: the username is ignored (ringkv's tokens have
+/// no user); a token the node knows authenticates the connection.
+pub fn auth(shared: &Shared, session: &mut Session, args: &[Bytes]) -> Frame {
+    let Some(tokens) = &shared.tokens else {
+        return Frame::error(
+            "AUTH <password> called without any password configured for the default user. \
+             (this ringkv node has no API tokens: start it with --api-token-file to use AUTH)",
+        );
+    };
+    let Some(token) = args.last() else {
+        return Frame::error("wrong number of arguments for 'auth' command");
+    };
+    if args.len() > 2 {
+        return Frame::error("wrong number of arguments for 'auth' command");
+    }
+    if tokens.current().scopes_of(token).is_empty() {
+        return Frame::coded(
+            "WRONGPASS",
+            "invalid username-password pair or user is disabled.",
+        );
+    }
+    session.credential = Some(Credential(token.clone()));
+    Frame::ok()
 }
 
 /// HELLO [protover [AUTH user pass] [SETNAME name]].
@@ -51,7 +144,13 @@ pub fn hello(shared: &Shared, session: &mut Session, args: &[Bytes]) -> Frame {
     }
     while let Some(option) = rest.first() {
         match (upper(option).as_str(), rest.len()) {
-            ("AUTH", n) if n >= 3 => return auth(),
+            ("AUTH", n) if n >= 3 => {
+                let reply = auth(shared, session, &rest[1..3]);
+                if matches!(reply, Frame::Error(_)) {
+                    return reply;
+                }
+                rest = &rest[3..];
+            }
             ("SETNAME", n) if n >= 2 => {
                 match client_name(&rest[1]) {
                     Ok(n) => name = Some(n),

@@ -41,6 +41,9 @@ pub struct Session {
     pub addr: String,
     /// Set by QUIT: close once the reply is out.
     pub closing: bool,
+    /// The token of the last successful AUTH (checked again at each
+    /// command: see [`connection::authorize`]).
+    pub credential: Option<connection::Credential>,
 }
 
 /// A request ready to run.
@@ -126,11 +129,12 @@ impl Call {
             }
             "select" => connection::select(&self.args),
             "hello" => connection::hello(&shared, session, &self.args),
-            "auth" => connection::auth(),
+            "auth" => connection::auth(&shared, session, &self.args),
             "client" => connection::client(&shared, session, &self.args),
             "reset" => {
                 session.protocol = Protocol::Resp2;
                 session.name = None;
+                session.credential = None;
                 Frame::Simple("RESET".into())
             }
             _ => self.run(shared, session.clone()).await,

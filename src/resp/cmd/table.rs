@@ -641,7 +641,7 @@ impl Spec {
             Access::Free => vec!["fast", "stale", "loading"],
             Access::Barrier => vec!["stale", "loading"],
         };
-        if self.group == "connection" {
+        if super::connection::need(self) == super::connection::Need::Nothing {
             flags.push("no-auth");
         }
         flags
