@@ -367,3 +367,170 @@ async fn the_status_page_works_in_a_real_browser() {
     std::fs::write(&phone, client.screenshot().await.unwrap()).unwrap();
     client.close().await.unwrap();
 }
+
+/// Tokens of the page-token test.
+const PAGE_READ: &str = "page-read-token-0123456789";
+const PAGE_ADMIN: &str = "page-admin-token-0123456789";
+
+/// Types `token` into the 401 page's form and submits it.
+async fn give_token(client: &Client, token: &str) {
+    let field = wait_for("the token form", DEADLINE, || async {
+        client.find(Locator::Id("token")).await.ok()
+    })
+    .await;
+    field.clear().await.unwrap();
+    field.send_keys(token).await.unwrap();
+    client
+        .find(Locator::Css("#token-form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// What `script` returns in the page, as text.
+async fn eval(client: &Client, script: &str) -> String {
+    let value = client.execute(script, vec![]).await.unwrap();
+    match value {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_page_asks_for_a_token_and_keeps_it_for_the_tab_only() {
+    let files = tempfile::tempdir().unwrap();
+    let path = files.path().join("tokens");
+    std::fs::write(&path, format!("read {PAGE_READ}\nadmin {PAGE_ADMIN}\n")).unwrap();
+    let cluster = Cluster::start(Options {
+        nodes: 1,
+        replicas: 1,
+        flags: vec!["--api-token-file".into(), path.display().to_string()],
+        token: Some(PAGE_ADMIN.to_string()),
+        ..Options::default()
+    })
+    .await;
+    let me = cluster.nodes[0].id.clone();
+    let driver = Driver::start();
+    let downloads = tempfile::tempdir().unwrap();
+    let client = browser(&driver, downloads.path()).await;
+    client.goto(&cluster.url(0)).await.unwrap();
+    // The 401 page: a form, and nothing of the status page.
+    client.find(Locator::Id("token-form")).await.unwrap();
+    assert!(client.find(Locator::Id("upload")).await.is_err());
+    // A wrong token is refused and not kept.
+    give_token(&client, "nobody-knows-this-token").await;
+    wait_text(&client, "#token-result", "refused").await;
+    assert_eq!(
+        eval(
+            &client,
+            "return String(sessionStorage.getItem('ringkv-token'))"
+        )
+        .await,
+        "null"
+    );
+    // The read token opens the page.
+    give_token(&client, PAGE_READ).await;
+    wait_for("the status page", DEADLINE, || async {
+        (client.title().await.ok()? == format!("ringkv · {me}")).then_some(())
+    })
+    .await;
+    wait_for("the upload form", DEADLINE, || async {
+        client.find(Locator::Id("upload-file")).await.ok()
+    })
+    .await;
+    // Kept in this tab's sessionStorage only: no cookie, no localStorage,
+    // and not in the page.
+    assert_eq!(
+        eval(&client, "return sessionStorage.getItem('ringkv-token')").await,
+        PAGE_READ
+    );
+    assert_eq!(
+        eval(&client, "return String(localStorage.length)").await,
+        "0"
+    );
+    assert_eq!(eval(&client, "return document.cookie").await, "");
+    let source = client.source().await.unwrap();
+    assert!(!source.contains(PAGE_READ), "the page shows the token");
+    // Its requests carry it: a reload of the page opens it again at once,
+    // and a write with a read token is refused (403).
+    client.goto(&cluster.url(0)).await.unwrap();
+    wait_for("the page again", DEADLINE, || async {
+        client.find(Locator::Id("upload-file")).await.ok()
+    })
+    .await;
+    let upload = downloads.path().join("upload.txt");
+    std::fs::write(&upload, b"from a reader").unwrap();
+    client
+        .find(Locator::Id("upload-file"))
+        .await
+        .unwrap()
+        .send_keys(upload.to_str().unwrap())
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("upload-key"))
+        .await
+        .unwrap()
+        .send_keys("reader/file.txt")
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#upload button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_text(&client, "#upload-result", "HTTP 403").await;
+    // Another tab has no token.
+    let first = client.window().await.unwrap();
+    let other = client.new_window(true).await.unwrap();
+    client.switch_to_window(other.handle).await.unwrap();
+    client.goto(&cluster.url(0)).await.unwrap();
+    client.find(Locator::Id("token-form")).await.unwrap();
+    assert_eq!(
+        eval(
+            &client,
+            "return String(sessionStorage.getItem('ringkv-token'))"
+        )
+        .await,
+        "null"
+    );
+    // "forget token" drops it in the first tab.
+    client.close_window().await.unwrap();
+    client.switch_to_window(first).await.unwrap();
+    client
+        .find(Locator::Id("forget-token"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for("the token form after forgetting", DEADLINE, || async {
+        client.find(Locator::Id("token-form")).await.ok()
+    })
+    .await;
+    assert_eq!(
+        eval(
+            &client,
+            "return String(sessionStorage.getItem('ringkv-token'))"
+        )
+        .await,
+        "null"
+    );
+    let errors = console_errors(&driver, &client).await;
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.contains("401") || e.contains("403")),
+        "console errors: {errors:?}"
+    );
+    assert!(
+        !std::fs::read_to_string(&cluster.nodes[0].log)
+            .unwrap_or_default()
+            .contains(PAGE_READ)
+    );
+    client.close().await.unwrap();
+}
