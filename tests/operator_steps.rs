@@ -484,6 +484,16 @@ fn cluster_waits_for_a_port_that_is_freed_within_seconds() {
     }
     let _ = child.wait();
     releaser.join().unwrap();
+    // The SIGTERM came while the cluster started: the node it started
+    // stops too, instead of living on without it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the node outlived the cluster that started it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(
         first,
         format!(

@@ -22,7 +22,7 @@ use clap::Parser;
 use futures::StreamExt;
 
 use super::ops::Output;
-use crate::client::{Client, Upload};
+use crate::client::{Client, ClientOptions, Upload};
 use crate::config::{parse_duration, parse_size};
 
 /// Flags of `ringkv bench`.
@@ -133,7 +133,12 @@ impl Samples {
 }
 
 /// Runs the bench.
-pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    args: BenchArgs,
+    nodes: Vec<String>,
+    options: ClientOptions,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
     if let Some(count) = args.placement {
         return placement(count, args.tokens, args.replicas, out);
     }
@@ -182,7 +187,7 @@ pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Re
     }
     anyhow::ensure!(!nodes.is_empty(), "no node given");
     if let Some(size) = args.stream {
-        return stream(size, nodes, out).await;
+        return stream(size, nodes, &options, out).await;
     }
     anyhow::ensure!(
         args.concurrency >= 1 && args.keys >= 1,
@@ -193,7 +198,7 @@ pub async fn run(args: BenchArgs, nodes: Vec<String>, out: Output) -> anyhow::Re
         "--get-ratio is 0.0–1.0"
     );
     let value = Bytes::from(vec![b'x'; args.value_size as usize]);
-    let clients = rotated_clients(&nodes)?;
+    let clients = rotated_clients(&nodes, &options)?;
     eprintln!("prefilling {} keys…", args.keys);
     let per_worker = args.keys.div_ceil(args.concurrency);
     let prefill: Vec<_> = (0..args.concurrency)
@@ -348,13 +353,16 @@ pub(super) async fn mix(
 }
 
 /// One client per node, each starting at its own node and failing over to
-/// the others.
-pub(super) fn rotated_clients(nodes: &[String]) -> crate::error::Result<Vec<Client>> {
+/// the others (with the caller's token and TLS settings, no discovery).
+pub(super) fn rotated_clients(
+    nodes: &[String],
+    options: &ClientOptions,
+) -> crate::error::Result<Vec<Client>> {
     (0..nodes.len())
         .map(|i| {
             let mut order = nodes.to_vec();
             order.rotate_left(i);
-            Client::new(order)
+            Client::with_options(order, options.clone())
         })
         .collect()
 }
@@ -382,9 +390,15 @@ pub(super) fn generated(size: u64) -> impl futures::Stream<Item = std::io::Resul
     )
 }
 
-async fn stream(size: u64, nodes: Vec<String>, out: Output) -> anyhow::Result<ExitCode> {
-    let writer = Client::new(vec![nodes[0].clone()])?;
-    let reader = Client::new(vec![nodes[nodes.len().min(2) - 1].clone()])?;
+async fn stream(
+    size: u64,
+    nodes: Vec<String>,
+    options: &ClientOptions,
+    out: Output,
+) -> anyhow::Result<ExitCode> {
+    let one = |node: &String| Client::with_options(vec![node.clone()], options.clone());
+    let writer = one(&nodes[0])?;
+    let reader = one(&nodes[nodes.len().min(2) - 1])?;
     let hashed = {
         let mut check = blake3::Hasher::new();
         let mut pieces = Box::pin(generated(size));
@@ -422,7 +436,7 @@ async fn stream(size: u64, nodes: Vec<String>, out: Output) -> anyhow::Result<Ex
     let identical = read == size && got.finalize() == hashed;
     let mut peaks = Vec::new();
     for node in &nodes {
-        let health = Client::new(vec![node.clone()])?.health().await?;
+        let health = one(node)?.health().await?;
         peaks.push((
             node.clone(),
             health["memory"]["peak_rss_bytes"].as_u64().unwrap_or(0),

@@ -974,7 +974,7 @@ async fn prefill(
         }
         return Ok(());
     }
-    let clients = super::bench::rotated_clients(nodes)?;
+    let clients = super::bench::rotated_clients(nodes, &crate::client::ClientOptions::default())?;
     let per_worker = keys.div_ceil(concurrency);
     let tasks: Vec<_> = (0..concurrency)
         .map(|w| {

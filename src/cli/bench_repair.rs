@@ -686,7 +686,7 @@ pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCo
         prepare_dirs(&cluster, &[&full.0, &full.0, third], &ports, args.tokens)?;
         let running = cluster.start_nodes(3).await?;
         let ids: Vec<String> = running.into_iter().collect();
-        let clients = rotated_clients(&ids)?;
+        let clients = rotated_clients(&ids, &crate::client::ClientOptions::default())?;
         let stop = Arc::new(AtomicBool::new(false));
         eprintln!("{}: {} clients…", case.name, args.concurrency);
         let started = Instant::now();

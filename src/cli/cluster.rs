@@ -384,47 +384,21 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
     if args.print {
         return print(&args, out);
     }
+    // Before any node starts: a SIGTERM or Ctrl-C while they start stops
+    // the ones started, instead of killing this process and leaving them.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     prepare(&args)?;
     let ca = args.tls.then(|| tls_paths(&args).0);
-    let exe = std::env::current_exe().context("cannot find the ringkv binary")?;
     let mut children: Vec<(String, Child)> = Vec::new();
-    for (i, node) in plan(&args)?.into_iter().enumerate() {
-        wait_ports_free(&node.id).await?;
-        let mut command = Command::new(&exe);
-        command
-            .arg("serve")
-            .args(&node.flags)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().context("cannot start a node")?;
-        let stdout = child.stdout.take().context("no stdout from the node")?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(NODE_START_TIMEOUT, lines.next_line())
-            .await
-            .context("a node did not start in time")??
-            .context("a node exited at start (is the port taken?)")?;
-        let url = line.trim_start_matches("listening on ").to_string();
-        // The second line names the Redis protocol address.
-        let resp = tokio::time::timeout(NODE_START_TIMEOUT, lines.next_line())
-            .await
-            .ok()
-            .and_then(|l| l.ok().flatten())
-            .map(|l| l.trim_start_matches("redis protocol on ").to_string())
-            .unwrap_or_default();
-        if out.json {
-            println!(
-                "{}",
-                serde_json::json!({ "node": i + 1, "url": format!("{url}/"), "resp": resp })
-            );
-        } else {
-            println!("node {} {}/  redis {}", i + 1, url, resp);
-        }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        // One at a time: a node chooses its tokens on the ring it finds, so
-        // nodes joining together would choose without seeing each other.
-        wait_normal(&url, ca.as_deref()).await?;
-        children.push((url, child));
+    let started = tokio::select! {
+        started = start_nodes(&args, ca.as_deref(), out, &mut children) => started,
+        _ = term.recv() => Err(anyhow::anyhow!("terminated while the nodes started")),
+        _ = int.recv() => Err(anyhow::anyhow!("interrupted while the nodes started")),
+    };
+    if let Err(err) = started {
+        stop_all(&mut children).await;
+        return Err(err);
     }
     if let (Some(ca), false) = (&ca, out.json) {
         println!(
@@ -446,8 +420,6 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
             args.base_port.saturating_add(RESP_PORT_OFFSET)
         );
     }
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     let exited = async {
         loop {
             for (url, child) in children.iter_mut() {
@@ -464,7 +436,67 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
         why = exited => why,
     };
     eprintln!("stopping the cluster: {reason}");
-    for (_, child) in &children {
+    stop_all(&mut children).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the nodes one after another, each pushed onto `children` as soon
+/// as it runs, and prints each one's addresses.
+async fn start_nodes(
+    args: &ClusterArgs,
+    ca: Option<&std::path::Path>,
+    out: super::ops::Output,
+    children: &mut Vec<(String, Child)>,
+) -> anyhow::Result<()> {
+    let exe = std::env::current_exe().context("cannot find the ringkv binary")?;
+    for (i, node) in plan(args)?.into_iter().enumerate() {
+        wait_ports_free(&node.id).await?;
+        let mut command = Command::new(&exe);
+        command
+            .arg("serve")
+            .args(&node.flags)
+            .stdout(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = command.spawn().context("cannot start a node")?;
+        let stdout = child.stdout.take().context("no stdout from the node")?;
+        children.push((node.id.clone(), child));
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(NODE_START_TIMEOUT, lines.next_line())
+            .await
+            .context("a node did not start in time")??
+            .context("a node exited at start (is the port taken?)")?;
+        let url = line.trim_start_matches("listening on ").to_string();
+        if let Some(last) = children.last_mut() {
+            last.0 = url.clone();
+        }
+        // The second line names the Redis protocol address.
+        let resp = tokio::time::timeout(NODE_START_TIMEOUT, lines.next_line())
+            .await
+            .ok()
+            .and_then(|l| l.ok().flatten())
+            .map(|l| l.trim_start_matches("redis protocol on ").to_string())
+            .unwrap_or_default();
+        if out.json {
+            println!(
+                "{}",
+                serde_json::json!({ "node": i + 1, "url": format!("{url}/"), "resp": resp })
+            );
+        } else {
+            println!("node {} {}/  redis {}", i + 1, url, resp);
+        }
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        // One at a time: a node chooses its tokens on the ring it finds, so
+        // nodes joining together would choose without seeing each other.
+        wait_normal(&url, ca).await?;
+    }
+    Ok(())
+}
+
+/// SIGTERM to every node (each stops as `--on-signal stop` says), then
+/// SIGKILL to any still running after 10 s.
+async fn stop_all(children: &mut [(String, Child)]) {
+    for (_, child) in children.iter() {
         if let Some(pid) = child.id() {
             // SAFETY: kill(2) on a child we spawned and still own.
             unsafe {
@@ -473,15 +505,14 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
         }
     }
     for (url, child) in children.iter_mut() {
-        match tokio::time::timeout(Duration::from_secs(10), child.wait()).await {
-            Ok(_) => {}
-            Err(_) => {
-                eprintln!("{url} did not stop in time; killing it");
-                let _ = child.kill().await;
-            }
+        if tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .is_err()
+        {
+            eprintln!("{url} did not stop in time; killing it");
+            let _ = child.kill().await;
         }
     }
-    Ok(ExitCode::SUCCESS)
 }
 
 /// How long a taken port is tried again before the cluster gives up: an

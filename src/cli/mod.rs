@@ -450,20 +450,16 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .filter(|s| !s.is_empty())
         .collect();
     let out = ops::Output { json: args.json };
-    let client = || {
-        Client::with_options(
-            nodes.clone(),
-            ClientOptions {
-                retries: args.retries,
-                discover: true,
-                token: args.token.clone(),
-                tls: (args.tls || args.ca.is_some()).then(|| crate::client::ClientTls {
-                    ca: args.ca.clone(),
-                }),
-                ..ClientOptions::default()
-            },
-        )
+    let options = ClientOptions {
+        retries: args.retries,
+        discover: true,
+        token: args.token.clone(),
+        tls: (args.tls || args.ca.is_some()).then(|| crate::client::ClientTls {
+            ca: args.ca.clone(),
+        }),
+        ..ClientOptions::default()
     };
+    let client = || Client::with_options(nodes.clone(), options.clone());
     match args.command {
         Command::Serve(serve) => serve::run(*serve, args.json).await,
         Command::Secret => {
@@ -471,7 +467,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster(cluster) => cluster::run(cluster, out).await,
-        Command::Bench(bench) => bench::run(bench, nodes, out).await,
+        Command::Bench(bench) => {
+            // The bench's clients stay on the nodes given.
+            let options = ClientOptions {
+                discover: false,
+                ..options.clone()
+            };
+            bench::run(bench, nodes, options, out).await
+        }
         Command::Upload(upload) => transfer::upload(upload, client()?, out).await,
         Command::Download(download) => transfer::download(download, client()?, out).await,
         command => ops::run(command, client()?, out).await,
