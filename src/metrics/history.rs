@@ -12,7 +12,7 @@
 //! before the quantile is taken (quantiles cannot be added).
 //!
 //! Each node gossips its latest [`GOSSIPED_SAMPLES`] samples ([`Summary`]),
-//! a few hundred bytes; every node keeps what it hears in the same ring
+//! a few hundred bytes (1.7 KB at most); every node keeps what it hears in the same ring
 //! buffers, so a gossip round missed now and then leaves no gap.
 //!
 //! Invariants: a history holds at most [`SAMPLES`] samples, in increasing
@@ -31,7 +31,7 @@ use crate::ring::NodeId;
 /// Samples kept per node: with the default 10 s interval, 15 minutes.
 pub const SAMPLES: usize = 90;
 /// Samples each node gossips: its newest ones, so that a peer that missed
-/// a gossip round or three still gets every sample (about 100 bytes each).
+/// a gossip round or three still gets every sample (60 to 430 bytes each).
 pub const GOSSIPED_SAMPLES: usize = 4;
 /// A node whose newest sample is more than this many slots old no longer
 /// holds the cluster's newest point back (it is down or partitioned).
@@ -555,6 +555,30 @@ mod tests {
         assert_eq!((mine[1].slot, mine[1].span_ms), (103, 400));
         // The repeated slot was skipped: its requests count in the next.
         assert_eq!(mine[1].counts.requests[0], 20);
+    }
+
+    #[test]
+    fn a_summary_stays_small() {
+        // The worst case: every counter large, every latency bucket used.
+        let mut charts = Charts::new(id("127.0.0.1:1"), 10_000);
+        for slot in 0..=20u64 {
+            let n = slot * 123_456_789;
+            let counts = Counts {
+                requests: [n; 4],
+                errors: [n; 4],
+                latency: [n; LATENCY_BUCKETS],
+                bytes_in: n * 1_000_000,
+                bytes_out: n * 1_000_000,
+            };
+            charts.record(slot, counts);
+        }
+        let wire = charts.summary().encode();
+        assert_eq!(
+            Summary::decode(&wire).unwrap().samples.len(),
+            GOSSIPED_SAMPLES
+        );
+        assert!(wire.len() < 2048, "{} bytes: {wire}", wire.len());
+        eprintln!("a summary at its largest: {} bytes", wire.len());
     }
 
     #[test]
