@@ -434,7 +434,7 @@ fn charts_drawn(shown: &Value, nodes: &[String]) -> bool {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_charts_draw_and_move_under_load() {
-    let cluster = Cluster::start(Options {
+    let mut cluster = Cluster::start(Options {
         flags: vec!["--chart-interval".into(), "200ms".into()],
         ..Options::default()
     })
@@ -520,6 +520,39 @@ async fn the_charts_draw_and_move_under_load() {
         json!(true),
         "the page was reloaded"
     );
+
+    // A node killed: writes that need every replica fail (503) and show as
+    // errors, the cluster's lines go on without the dead node, whose own
+    // line stops short of the right edge.
+    cluster.kill(2);
+    let must_fail = format!("{}?w=all", key_url(&cluster, 0, "needs-all"));
+    let last_x = |d: &str| {
+        let tail = d.rsplit(['M', 'L']).next()?;
+        tail.split(' ').next()?.parse::<f64>().ok()
+    };
+    wait_for(
+        "5xx charted, the dead node's line stopped",
+        DEADLINE,
+        || async {
+            let _ = cluster.http.put(&must_fail).body("x").send().await;
+            let shown = charts_shown(&client).await;
+            let failing = |row: &str| {
+                shown[row]["errors"]["put"]["last"]
+                    .as_f64()
+                    .is_some_and(|v| v > 0.0)
+            };
+            let stopped = shown[&ids[2]]["requests"]["put"]["d"]
+                .as_str()
+                .and_then(last_x)
+                .is_some_and(|x| x < 295.0);
+            let going_on = shown["cluster"]["requests"]["put"]["d"]
+                .as_str()
+                .and_then(last_x)
+                .is_some_and(|x| x >= 295.0);
+            (failing("cluster") && failing(&ids[0]) && stopped && going_on).then_some(())
+        },
+    )
+    .await;
     let errors = console_errors(&driver, &client).await;
     assert!(errors.is_empty(), "console errors: {errors:?}");
 

@@ -20,7 +20,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use super::page::{colour, escape, human_bytes, shown_members};
 use crate::membership::{Membership, View};
 use crate::metrics::Metrics;
-use crate::metrics::history::{CHART_OPERATIONS, Charts, History, SAMPLES, Sample, quantile};
+use crate::metrics::history::{
+    CHART_OPERATIONS, Charts, History, SAMPLES, STALE_SLOTS, Sample, quantile,
+};
 use crate::ring::Ring;
 
 /// The charts' samples, shared by the sampler and the page. A std mutex,
@@ -244,7 +246,14 @@ fn chart(kind: Kind, history: &History, now_slot: u64, scope: &str, window: &str
                 None => drawing = false,
             }
         }
-        let last = values.iter().rev().flatten().next().copied();
+        // The newest value, unless it is old: a member down shows none.
+        let last = values
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, v)| v.map(|v| (i, v)))
+            .filter(|(i, _)| (i + STALE_SLOTS as usize) >= SAMPLES - 1)
+            .map(|(_, v)| v);
         let _ = write!(
             paths,
             r#"<path class="series s{index}" data-series="{name}" data-last="{last}" d="{d}"/>"#,
@@ -374,5 +383,15 @@ mod tests {
         // sample is not drawn.
         assert!(html.contains("L300.0 "), "{html}");
         assert!(html.contains(r#"d="M289.9 "#), "{html}");
+        // Later, with no new sample (the node stopped), the lines stay but
+        // show no current value.
+        let later = render(&charts, &ring, 1005 + STALE_SLOTS + 1);
+        assert!(
+            later.contains(r#"data-series="get" data-last="" d="M"#),
+            "{later}"
+        );
+        assert!(later.contains("get —"), "{later}");
+        let soon = render(&charts, &ring, 1005 + STALE_SLOTS);
+        assert!(soon.contains("get 50/s"), "{soon}");
     }
 }
