@@ -89,6 +89,9 @@ pub struct NodeConfig {
     pub tls_cert: Option<PathBuf>,
     /// The public port's TLS private key (PEM).
     pub tls_key: Option<PathBuf>,
+    /// Time between the samples of the status page's charts (they keep
+    /// 90: 15 minutes at the default 10 s; tests sample faster).
+    pub chart_interval: Duration,
 }
 
 impl NodeConfig {
@@ -132,6 +135,9 @@ impl NodeConfig {
             return Err(Error::invalid(
                 "--tls-cert and --tls-key go together: the certificate chain and its private key",
             ));
+        }
+        if self.chart_interval < Duration::from_millis(50) {
+            return Err(Error::invalid("--chart-interval must be at least 50ms"));
         }
         for seed in &self.join {
             crate::ring::NodeId::parse(seed)

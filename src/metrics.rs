@@ -22,25 +22,49 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 use crate::error::{Error, Result};
 use crate::ring::NodeId;
 
+pub mod history;
+
+use self::history::{Counts, LATENCY_BUCKETS, LATENCY_OPERATIONS, chart_index, latency_bound};
+
 /// Prefix of every family name.
 const PREFIX: &str = "ringkv";
-/// Upper bound of the smallest latency bucket, in seconds: 0.5 ms, about a
-/// small read on a quiet node.
-const LATENCY_FIRST_BUCKET_SECONDS: f64 = 0.0005;
-/// Latency buckets, each twice the previous: 0.5 ms to 32.8 s (large
-/// uploads land in the last ones or in +Inf).
-const LATENCY_BUCKETS: u16 = 17;
+/// Every operation a request can be counted as (`http::metrics::operation`
+/// names them from routes): the charts read each one's counters.
+pub const OPERATIONS: [&str; 18] = [
+    "put",
+    "get",
+    "head",
+    "delete",
+    "list",
+    "status_page",
+    "favicon",
+    "ring",
+    "remove",
+    "whereis",
+    "haskey",
+    "health",
+    "metrics",
+    "balance",
+    "purge",
+    "leave",
+    "replicas",
+    "other",
+];
+/// Every outcome a request can end with (`http::metrics::outcome`).
+pub const OUTCOMES: [&str; 5] = ["ok", "not_found", "client_error", "unavailable", "error"];
+/// The outcomes charted as errors: the server failed (5xx).
+const ERROR_OUTCOMES: [&str; 2] = ["unavailable", "error"];
 /// The operations whose quorum failures are counted (shown as 0 before any).
 const QUORUM_OPERATIONS: [&str; 3] = ["put", "delete", "get"];
 /// Member states, as `Member::shown_state` names them (each shown, 0 when
@@ -141,7 +165,7 @@ struct Inner {
     /// HTTP requests answered.
     requests: Family<RequestLabels, Counter>,
     /// Time to answer them (to the response headers).
-    durations: Family<RequestLabels, Histogram>,
+    durations: Family<RequestLabels, LatencyHistogram>,
     /// Failed calls to peers.
     rpc_errors: Family<RpcErrorLabels, Counter>,
     /// Client operations that did not get their quorum.
@@ -181,12 +205,66 @@ struct FenceLabels {
     rpc: &'static str,
 }
 
-fn latency_histogram() -> Histogram {
-    Histogram::new(exponential_buckets(
-        LATENCY_FIRST_BUCKET_SECONDS,
-        2.0,
-        LATENCY_BUCKETS,
-    ))
+/// A latency histogram with the buckets of [`latency_bound`], encoded as
+/// an OpenMetrics histogram like `prometheus_client`'s own, whose bucket
+/// counts it does not let one read: the charts read these
+/// ([`LatencyHistogram::buckets`]), so latency is counted once.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyHistogram {
+    inner: Arc<std::sync::Mutex<LatencyCounts>>,
+}
+
+/// What a [`LatencyHistogram`] counted.
+#[derive(Debug, Default)]
+struct LatencyCounts {
+    /// Sum of the observations, seconds.
+    sum: f64,
+    /// Observations.
+    count: u64,
+    /// Observations per bucket (not cumulative).
+    buckets: [u64; LATENCY_BUCKETS],
+}
+
+impl LatencyHistogram {
+    /// Counts one request that took `seconds`.
+    pub fn observe(&self, seconds: f64) {
+        let index = (0..LATENCY_BUCKETS)
+            .find(|i| seconds <= latency_bound(*i))
+            .unwrap_or(LATENCY_BUCKETS - 1);
+        let mut counts = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        counts.sum += seconds;
+        counts.count += 1;
+        counts.buckets[index] += 1;
+    }
+
+    /// Observations per bucket so far (not cumulative).
+    pub fn buckets(&self) -> [u64; LATENCY_BUCKETS] {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).buckets
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> std::result::Result<(), std::fmt::Error> {
+        let (sum, count, buckets) = {
+            let counts = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+            let buckets: Vec<(f64, u64)> = counts
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(i, c)| (latency_bound(i), *c))
+                .collect();
+            (counts.sum, counts.count, buckets)
+        };
+        encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        Self::TYPE
+    }
 }
 
 impl Default for Metrics {
@@ -205,9 +283,7 @@ impl Metrics {
             "HTTP requests answered, by operation and outcome",
             requests.clone(),
         );
-        let durations = Family::<RequestLabels, Histogram>::new_with_constructor(
-            latency_histogram as fn() -> Histogram,
-        );
+        let durations = Family::<RequestLabels, LatencyHistogram>::default();
         registry.register(
             "http_request_duration_seconds",
             "Time from a request's arrival to its response headers (a streamed GET's body not included), by operation and outcome",
@@ -358,6 +434,36 @@ impl Metrics {
             .durations
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    /// The request counters now, as the charts sample them: requests and
+    /// 5xx answers by chart operation, latency of key reads and writes,
+    /// body bytes.
+    pub fn counts(&self) -> Counts {
+        let mut counts = Counts::default();
+        for operation in OPERATIONS {
+            let series = chart_index(operation);
+            let timed = LATENCY_OPERATIONS.contains(&operation);
+            for outcome in OUTCOMES {
+                let labels = RequestLabels { operation, outcome };
+                let Some(requests) = self.inner.requests.get(&labels) else {
+                    continue;
+                };
+                let answered = requests.get();
+                counts.requests[series] += answered;
+                if ERROR_OUTCOMES.contains(&outcome) {
+                    counts.errors[series] += answered;
+                }
+                if timed && let Some(histogram) = self.inner.durations.get(&labels) {
+                    for (total, n) in counts.latency.iter_mut().zip(histogram.buckets()) {
+                        *total += n;
+                    }
+                }
+            }
+        }
+        counts.bytes_in = self.inner.http_bytes[0].get();
+        counts.bytes_out = self.inner.http_bytes[1].get();
+        counts
     }
 
     /// Counts a failed call `rpc` to `peer` that ended with `err`.
@@ -752,6 +858,27 @@ mod tests {
         assert_eq!(at(0.002), Some(0.0));
         assert_eq!(at(0.004), Some(1.0));
         assert_eq!(at(0.064), Some(2.0));
+    }
+
+    #[test]
+    fn the_charts_read_the_request_counters() {
+        let metrics = Metrics::new();
+        metrics.request_done("put", "ok", Duration::from_millis(3));
+        metrics.request_done("put", "unavailable", Duration::from_millis(300));
+        metrics.request_done("head", "ok", Duration::from_micros(100));
+        metrics.request_done("ring", "error", Duration::from_millis(3));
+        metrics.http_bytes(Direction::In, 10);
+        metrics.http_bytes(Direction::Out, 7);
+        let counts = metrics.counts();
+        assert_eq!(counts.requests, [0, 2, 0, 2]);
+        assert_eq!(counts.errors, [0, 1, 0, 1]);
+        // put (3 ms, 300 ms) and head (0.1 ms); ring is not a key operation.
+        let mut latency = [0; LATENCY_BUCKETS];
+        latency[0] = 1;
+        latency[3] = 1;
+        latency[10] = 1;
+        assert_eq!(counts.latency, latency);
+        assert_eq!((counts.bytes_in, counts.bytes_out), (10, 7));
     }
 
     #[test]

@@ -547,6 +547,14 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         tracing::info!(node = %id, resp = %addr, "serving the Redis protocol");
         resp_addr = Some(addr);
     }
+    let charts: http::chart::SharedCharts = Arc::new(std::sync::Mutex::new(
+        crate::metrics::history::Charts::new(id.clone(), config.chart_interval.as_millis() as u64),
+    ));
+    let sampler = tokio::spawn(http::chart::sample_forever(
+        metrics.clone(),
+        membership.clone(),
+        charts.clone(),
+    ));
     let api = http::router(AppState {
         node: id.clone(),
         coordinator,
@@ -555,6 +563,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         lifecycle: lifecycle.clone(),
         left: left.clone(),
         metrics,
+        charts,
         tokens: tokens.clone(),
         tls_chain: config.tls_cert.clone(),
     });
@@ -576,6 +585,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             reason = fatal => Err(Error::invalid(reason)),
         };
         stall_watch.abort();
+        sampler.abort();
         if let Some(reloader) = reloader {
             reloader.abort();
         }

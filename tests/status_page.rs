@@ -534,3 +534,202 @@ async fn the_page_asks_for_a_token_and_keeps_it_for_the_tab_only() {
     );
     client.close().await.unwrap();
 }
+
+/// What the page's charts show now, read in the browser: for each row
+/// (`cluster` or a node id), each chart's series with their path data, the
+/// latest value and the length the browser drew.
+async fn charts_shown(client: &Client) -> Value {
+    client
+        .execute(
+            r#"const out = {};
+for (const row of document.querySelectorAll('#charts .chart-row')) {
+  const name = row.dataset.scope === 'cluster' ? 'cluster' : row.dataset.node;
+  const charts = {};
+  for (const figure of row.querySelectorAll('figure.chart')) {
+    const series = {};
+    for (const path of figure.querySelectorAll('svg path.series')) {
+      series[path.dataset.series] = {
+        d: path.getAttribute('d'),
+        last: path.dataset.last === '' ? null : parseFloat(path.dataset.last),
+        drawn: path.getTotalLength(),
+      };
+    }
+    charts[figure.dataset.chart] = series;
+  }
+  out[name] = charts;
+}
+return out;"#,
+            vec![],
+        )
+        .await
+        .expect("the charts read")
+}
+
+/// The series each chart draws.
+const CHART_SERIES: [(&str, &[&str]); 4] = [
+    ("requests", &["get", "put", "delete", "other"]),
+    ("errors", &["get", "put", "delete", "other"]),
+    ("latency", &["p50", "p99"]),
+    ("bytes", &["in", "out"]),
+];
+
+/// Whether `shown` has a row for the cluster and each of `nodes`, every
+/// chart with path data for each of its series, and requests and bytes in
+/// the newest point of each row.
+fn charts_drawn(shown: &Value, nodes: &[String]) -> bool {
+    let rows = std::iter::once("cluster").chain(nodes.iter().map(String::as_str));
+    rows.into_iter().all(|row| {
+        let drawn = CHART_SERIES.iter().all(|(chart, series)| {
+            series.iter().all(|s| {
+                let path = &shown[row][chart][s];
+                path["d"].as_str().is_some_and(|d| d.starts_with('M'))
+            })
+        });
+        let busy = |chart: &str, series: &[&str]| {
+            series.iter().any(|s| {
+                shown[row][chart][s]["last"]
+                    .as_f64()
+                    .is_some_and(|v| v > 0.0)
+            })
+        };
+        let visible = shown[row]["requests"]["put"]["drawn"]
+            .as_f64()
+            .is_some_and(|len| len > 0.0);
+        drawn && visible && busy("requests", &["get", "put"]) && busy("bytes", &["in"])
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_charts_draw_and_move_under_load() {
+    let mut cluster = Cluster::start(Options {
+        flags: vec!["--chart-interval".into(), "200ms".into()],
+        ..Options::default()
+    })
+    .await;
+    let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
+
+    // Load from the test, on every node: a put and a get per step, paced so
+    // that Chromium keeps a core.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let urls: Vec<String> = (0..3).map(|i| cluster.url(i)).collect();
+    let load = {
+        let (http, stop) = (cluster.http.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut pace = tokio::time::interval(std::time::Duration::from_millis(4));
+            let mut done = 0u64;
+            let mut n = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                pace.tick().await;
+                let key = format!("{}/keys/load-{}", urls[n % 3], n % 50);
+                let put = http.put(&key).body(vec![b'x'; 512]).send().await;
+                let get = http
+                    .get(format!("{}/keys/load-{}", urls[(n + 1) % 3], n % 50))
+                    .send()
+                    .await;
+                if put.is_ok_and(|r| r.status().is_success()) && get.is_ok() {
+                    done += 1;
+                }
+                n += 1;
+            }
+            done
+        })
+    };
+
+    let driver = Driver::start();
+    let downloads = tempfile::tempdir().unwrap();
+    let client = browser(&driver, downloads.path()).await;
+    client.goto(&cluster.url(0)).await.unwrap();
+    // Set on the loaded page: still there later means the charts moved by
+    // the script's swaps, not by a reload.
+    client
+        .execute("window.__loaded_once = true", vec![])
+        .await
+        .unwrap();
+
+    // Every chart renders, for the cluster and for each node (the other
+    // nodes' samples come through gossip), with the newest requests above 0.
+    let first = wait_for(
+        "charts drawn for the cluster and each node",
+        DEADLINE,
+        || async {
+            let shown = charts_shown(&client).await;
+            charts_drawn(&shown, &ids).then_some(shown)
+        },
+    )
+    .await;
+    let before = first["cluster"]["requests"]["put"]["d"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for row in std::iter::once("cluster").chain(ids.iter().map(String::as_str)) {
+        let latency = &first[row]["latency"]["p99"]["last"];
+        assert!(
+            latency.as_f64().is_some_and(|ms| ms > 0.0),
+            "{row}: p99 {latency}"
+        );
+    }
+
+    // They move: the next refreshes bring other path data, still drawn.
+    let after = wait_for("the charts to move", DEADLINE, || async {
+        let shown = charts_shown(&client).await;
+        let d = shown["cluster"]["requests"]["put"]["d"]
+            .as_str()?
+            .to_string();
+        (d != before && charts_drawn(&shown, &ids)).then_some(d)
+    })
+    .await;
+    assert_ne!(after, before);
+    assert_eq!(
+        client
+            .execute("return window.__loaded_once === true", vec![])
+            .await
+            .unwrap(),
+        json!(true),
+        "the page was reloaded"
+    );
+
+    // A node killed: writes that need every replica fail (503) and show as
+    // errors, the cluster's lines go on without the dead node, whose own
+    // line stops short of the right edge.
+    cluster.kill(2);
+    let must_fail = format!("{}?w=all", key_url(&cluster, 0, "needs-all"));
+    let last_x = |d: &str| {
+        let tail = d.rsplit(['M', 'L']).next()?;
+        tail.split(' ').next()?.parse::<f64>().ok()
+    };
+    wait_for(
+        "5xx charted, the dead node's line stopped",
+        DEADLINE,
+        || async {
+            let _ = cluster.http.put(&must_fail).body("x").send().await;
+            let shown = charts_shown(&client).await;
+            let failing = |row: &str| {
+                shown[row]["errors"]["put"]["last"]
+                    .as_f64()
+                    .is_some_and(|v| v > 0.0)
+            };
+            let stopped = shown[&ids[2]]["requests"]["put"]["d"]
+                .as_str()
+                .and_then(last_x)
+                .is_some_and(|x| x < 295.0);
+            let going_on = shown["cluster"]["requests"]["put"]["d"]
+                .as_str()
+                .and_then(last_x)
+                .is_some_and(|x| x >= 295.0);
+            (failing("cluster") && failing(&ids[0]) && stopped && going_on).then_some(())
+        },
+    )
+    .await;
+    let errors = console_errors(&driver, &client).await;
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+
+    let charts = client.find(Locator::Id("charts-section")).await.unwrap();
+    let screenshot = output_dir().join("status-page-charts.png");
+    std::fs::write(&screenshot, charts.screenshot().await.unwrap()).unwrap();
+    eprintln!("screenshot: {}", screenshot.display());
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let done = load.await.unwrap();
+    assert!(done > 0, "no request of the load succeeded");
+    client.close().await.unwrap();
+}

@@ -174,6 +174,8 @@ mod tests {
         ];
         for (method, route, expected) in cases {
             assert_eq!(operation(&method, route), expected, "{method} {route:?}");
+            // The charts read the counters of these names only.
+            assert!(crate::metrics::OPERATIONS.contains(&expected), "{expected}");
         }
     }
 
@@ -181,26 +183,7 @@ mod tests {
     fn paths_and_keys_never_become_operations() {
         // Whatever a client sends as a path, only a route pattern can name
         // the operation; raw paths (keys included) all map to `other`.
-        let known = [
-            "put",
-            "get",
-            "head",
-            "delete",
-            "list",
-            "status_page",
-            "favicon",
-            "ring",
-            "remove",
-            "whereis",
-            "haskey",
-            "health",
-            "metrics",
-            "balance",
-            "purge",
-            "leave",
-            "replicas",
-            "other",
-        ];
+        let known = crate::metrics::OPERATIONS;
         let methods = [
             Method::GET,
             Method::HEAD,
@@ -246,6 +229,7 @@ mod tests {
         for (status, expected) in cases {
             let status = StatusCode::from_u16(status).unwrap();
             assert_eq!(outcome(status), expected, "{status}");
+            assert!(crate::metrics::OUTCOMES.contains(&expected), "{expected}");
         }
     }
 }

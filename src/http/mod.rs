@@ -8,6 +8,7 @@
 
 mod admin;
 pub mod auth;
+pub mod chart;
 mod cluster;
 mod keys;
 pub mod metrics;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub left: Arc<tokio::sync::Notify>,
     /// This node's figures (`/metrics`; streams in progress for the page).
     pub metrics: Metrics,
+    /// The samples the page's charts draw (this node's and its peers').
+    pub charts: chart::SharedCharts,
     /// The API tokens (`--api-token-file`); `None`: the API is open.
     pub tokens: Option<Tokens>,
     /// With TLS on the public port, this node's certificate chain file:

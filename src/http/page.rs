@@ -2,7 +2,7 @@
 //! and a little JavaScript embedded in the binary (no external assets).
 //!
 //! Every part of the page is rendered here, by one function each, and each
-//! is also served alone (`/?part=members|work|ring|keys|key`): the script
+//! is also served alone (`/?part=members|work|ring|charts|keys|key`): the script
 //! swaps those fragments in to keep the figures live and to search keys
 //! without reloading, so the page has a single renderer and every name
 //! shown on it (keys, zones, node ids) goes through [`escape`].
@@ -60,6 +60,7 @@ pub async fn status_page(
         Some("members") => members(&ring, &view, &state.node),
         Some("work") => work(&ring, &view, &state.lifecycle.transitions()),
         Some("ring") => ring_svg(&ring, &state.node),
+        Some("charts") => super::chart::charts_part(&state.charts, &view, &ring),
         Some("keys") => keys(&state, prefix, after)?,
         Some("key") => {
             let key = params
@@ -70,7 +71,7 @@ pub async fn status_page(
         }
         Some(other) => {
             return Err(Error::invalid(format!(
-                "unknown part {other:?} (members, work, ring, keys or key)"
+                "unknown part {other:?} (members, work, ring, charts, keys or key)"
             ))
             .into());
         }
@@ -116,6 +117,7 @@ async fn page(
 <span id="live" class="live">live</span></header>
 <main>
 <section id="cluster-section" class="wide"><h2>Cluster</h2><div id="members">{members}</div></section>
+<section id="charts-section" class="wide"><h2>Last {window}</h2><div id="charts">{charts}</div></section>
 <section id="ring-section"><h2>Ring</h2><div id="ring">{ring_svg}</div></section>
 <section id="work-section"><h2>Background work</h2><div id="work">{work}</div>
 <div class="actions">
@@ -139,6 +141,8 @@ async fn page(
 "#,
         members = members(ring, view, &state.node),
         ring_svg = ring_svg(ring, &state.node),
+        charts = super::chart::charts_part(&state.charts, view, ring),
+        window = super::chart::window(&state.charts),
         work = work(ring, view, &state.lifecycle.transitions()),
         keys = keys(state, prefix, params.after.as_deref())?,
         prefix_value = escape(prefix),
@@ -167,7 +171,7 @@ fn query_escape(s: &str) -> String {
 }
 
 /// `1.5 MiB` and the like.
-fn human_bytes(n: u64) -> String {
+pub(super) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut value = n as f64;
     let mut unit = 0;
@@ -202,12 +206,12 @@ fn content_type(meta: &RecordMeta) -> String {
 }
 
 /// A member's colour: hues spread by the golden angle, in ring order.
-fn colour(index: usize) -> String {
+pub(super) fn colour(index: usize) -> String {
     format!("hsl({:.0}, 65%, 48%)", (index as f64 * 137.508) % 360.0)
 }
 
 /// Members in a fixed order, each with its colour index.
-fn shown_members(ring: &Ring) -> Vec<&crate::ring::Member> {
+pub(super) fn shown_members(ring: &Ring) -> Vec<&crate::ring::Member> {
     let mut members: Vec<_> = ring.members().collect();
     members.sort_by(|a, b| a.id.cmp(&b.id));
     members

@@ -1,5 +1,5 @@
-// The status page's script: keeps the figures live by swapping in the
-// server-rendered parts of the page (`/?part=...`), searches keys as one
+// The status page's script: keeps the figures and charts live by swapping
+// in the server-rendered parts of the page (`/?part=...`), searches keys as one
 // types, runs balance and purge after a confirmation, and uploads a file.
 // On a node with API tokens it first asks for one (the 401 page), keeps it
 // in this tab's sessionStorage only, and sends it with every request.
@@ -69,9 +69,10 @@
 
   async function refresh() {
     try {
-      const [members, work] = await Promise.all([part('members'), part('work')]);
+      const [members, work, charts] = await Promise.all([part('members'), part('work'), part('charts')]);
       $('members').innerHTML = members;
       $('work').innerHTML = work;
+      $('charts').innerHTML = charts;
       const summary = $('members').querySelector('[data-digest]');
       const now = summary && summary.dataset.digest;
       if (now && now !== digest) {

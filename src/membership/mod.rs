@@ -4,7 +4,7 @@
 //!
 //! Each node publishes a few keys about itself ([`KEY_TOKENS`], [`KEY_ZONE`],
 //! [`KEY_STATE`], [`KEY_REPLICAS`], [`KEY_DIGEST`], [`KEY_TRANSFER`],
-//! [`KEY_REPAIR`], [`KEY_SCRUB`], [`KEY_STATS`], and
+//! [`KEY_REPAIR`], [`KEY_SCRUB`], [`KEY_STATS`], [`KEY_CHART`], and
 //! removal markers under [`REMOVAL_PREFIX`]); a refresh task reads the
 //! converged view, turns it into a [`Ring`] with the pure function
 //! [`ring_from_peers`], and publishes it on a watch channel whenever its
@@ -63,6 +63,9 @@ pub const KEY_REPAIR: &str = "repair";
 pub const KEY_SCRUB: &str = "scrub";
 /// Gossip key: what this node holds (keys, bytes, hints pending), JSON.
 pub const KEY_STATS: &str = "stats";
+/// Gossip key: this node's newest chart samples (JSON, a few hundred
+/// bytes; `metrics::history::Summary`).
+pub const KEY_CHART: &str = "chart";
 /// Published key: the node's Redis protocol address (`host:port`), when it
 /// serves one (`--resp-port`).
 pub const KEY_RESP: &str = "resp";
@@ -323,6 +326,8 @@ pub struct View {
     pub stats: BTreeMap<NodeId, String>,
     /// Each member's Redis protocol address, for those that serve one.
     pub resp: BTreeMap<NodeId, String>,
+    /// Each member's newest chart samples (JSON).
+    pub charts: BTreeMap<NodeId, String>,
     /// When each member that is down was last heard from.
     pub down_since: BTreeMap<NodeId, Instant>,
     /// The winning replication setting gossiped.
@@ -593,6 +598,11 @@ impl Membership {
     /// Publishes what this node holds (keys, bytes, hints pending).
     pub async fn set_stats(&self, json: String) {
         self.publish(KEY_STATS, json).await;
+    }
+
+    /// Publishes this node's newest chart samples.
+    pub async fn set_chart(&self, json: String) {
+        self.publish(KEY_CHART, json).await;
     }
 
     /// Publishes a removal of `node` (whose tokens hash to `tokens_hash`).
@@ -898,6 +908,9 @@ impl Refresh {
             }
             if let Some(r) = peer.keys.get(KEY_RESP) {
                 view.resp.insert(id.clone(), r.clone());
+            }
+            if let Some(c) = peer.keys.get(KEY_CHART) {
+                view.charts.insert(id.clone(), c.clone());
             }
             if let Some(s) = peer.keys.get(KEY_STATS) {
                 view.stats.insert(id, s.clone());
