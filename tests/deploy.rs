@@ -538,19 +538,23 @@ async fn cluster_print_writes_a_config_file_per_host_that_runs() {
     assert!(out.status.success(), "{}", text(&out));
     let printed = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
-        printed.contains("/etc/ringkv/cluster.secret`"),
+        printed.contains("cluster.secret /etc/ringkv/cluster.secret"),
         "says where the secret goes: {printed}"
     );
     let secret = dir.path().join("cluster.secret");
     let made = run(RINGKV, &["secret"]);
     assert!(made.status.success(), "{}", text(&made));
     std::fs::write(&secret, &made.stdout).unwrap();
+    assert!(printed.contains("/etc/ringkv/api-tokens"), "{printed}");
+    let token = "deploy-admin-token-0123456789";
+    let tokens = dir.path().join("api-tokens");
+    std::fs::write(&tokens, format!("admin {token}\n")).unwrap();
     let mut nodes = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
         let file = configs.join(format!("{host}.toml"));
         assert!(
             printed.contains(&format!(
-                "# on {host}\ninstall -D -m 0640 {}",
+                "# on {host}\ninstall -D -m 0640 -g ringkv {}",
                 file.display()
             )),
             "{printed}"
@@ -560,7 +564,8 @@ async fn cluster_print_writes_a_config_file_per_host_that_runs() {
         let content = std::fs::read_to_string(&file).unwrap();
         assert!(
             content.contains("data_dir = \"/var/lib/ringkv\"")
-                && content.contains("cluster_secret_file = \"/etc/ringkv/cluster.secret\""),
+                && content.contains("cluster_secret_file = \"/etc/ringkv/cluster.secret\"")
+                && content.contains("api_token_file = \"/etc/ringkv/api-tokens\""),
             "{content}"
         );
         // As the unit runs it, but with the data and the secret here (a
@@ -572,6 +577,8 @@ async fn cluster_print_writes_a_config_file_per_host_that_runs() {
                 .arg(&data)
                 .arg("--cluster-secret-file")
                 .arg(&secret)
+                .arg("--api-token-file")
+                .arg(&tokens)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -579,7 +586,29 @@ async fn cluster_print_writes_a_config_file_per_host_that_runs() {
         ));
     }
     assert!(printed.matches("systemctl enable --now ringkv").count() == 3);
-    let http = ringkv::tls::http_client();
+    let http = {
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(
+            reqwest::header::AUTHORIZATION,
+            format!("Bearer {token}").parse().unwrap(),
+        );
+        ringkv::tls::http_client_builder()
+            .default_headers(headers)
+            .build()
+            .unwrap()
+    };
+    // The tokens are in force: without one, 401.
+    wait_for_status(&format!("http://{}:{port}/ring", hosts[0]), 401).await;
     let urls: Vec<String> = hosts.iter().map(|h| format!("http://{h}:{port}")).collect();
     wait_converged(&http, &urls, 3).await;
+}
+
+/// Waits until a GET of `url` (without a token) answers `status`.
+async fn wait_for_status(url: &str, status: u16) {
+    let http = ringkv::tls::http_client();
+    wait_for(&format!("{url} to answer {status}"), DEADLINE, || async {
+        let got = http.get(url).send().await.ok()?.status().as_u16();
+        (got == status).then_some(())
+    })
+    .await;
 }

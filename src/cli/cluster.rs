@@ -250,14 +250,16 @@ const SYSTEMD_DATA_DIR: &str = "/var/lib/ringkv";
 /// Where the written configuration files expect the cluster secret.
 const SYSTEMD_SECRET_FILE: &str = "/etc/ringkv/cluster.secret";
 
+/// Where the written configuration files expect the API tokens.
+const SYSTEMD_TOKEN_FILE: &str = "/etc/ringkv/api-tokens";
+
 /// `flags` (of `serve`) as a configuration file: `--name value` as
 /// `name = value`, a switch as `name = true`, `--join` as a list.
 fn config_text(id: &str, flags: &[String]) -> String {
     let mut out = format!(
         "# ringkv node {id}: /etc/ringkv/ringkv.toml for contrib/systemd/ringkv.service\n\
          # (written by `ringkv cluster --print --hosts … --config-dir`; `ringkv config\n\
-         # example` lists every setting). With access control, also set\n\
-         # api_token_file = \"/etc/ringkv/api-tokens\".\n"
+         # example` lists every setting).\n"
     );
     let mut words = flags.iter().peekable();
     while let Some(flag) = words.next() {
@@ -288,6 +290,13 @@ fn config_text(id: &str, flags: &[String]) -> String {
         out.push_str(&line);
         out.push('\n');
     }
+    // API tokens: `SCOPE TOKEN` lines; every request but /health needs one.
+    out.push_str(&format!(
+        "api_token_file = {}\n",
+        toml_edit::Value::from(SYSTEMD_TOKEN_FILE)
+            .to_string()
+            .trim()
+    ));
     out
 }
 
@@ -300,8 +309,12 @@ fn write_configs(dir: &std::path::Path, plans: &[Plan]) -> anyhow::Result<()> {
         plans[0].id
     );
     println!(
-        "# first: `ringkv secret > cluster.secret`, and on every host \
-         `install -D -m 0640 -g ringkv cluster.secret {SYSTEMD_SECRET_FILE}`"
+        "# first, once: ringkv secret > cluster.secret; \
+         printf 'admin %s\\n' \"$(ringkv secret)\" > api-tokens   (add read/write/metrics tokens as needed)"
+    );
+    println!(
+        "# then on every host: install -D -m 0640 -g ringkv cluster.secret {SYSTEMD_SECRET_FILE}; \
+         install -D -m 0640 -g ringkv api-tokens {SYSTEMD_TOKEN_FILE}"
     );
     for plan in plans {
         let host = plan
@@ -313,7 +326,7 @@ fn write_configs(dir: &std::path::Path, plans: &[Plan]) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", file.display()))?;
         let file = shell_quote(&file.to_string_lossy());
         println!("# on {host}");
-        println!("install -D -m 0640 {file} /etc/ringkv/ringkv.toml");
+        println!("install -D -m 0640 -g ringkv {file} /etc/ringkv/ringkv.toml");
         println!("systemctl enable --now ringkv");
     }
     Ok(())
