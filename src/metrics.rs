@@ -181,6 +181,9 @@ struct Inner {
     /// Client reads and writes refused because their coordinator planned
     /// them on a ring that places the key elsewhere, by call.
     fence_refusals: Family<FenceLabels, Counter>,
+    /// Replica calls sent together in one `Batch` call, and those calls.
+    batched_calls: Counter,
+    batches: Counter,
     /// Bytes of HTTP request and response bodies, by direction (two
     /// counters, indexed by [`Direction`], cloned out of the family once).
     http_bytes: [Counter; 2],
@@ -348,6 +351,18 @@ impl Metrics {
             "Client reads and writes this replica refused because their coordinator planned them on a ring that places the key on other nodes (the coordinator learns this node's ring and asks again)",
             fence_refusals.clone(),
         );
+        let batched_calls = Counter::default();
+        registry.register(
+            "replica_batched_calls",
+            "Small replica calls (whole writes, reads) this node sent to a peer inside a Batch call, queued while other calls to that peer were in flight",
+            batched_calls.clone(),
+        );
+        let batches = Counter::default();
+        registry.register(
+            "replica_batches",
+            "Batch calls this node sent to its peers",
+            batches.clone(),
+        );
         let http_bytes_family = Family::<DirectionLabels, Counter>::default();
         let http_bytes = [Direction::In, Direction::Out].map(|direction| {
             http_bytes_family.get_or_create_owned(&DirectionLabels {
@@ -385,6 +400,8 @@ impl Metrics {
                 streams,
                 refused_writes,
                 fence_refusals,
+                batched_calls,
+                batches,
                 http_bytes,
                 cluster_rejections,
             }),
@@ -414,6 +431,12 @@ impl Metrics {
             .fence_refusals
             .get_or_create(&FenceLabels { rpc })
             .inc();
+    }
+
+    /// Counts one `Batch` call of `calls` replica calls sent to a peer.
+    pub fn batch_sent(&self, calls: usize) {
+        self.inner.batches.inc();
+        self.inner.batched_calls.inc_by(calls as u64);
     }
 
     /// Counts a replica write refused unapplied.

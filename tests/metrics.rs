@@ -556,3 +556,61 @@ async fn body_bytes_are_counted_and_lengths_kept() {
     // The value, the PUT's reply, the ring and the first scrape went out.
     assert!(grew(&bytes_out) > 10_000.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_and_reads_queued_for_a_peer_go_in_batches_and_all_hold() {
+    let cluster = Cluster::start(Options::default()).await;
+    // Far more writes at once than calls a coordinator keeps in flight to
+    // one peer (4): the rest wait and go together.
+    let puts = (0..400).map(|i| {
+        let (http, url) = (
+            cluster.http.clone(),
+            common::key_url(&cluster, 0, &format!("batched/{i}")),
+        );
+        async move {
+            let response = http
+                .put(url)
+                .body(format!("value {i}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::CREATED);
+        }
+    });
+    futures::future::join_all(puts).await;
+    let gets = (0..400).map(|i| {
+        let (http, url) = (
+            cluster.http.clone(),
+            common::key_url(&cluster, 1, &format!("batched/{i}")),
+        );
+        async move {
+            let response = http.get(url).send().await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            assert_eq!(response.text().await.unwrap(), format!("value {i}"));
+        }
+    });
+    futures::future::join_all(gets).await;
+    let counter = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0)
+    };
+    for i in [0, 1] {
+        let (text, _) = scrape(&cluster.http, &cluster.url(i)).await;
+        let batched = counter(&text, "ringkv_replica_batched_calls_total");
+        let batches = counter(&text, "ringkv_replica_batches_total");
+        assert!(
+            batches > 0 && batched >= 2 * batches,
+            "node {i}: {batched} calls in {batches} batches"
+        );
+    }
+    // Every replica holds every write, batched or not.
+    for i in 0..400 {
+        let url = format!(
+            "{}?r=all",
+            common::key_url(&cluster, 2, &format!("batched/{i}"))
+        );
+        let response = cluster.http.get(url).send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "batched/{i}");
+    }
+}

@@ -14,6 +14,7 @@
 //! the write (it may have). Streams carry no overall timeout: the caller
 //! bounds each step.
 
+pub mod batch;
 pub mod deadline;
 pub mod local;
 pub mod noise;
@@ -100,6 +101,9 @@ impl Default for RpcOptions {
 pub struct Peers {
     /// Channels by peer; a std mutex held only to look up or insert.
     channels: Arc<Mutex<HashMap<NodeId, Channel>>>,
+    /// Queues of small calls by peer (`batch.rs`); a std mutex held only
+    /// to look up or insert.
+    queues: Arc<Mutex<HashMap<NodeId, batch::CallQueue>>>,
     /// Timeouts.
     options: RpcOptions,
     /// Counts the calls that fail (`ringkv_replica_rpc_errors_total`).
@@ -111,6 +115,7 @@ impl Peers {
     pub fn new(options: RpcOptions, metrics: Metrics) -> Peers {
         Peers {
             channels: Arc::default(),
+            queues: Arc::default(),
             options,
             metrics,
         }
@@ -127,6 +132,24 @@ impl Peers {
     /// The call timeout.
     pub fn timeout(&self) -> Duration {
         self.options.timeout
+    }
+
+    /// The queue of small calls to `node`, started on first use.
+    fn queue(&self, node: &NodeId) -> Result<batch::CallQueue> {
+        if let Some(queue) = self
+            .queues
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+        {
+            return Ok(queue.clone());
+        }
+        let client = self.client(node)?;
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let queue = queues
+            .entry(node.clone())
+            .or_insert_with(|| batch::CallQueue::start(node.clone(), client, self.metrics.clone()));
+        Ok(queue.clone())
     }
 
     /// A client for `node`, reusing its connection.
@@ -223,15 +246,12 @@ impl ReplicaHandle {
         match self {
             ReplicaHandle::Local(local) => local.write(meta, value).await,
             ReplicaHandle::Remote { node, peers } => {
-                let request = self.with_timeout(WriteRequest {
+                let request = WriteRequest {
                     meta: Some(meta),
                     value,
                     fence,
-                });
-                let reply = peers.client(node)?.write(request).await;
-                reply
-                    .map(|r| r.into_inner())
-                    .map_err(|s| peers.failed(node, "write", s))
+                };
+                peers.queue(node)?.write(request, peers.timeout()).await
             }
         }
     }
@@ -287,15 +307,12 @@ impl ReplicaHandle {
         match self {
             ReplicaHandle::Local(local) => local.read(key, inline_max).await,
             ReplicaHandle::Remote { node, peers } => {
-                let request = self.with_timeout(ReadRequest {
+                let request = ReadRequest {
                     key: key.to_string(),
                     inline_max,
                     fence,
-                });
-                let reply = peers.client(node)?.read(request).await;
-                reply
-                    .map(|r| r.into_inner())
-                    .map_err(|s| peers.failed(node, "read", s))
+                };
+                peers.queue(node)?.read(request, peers.timeout()).await
             }
         }
     }

@@ -23,9 +23,10 @@ use crate::membership::{Membership, merge};
 use crate::metrics::{Metrics, Refusal};
 use crate::proto::replica_server::Replica;
 use crate::proto::{
-    BalanceReply, BalanceRequest, Fence, FenceRefusal, PingReply, PingRequest, ReadReply,
-    ReadRequest, ReadStreamRequest, ScanItem, ScanRequest, SyncReply, SyncRequest, TreeReply,
-    TreeRequest, ValueChunk, WriteChunk, WriteReply, WriteRequest, write_chunk,
+    BalanceReply, BalanceRequest, BatchReply, BatchRequest, Fence, FenceRefusal, ItemError,
+    PingReply, PingRequest, ReadBatchItem, ReadReply, ReadRequest, ReadStreamRequest, ScanItem,
+    ScanRequest, SyncReply, SyncRequest, TreeReply, TreeRequest, ValueChunk, WriteBatchItem,
+    WriteChunk, WriteReply, WriteRequest, read_batch_item, write_batch_item, write_chunk,
 };
 use crate::ring::{NodeId, Ring, Token, TokenRange, replica_set_hash};
 use crate::rpc::deadline::Deadline;
@@ -173,6 +174,55 @@ impl Replica for ReplicaService {
         Ok(Response::new(self.local.write(meta, value).await?))
     }
 
+    async fn batch(&self, request: Request<BatchRequest>) -> Result<Response<BatchReply>, Status> {
+        let admitted = self.admit_write(request.extensions().get::<Deadline>());
+        let BatchRequest { writes, reads } = request.into_inner();
+        if writes.len() + reads.len() > super::batch::MAX_ITEMS {
+            return Err(Status::invalid_argument(format!(
+                "a batch of {} items; at most {}",
+                writes.len() + reads.len(),
+                super::batch::MAX_ITEMS
+            )));
+        }
+        let admitted = &admitted;
+        let writes = futures::future::join_all(writes.into_iter().map(|item| async move {
+            let WriteRequest { meta, value, fence } = item;
+            let result = async {
+                admitted.clone()?;
+                let meta = meta.ok_or_else(|| Status::invalid_argument("write without meta"))?;
+                self.admit_plan(&meta.key, fence, "write").await?;
+                Ok::<_, Status>(self.local.write(meta, value).await?)
+            }
+            .await;
+            WriteBatchItem {
+                result: Some(match result {
+                    Ok(reply) => write_batch_item::Result::Ok(reply),
+                    Err(status) => write_batch_item::Result::Error(item_error(&status)),
+                }),
+            }
+        }));
+        let reads = futures::future::join_all(reads.into_iter().map(|item| async move {
+            let ReadRequest {
+                key,
+                inline_max,
+                fence,
+            } = item;
+            let result = async {
+                self.admit_plan(&key, fence, "read").await?;
+                Ok::<_, Status>(self.local.read(&key, inline_max).await?)
+            }
+            .await;
+            ReadBatchItem {
+                result: Some(match result {
+                    Ok(reply) => read_batch_item::Result::Ok(reply),
+                    Err(status) => read_batch_item::Result::Error(item_error(&status)),
+                }),
+            }
+        }));
+        let (writes, reads) = futures::future::join(writes, reads).await;
+        Ok(Response::new(BatchReply { writes, reads }))
+    }
+
     async fn write_stream(
         &self,
         request: Request<Streaming<WriteChunk>>,
@@ -318,6 +368,17 @@ impl Replica for ReplicaService {
         Ok(Response::new(PingReply {
             node: self.node.to_string(),
         }))
+    }
+}
+
+/// A batch item's failure as it travels: the status `Write` or `Read`
+/// would have answered (code, message and details: a fence refusal's ring
+/// view included).
+fn item_error(status: &Status) -> ItemError {
+    ItemError {
+        code: status.code() as i32,
+        message: status.message().to_string(),
+        details: status.details().to_vec().into(),
     }
 }
 
