@@ -663,3 +663,37 @@ async fn auth_takes_an_api_token_with_its_scopes() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn redis_cli_in_a_terminal_completes_and_hints_from_command_docs() {
+    let cluster = Cluster::start(options(&[])).await;
+    let port = resp_port(&cluster, 0).await;
+    let script = format!("{}/tests/resp_hints.py", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("python3")
+        .arg(&script)
+        .arg(port.to_string())
+        .output()
+        .expect("python3");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(out.status.success() && lines.len() == 3, "{text}\n{out:?}");
+    // SET's arguments as a hint after the command.
+    assert!(
+        lines[0].contains("set ") && lines[0].contains("key value [NX|XX]"),
+        "{}",
+        lines[0]
+    );
+    // No hint for a command ringkv does not document: the hints come from
+    // its COMMAND DOCS, not from redis-cli's own table.
+    assert!(
+        lines[1].contains("lpush ") && !lines[1].contains("element"),
+        "{}",
+        lines[1]
+    );
+    // Tab completes from the server's commands, then hints.
+    assert!(
+        lines[2].contains("GETEX") && lines[2].contains("PERSIST"),
+        "{}",
+        lines[2]
+    );
+}
