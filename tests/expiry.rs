@@ -431,3 +431,63 @@ fn what_a_read_may_return_as_values_expire() {
         vec![None, Some(1)]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_values_stay_dead_through_a_bootstrap_and_a_handover() {
+    // N = 2 on 3 nodes, then 4: a joiner and a leaver move ranges.
+    let mut cluster = Cluster::start(Options {
+        replicas: 2,
+        ..Options::default()
+    })
+    .await;
+    let mut latest = 0;
+    for i in 0..40 {
+        let reply = put(
+            &cluster,
+            i % 3,
+            &format!("gone/{i}"),
+            "soon",
+            "ttl=1s&w=all",
+        )
+        .await;
+        latest = latest.max(reply["expires"].as_u64().expect("expires"));
+        put(&cluster, i % 3, &format!("kept/{i}"), "here", "w=all").await;
+    }
+    wait_past(latest, Duration::from_millis(50)).await;
+    // A fourth node joins: its bootstrap streams the expired records too.
+    let joiner = cluster.spawn(vec![
+        "--replicas".into(),
+        "2".into(),
+        "--join".into(),
+        cluster.nodes[0].id.clone(),
+    ]);
+    cluster.wait_converged().await;
+    for i in 0..40 {
+        let key = format!("gone/{i}");
+        assert_absent(&cluster, &[0, 1, 2, joiner], &key).await;
+        let has = haskey(&cluster, joiner, &key).await;
+        assert!(
+            has["timestamp"].as_u64().unwrap_or(0) == 0 || has["expired"] == true,
+            "the joiner holds {key} live: {has}"
+        );
+    }
+    // Node 1 leaves, handing its ranges over.
+    let leaver = cluster.nodes[1].id.clone();
+    assert_eq!(cluster.terminate(1), Some(0), "{}", cluster.log_tail(1));
+    for node in [0, 2, joiner] {
+        wait_for("the leaver removed everywhere", DEADLINE, || async {
+            (cluster.state_seen(node, &leaver).await.as_deref() == Some("removed")).then_some(())
+        })
+        .await;
+    }
+    for i in 0..40 {
+        assert_absent(&cluster, &[0, 2, joiner], &format!("gone/{i}")).await;
+        for node in [0, 2, joiner] {
+            assert_eq!(
+                status(&cluster, node, &format!("kept/{i}"), "all").await,
+                StatusCode::OK,
+                "kept/{i} through node {node}"
+            );
+        }
+    }
+}
