@@ -697,3 +697,38 @@ async fn redis_cli_in_a_terminal_completes_and_hints_from_command_docs() {
         lines[2]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scan_cursor_survives_a_members_death() {
+    let mut cluster = Cluster::start(options(&[])).await;
+    let (a, b) = (resp_port(&cluster, 0).await, resp_port(&cluster, 1).await);
+    for i in 0..60 {
+        assert_eq!(cli(b, &["set", &format!("dead:{i}"), "x"]), "OK");
+    }
+    // One page, then a member dies, then the rest of the walk.
+    let page = |port: u16, cursor: &str| -> (String, Vec<String>) {
+        let out = cli(port, &["scan", cursor, "match", "dead:*", "count", "10"]);
+        let mut lines = out.lines().map(str::to_string);
+        let next = lines.next().unwrap_or_default();
+        (next, lines.filter(|l| !l.is_empty()).collect())
+    };
+    let (mut cursor, mut seen) = page(a, "0");
+    assert_ne!(cursor, "0", "one page of 10 should not hold all 60 keys");
+    cluster.kill(2);
+    let mut pages = 1;
+    while cursor != "0" {
+        let (next, keys) = page(a, &cursor);
+        seen.extend(keys);
+        cursor = next;
+        pages += 1;
+        assert!(pages < 1_000, "the walk does not end");
+    }
+    seen.sort();
+    seen.dedup();
+    let mut all: Vec<String> = (0..60).map(|i| format!("dead:{i}")).collect();
+    all.sort();
+    assert_eq!(
+        seen, all,
+        "every key present for the whole walk, after {pages} pages"
+    );
+}
