@@ -125,6 +125,31 @@ async fn wait_text(client: &Client, css: &str, needle: &str) -> String {
     .await
 }
 
+/// Uploads the file `path` as `key` through the page's upload form.
+async fn upload_with_the_form(client: &Client, path: &Path, key: &str) {
+    client
+        .find(Locator::Id("upload-file"))
+        .await
+        .unwrap()
+        .send_keys(path.to_str().unwrap())
+        .await
+        .unwrap();
+    client
+        .find(Locator::Id("upload-key"))
+        .await
+        .unwrap()
+        .send_keys(key)
+        .await
+        .unwrap();
+    client
+        .find(Locator::Css("#upload button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
 /// Where this test leaves files for people to look at.
 fn output_dir() -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("status-page");
@@ -276,27 +301,7 @@ async fn the_status_page_works_in_a_real_browser() {
     let upload = downloads.path().join("upload.txt");
     std::fs::write(&upload, b"uploaded from the page").unwrap();
     client.goto(&cluster.url(0)).await.unwrap();
-    client
-        .find(Locator::Id("upload-file"))
-        .await
-        .unwrap()
-        .send_keys(upload.to_str().unwrap())
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("upload-key"))
-        .await
-        .unwrap()
-        .send_keys("from/the page.txt")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("#upload button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    upload_with_the_form(&client, &upload, "from/the page.txt").await;
     wait_text(&client, "#upload-result", "stored from/the page.txt").await;
     assert_eq!(
         cluster
@@ -462,27 +467,7 @@ async fn the_page_asks_for_a_token_and_keeps_it_for_the_tab_only() {
     .await;
     let upload = downloads.path().join("upload.txt");
     std::fs::write(&upload, b"from a reader").unwrap();
-    client
-        .find(Locator::Id("upload-file"))
-        .await
-        .unwrap()
-        .send_keys(upload.to_str().unwrap())
-        .await
-        .unwrap();
-    client
-        .find(Locator::Id("upload-key"))
-        .await
-        .unwrap()
-        .send_keys("reader/file.txt")
-        .await
-        .unwrap();
-    client
-        .find(Locator::Css("#upload button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    upload_with_the_form(&client, &upload, "reader/file.txt").await;
     wait_text(&client, "#upload-result", "HTTP 403").await;
     // Another tab has no token.
     let first = client.window().await.unwrap();
