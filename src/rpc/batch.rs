@@ -110,9 +110,7 @@ struct Sender {
 impl Sender {
     /// The error of a failed call, counted as every failed peer call is.
     fn failed(&self, rpc: &'static str, status: tonic::Status) -> Error {
-        let err = super::rpc_error(&self.node, status);
-        self.metrics.rpc_failed(&self.node, rpc, &err);
-        err
+        super::counted_failure(&self.metrics, &self.node, rpc, status)
     }
 
     fn item_failed(&self, rpc: &'static str, e: ItemError) -> Error {

@@ -124,9 +124,7 @@ impl Peers {
     /// The error of a failed call `rpc` to `node`, counted: every failure
     /// of a call to a peer comes through here.
     fn failed(&self, node: &NodeId, rpc: &'static str, status: tonic::Status) -> Error {
-        let err = rpc_error(node, status);
-        self.metrics.rpc_failed(node, rpc, &err);
-        err
+        counted_failure(&self.metrics, node, rpc, status)
     }
 
     /// The call timeout.
@@ -195,6 +193,19 @@ pub enum ReplicaHandle {
         /// The pool holding its connection.
         peers: Peers,
     },
+}
+
+/// The error of a failed call `rpc` to `node`, counted in
+/// `ringkv_replica_rpc_errors_total` (plain calls and batched ones alike).
+fn counted_failure(
+    metrics: &Metrics,
+    node: &NodeId,
+    rpc: &'static str,
+    status: tonic::Status,
+) -> Error {
+    let err = rpc_error(node, status);
+    metrics.rpc_failed(node, rpc, &err);
+    err
 }
 
 fn rpc_error(node: &NodeId, status: tonic::Status) -> Error {
