@@ -956,3 +956,27 @@ async fn tls_with_curl_and_the_cli() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn the_bench_sends_the_clis_token() {
+    let cluster = guarded(1).await;
+    let out = Command::new(RINGKV)
+        .env_remove("RINGKV_TOKEN")
+        .args(["--node", &cluster.nodes[0].id, "--token", ADMIN])
+        .args(["bench", "--json", "--duration", "1s", "--keys", "20"])
+        .args(["--concurrency", "2", "--get-ratio", "0.5"])
+        .output()
+        .expect("ringkv bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let rows: Vec<Value> = serde_json::from_str(&stdout).expect("bench json");
+    assert!(!rows.is_empty(), "{stdout}");
+    for row in &rows {
+        assert_eq!(row["errors"], 0, "{row}");
+        assert!(row["count"].as_u64().unwrap_or(0) > 0, "{row}");
+    }
+}
