@@ -35,7 +35,9 @@ use crate::ring::NodeId;
 
 pub mod history;
 
-use self::history::{Counts, LATENCY_BUCKETS, LATENCY_OPERATIONS, chart_index, latency_bound};
+use self::history::{
+    CHART_OPERATIONS, Counts, LATENCY_BUCKETS, LATENCY_OPERATIONS, chart_index, latency_bound,
+};
 
 /// Prefix of every family name.
 const PREFIX: &str = "ringkv";
@@ -63,6 +65,20 @@ pub const OPERATIONS: [&str; 18] = [
 ];
 /// Every outcome a request can end with (`http::metrics::outcome`).
 pub const OUTCOMES: [&str; 5] = ["ok", "not_found", "client_error", "unavailable", "error"];
+/// The outcome an answer with HTTP status `status` is counted under (a
+/// RESP error reply under its error's status): `ok` (1xx–3xx, 304 and 206
+/// included), `not_found` (404), `client_error` (other 4xx),
+/// `unavailable` (503: no quorum, or the node not ready), `error` (other
+/// 5xx, 507 included).
+pub fn outcome(status: u16) -> &'static str {
+    match status {
+        404 => "not_found",
+        503 => "unavailable",
+        s if s < 400 => "ok",
+        s if s < 500 => "client_error",
+        _ => "error",
+    }
+}
 /// The outcomes charted as errors: the server failed (5xx).
 const ERROR_OUTCOMES: [&str; 2] = ["unavailable", "error"];
 /// The operations whose quorum failures are counted (shown as 0 before any).
@@ -149,6 +165,14 @@ impl Direction {
             Direction::Out => "out",
         }
     }
+
+    /// Its place in a pair of counters.
+    fn index(self) -> usize {
+        match self {
+            Direction::In => 0,
+            Direction::Out => 1,
+        }
+    }
 }
 
 /// The figures of one node. Cheap to clone.
@@ -187,6 +211,12 @@ struct Inner {
     /// Bytes of HTTP request and response bodies, by direction (two
     /// counters, indexed by [`Direction`], cloned out of the family once).
     http_bytes: [Counter; 2],
+    /// RESP commands answered, by chart operation and outcome.
+    resp_commands: Family<RequestLabels, Counter>,
+    /// Time to answer them.
+    resp_durations: Family<RequestLabels, LatencyHistogram>,
+    /// Bytes of RESP requests read and replies written, by direction.
+    resp_bytes: [Counter; 2],
     /// Node-to-node packets and connections refused for want of the
     /// cluster secret (or as replays), by channel and reason.
     cluster_rejections: Family<RejectionLabels, Counter>,
@@ -374,6 +404,41 @@ impl Metrics {
             "Bytes of HTTP request bodies received (in) and response bodies sent (out)",
             http_bytes_family,
         );
+        let resp_commands = Family::<RequestLabels, Counter>::default();
+        let resp_durations = Family::<RequestLabels, LatencyHistogram>::default();
+        for operation in CHART_OPERATIONS {
+            // Created at zero, so that a dashboard finds the series before
+            // the first command.
+            let labels = RequestLabels {
+                operation,
+                outcome: "ok",
+            };
+            let _ = resp_commands.get_or_create(&labels);
+            if LATENCY_OPERATIONS.contains(&operation) {
+                let _ = resp_durations.get_or_create(&labels);
+            }
+        }
+        registry.register(
+            "resp_commands",
+            "RESP commands answered, by operation (get: commands that read keys, put: that write them, delete: DEL and UNLINK, other: the rest, unknown commands included) and outcome",
+            resp_commands.clone(),
+        );
+        registry.register(
+            "resp_command_duration_seconds",
+            "Time from a RESP command's turn in its pipeline to its reply, by operation and outcome",
+            resp_durations.clone(),
+        );
+        let resp_bytes_family = Family::<DirectionLabels, Counter>::default();
+        let resp_bytes = [Direction::In, Direction::Out].map(|direction| {
+            resp_bytes_family.get_or_create_owned(&DirectionLabels {
+                direction: direction.label(),
+            })
+        });
+        registry.register(
+            "resp_bytes",
+            "Bytes of RESP requests read (in) and replies written (out)",
+            resp_bytes_family,
+        );
         let cluster_rejections = Family::<RejectionLabels, Counter>::default();
         for channel in [crate::secret::Channel::Gossip, crate::secret::Channel::Rpc] {
             for reason in crate::secret::Refused::ALL {
@@ -403,6 +468,9 @@ impl Metrics {
                 batched_calls,
                 batches,
                 http_bytes,
+                resp_commands,
+                resp_durations,
+                resp_bytes,
                 cluster_rejections,
             }),
         }
@@ -410,11 +478,28 @@ impl Metrics {
 
     /// Counts `bytes` of HTTP body received (`In`) or sent (`Out`).
     pub fn http_bytes(&self, direction: Direction, bytes: usize) {
-        let index = match direction {
-            Direction::In => 0,
-            Direction::Out => 1,
-        };
-        self.inner.http_bytes[index].inc_by(bytes as u64);
+        self.inner.http_bytes[direction.index()].inc_by(bytes as u64);
+    }
+
+    /// Counts `bytes` of RESP read (`In`) or written (`Out`).
+    pub fn resp_bytes(&self, direction: Direction, bytes: usize) {
+        self.inner.resp_bytes[direction.index()].inc_by(bytes as u64);
+    }
+
+    /// Counts a RESP command answered after `elapsed`; `operation` is one
+    /// of [`CHART_OPERATIONS`], `outcome` one of [`OUTCOMES`].
+    pub fn resp_command_done(
+        &self,
+        operation: &'static str,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
+        let labels = RequestLabels { operation, outcome };
+        self.inner.resp_commands.get_or_create(&labels).inc();
+        self.inner
+            .resp_durations
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
     }
 
     /// Counts a node-to-node packet or connection refused.
@@ -459,33 +544,44 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    /// The request counters now, as the charts sample them: requests and
-    /// 5xx answers by chart operation, latency of key reads and writes,
-    /// body bytes.
+    /// The request counters now, as the charts sample them: HTTP requests
+    /// and RESP commands together, answered and failed (5xx, or a RESP
+    /// error for the same causes) by chart operation, latency of key reads
+    /// and writes, and bytes: HTTP bodies and RESP requests and replies.
     pub fn counts(&self) -> Counts {
         let mut counts = Counts::default();
-        for operation in OPERATIONS {
-            let series = chart_index(operation);
-            let timed = LATENCY_OPERATIONS.contains(&operation);
-            for outcome in OUTCOMES {
-                let labels = RequestLabels { operation, outcome };
-                let Some(requests) = self.inner.requests.get(&labels) else {
-                    continue;
-                };
-                let answered = requests.get();
-                counts.requests[series] += answered;
-                if ERROR_OUTCOMES.contains(&outcome) {
-                    counts.errors[series] += answered;
-                }
-                if timed && let Some(histogram) = self.inner.durations.get(&labels) {
-                    for (total, n) in counts.latency.iter_mut().zip(histogram.buckets()) {
-                        *total += n;
+        let families = [
+            (&self.inner.requests, &self.inner.durations, &OPERATIONS[..]),
+            (
+                &self.inner.resp_commands,
+                &self.inner.resp_durations,
+                &CHART_OPERATIONS[..],
+            ),
+        ];
+        for (requests, durations, operations) in families {
+            for &operation in operations {
+                let series = chart_index(operation);
+                let timed = LATENCY_OPERATIONS.contains(&operation);
+                for outcome in OUTCOMES {
+                    let labels = RequestLabels { operation, outcome };
+                    let Some(answered) = requests.get(&labels) else {
+                        continue;
+                    };
+                    let answered = answered.get();
+                    counts.requests[series] += answered;
+                    if ERROR_OUTCOMES.contains(&outcome) {
+                        counts.errors[series] += answered;
+                    }
+                    if timed && let Some(histogram) = durations.get(&labels) {
+                        for (total, n) in counts.latency.iter_mut().zip(histogram.buckets()) {
+                            *total += n;
+                        }
                     }
                 }
             }
         }
-        counts.bytes_in = self.inner.http_bytes[0].get();
-        counts.bytes_out = self.inner.http_bytes[1].get();
+        counts.bytes_in = self.inner.http_bytes[0].get() + self.inner.resp_bytes[0].get();
+        counts.bytes_out = self.inner.http_bytes[1].get() + self.inner.resp_bytes[1].get();
         counts
     }
 
@@ -902,6 +998,42 @@ mod tests {
         latency[10] = 1;
         assert_eq!(counts.latency, latency);
         assert_eq!((counts.bytes_in, counts.bytes_out), (10, 7));
+    }
+
+    #[test]
+    fn the_charts_add_resp_commands_to_http_requests() {
+        let metrics = Metrics::new();
+        metrics.request_done("get", "ok", Duration::from_millis(3));
+        metrics.resp_command_done("get", "ok", Duration::from_millis(3));
+        metrics.resp_command_done("delete", "unavailable", Duration::from_millis(300));
+        metrics.resp_command_done("other", "client_error", Duration::from_millis(1));
+        metrics.http_bytes(Direction::In, 10);
+        metrics.resp_bytes(Direction::In, 5);
+        metrics.resp_bytes(Direction::Out, 4);
+        let counts = metrics.counts();
+        assert_eq!(counts.requests, [2, 0, 1, 1]);
+        // A wrong command is the client's error, not charted as one.
+        assert_eq!(counts.errors, [0, 0, 1, 0]);
+        // Two gets of 3 ms and the delete; `other` is not a key operation.
+        let mut latency = [0; LATENCY_BUCKETS];
+        latency[3] = 2;
+        latency[10] = 1;
+        assert_eq!(counts.latency, latency);
+        assert_eq!((counts.bytes_in, counts.bytes_out), (15, 4));
+        let p = parse(&metrics, &NodeFigures::default());
+        let commands = "ringkv_resp_commands";
+        assert_eq!(
+            counter(
+                &p,
+                commands,
+                &[("operation", "delete"), ("outcome", "unavailable")]
+            ),
+            1.0
+        );
+        assert_eq!(
+            counter(&p, "ringkv_resp_bytes", &[("direction", "out")]),
+            4.0
+        );
     }
 
     #[test]

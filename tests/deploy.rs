@@ -479,6 +479,9 @@ async fn every_metric_the_dashboard_uses_is_in_metrics() {
         "ringkv_bytes_stored",
         "ringkv_disk_free_bytes",
         "ringkv_http_bytes_total",
+        "ringkv_resp_commands_total",
+        "ringkv_resp_command_duration_seconds_bucket",
+        "ringkv_resp_bytes_total",
     ] {
         assert!(used.contains(needed), "the dashboard shows no {needed}");
     }

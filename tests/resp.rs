@@ -732,3 +732,154 @@ async fn a_scan_cursor_survives_a_members_death() {
         "every key present for the whole walk, after {pages} pages"
     );
 }
+
+/// The newest value the charts part (`/?part=charts` of `html`) draws for
+/// `series` of `chart` in the row of `scope` (`cluster` or a node's id), if
+/// it draws one.
+fn chart_last(html: &str, scope: &str, chart: &str, series: &str) -> Option<f64> {
+    let row_start = if scope == "cluster" {
+        r#"data-scope="cluster""#.to_string()
+    } else {
+        format!(r#"data-node="{scope}""#)
+    };
+    let row = &html[html.find(&row_start)?..];
+    let row = &row[..row[1..].find("chart-row").map_or(row.len(), |end| end + 1)];
+    let figure = &row[row.find(&format!(r#"data-chart="{chart}""#))?..];
+    let figure = &figure[..figure.find("</figure>")?];
+    let at = format!(r#"data-series="{series}" data-last=""#);
+    let value = &figure[figure.find(&at)? + at.len()..];
+    value[..value.find('"')?].parse().ok()
+}
+
+/// `redis-cli -p PORT` fed `lines` on its standard input, one command each
+/// (how scripts pipe commands to it).
+fn cli_stdin(port: u16, lines: &str) -> String {
+    let mut child = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli is needed (Debian's redis-tools)");
+    let mut stdin = child.stdin.take().expect("redis-cli's stdin");
+    stdin
+        .write_all(lines.as_bytes())
+        .expect("commands to redis-cli");
+    drop(stdin);
+    let out = child.wait_with_output().expect("redis-cli ran");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn resp_commands_show_in_the_metrics_and_the_charts() {
+    let mut cluster = Cluster::start(options(&["--chart-interval", "200ms"])).await;
+    let ports = [resp_port(&cluster, 0).await, resp_port(&cluster, 1).await];
+    let ids: Vec<String> = cluster.nodes.iter().map(|n| n.id.clone()).collect();
+
+    // RESP load only, on two nodes, until told to stop: no HTTP request
+    // reads or writes a key, so whatever the charts show of them is RESP.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut round = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let port = ports[round % 2];
+                let lines: String = (0..50)
+                    .map(|i| format!("SET chart:{i} value-{round}\nGET chart:{i}\nDEL gone:{i}\n"))
+                    .collect();
+                let out = cli_stdin(port, &lines);
+                assert_eq!(out.matches("OK").count(), 50, "{out}");
+                round += 1;
+            }
+            round
+        })
+    };
+
+    // The cluster's row and each loaded node's draw the commands: reads
+    // under get, writes under put, DEL under delete, with their latency and
+    // the bytes of requests and replies.
+    wait_for("RESP load in the charts", DEADLINE, || async {
+        let html = cluster
+            .http
+            .get(format!("{}/?part=charts", cluster.url(0)))
+            .send()
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        let busy = |scope: &str, chart: &str, series: &str| {
+            chart_last(&html, scope, chart, series).is_some_and(|v| v > 0.0)
+        };
+        let drawn = ["cluster", &ids[0], &ids[1]].iter().all(|scope| {
+            ["get", "put", "delete"]
+                .iter()
+                .all(|op| busy(scope, "requests", op))
+                && busy(scope, "latency", "p99")
+                && busy(scope, "bytes", "in")
+                && busy(scope, "bytes", "out")
+        });
+        drawn.then_some(())
+    })
+    .await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = load.join().expect("the load ran");
+    assert!(rounds > 0);
+
+    // /metrics counts them by operation and outcome, and their bytes.
+    let (http, metrics_url) = (cluster.http.clone(), format!("{}/metrics", cluster.url(0)));
+    let metrics = || {
+        let (http, url) = (http.clone(), metrics_url.clone());
+        async move { http.get(url).send().await.unwrap().text().await.unwrap() }
+    };
+    let sample = |text: &str, series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    let text = metrics().await;
+    for op in ["get", "put", "delete"] {
+        let series = format!(r#"ringkv_resp_commands_total{{operation="{op}",outcome="ok"}}"#);
+        assert!(sample(&text, &series) >= 50.0, "{series}");
+    }
+    assert!(sample(&text, r#"ringkv_resp_bytes_total{direction="in"}"#) > 0.0);
+    assert!(sample(&text, r#"ringkv_resp_bytes_total{direction="out"}"#) > 0.0);
+
+    // With two of three nodes gone, writes fail for want of a quorum: the
+    // cluster's failure, charted as errors, counted as unavailable.
+    cluster.kill(1);
+    cluster.kill(2);
+    wait_for(
+        "unavailable RESP writes in the charts",
+        DEADLINE,
+        || async {
+            let out = cli_stdin(ports[0], "SET lonely value\n");
+            assert!(
+                out.starts_with("TRYAGAIN") || out.starts_with("OK"),
+                "{out}"
+            );
+            let html = cluster
+                .http
+                .get(format!("{}/?part=charts", cluster.url(0)))
+                .send()
+                .await
+                .ok()?
+                .text()
+                .await
+                .ok()?;
+            chart_last(&html, &ids[0], "errors", "put")
+                .filter(|v| *v > 0.0)
+                .map(|_| ())
+        },
+    )
+    .await;
+    let text = metrics().await;
+    let series = r#"ringkv_resp_commands_total{operation="put",outcome="unavailable"}"#;
+    assert!(sample(&text, series) >= 1.0, "{series}");
+    // A wrong command is the client's error, not the cluster's.
+    let _ = cli_stdin(ports[0], "NOSUCHCOMMAND\n");
+    let text = metrics().await;
+    let series = r#"ringkv_resp_commands_total{operation="other",outcome="client_error"}"#;
+    assert!(sample(&text, series) >= 1.0, "{series}");
+}

@@ -54,18 +54,9 @@ pub fn operation(method: &Method, route: Option<&str>) -> &'static str {
     }
 }
 
-/// How a request ended, by its status: `ok` (1xx–3xx, 304 and 206
-/// included), `not_found` (404), `client_error` (other 4xx),
-/// `unavailable` (503: no quorum, or the node not ready), `error` (other
-/// 5xx, 507 included).
+/// How a request ended, by its status ([`crate::metrics::outcome`]).
 pub fn outcome(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        404 => "not_found",
-        503 => "unavailable",
-        s if s < 400 => "ok",
-        s if s < 500 => "client_error",
-        _ => "error",
-    }
+    crate::metrics::outcome(status.as_u16())
 }
 
 /// Middleware: counts and times every request by operation and outcome,

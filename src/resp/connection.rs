@@ -9,6 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::frame::{Decoder, Frame, FrameError, Protocol};
+use crate::metrics::{Direction, Metrics};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 64 * 1024;
@@ -39,17 +40,21 @@ pub struct Connection {
     /// A decoding error met after whole requests, reported once they are
     /// answered.
     failed: Option<FrameError>,
+    /// Counts the bytes read and written.
+    metrics: Metrics,
 }
 
 impl Connection {
-    /// A connection over `stream`, refusing bulk strings over `max_bulk`.
-    pub fn new(stream: TcpStream, max_bulk: u64) -> Connection {
+    /// A connection over `stream`, refusing bulk strings over `max_bulk`,
+    /// its bytes counted in `metrics`.
+    pub fn new(stream: TcpStream, max_bulk: u64, metrics: Metrics) -> Connection {
         Connection {
             stream,
             buffer: BytesMut::with_capacity(READ_CHUNK_BYTES),
             decoder: Decoder::new(max_bulk),
             out: BytesMut::with_capacity(16 * 1024),
             failed: None,
+            metrics,
         }
     }
 
@@ -97,7 +102,7 @@ impl Connection {
                     }
                     return Err(ReadEnd::Broken("closed halfway through a request".into()));
                 }
-                Ok(Ok(_)) => {}
+                Ok(Ok(read)) => self.metrics.resp_bytes(Direction::In, read),
             }
         }
     }
@@ -117,6 +122,7 @@ impl Connection {
             return Ok(());
         }
         self.stream.write_all(&self.out).await?;
+        self.metrics.resp_bytes(Direction::Out, self.out.len());
         self.out.clear();
         Ok(())
     }

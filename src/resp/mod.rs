@@ -193,7 +193,8 @@ pub async fn serve(
             Err(_) => {
                 shared.rejected.fetch_add(1, Ordering::Relaxed);
                 tokio::spawn(async move {
-                    let mut connection = Connection::new(stream, 0);
+                    let mut connection =
+                        Connection::new(stream, 0, shared.coordinator.metrics().clone());
                     let _ = connection
                         .send_now(
                             &Frame::error("max number of clients reached"),
@@ -219,7 +220,11 @@ async fn handle(stream: tokio::net::TcpStream, addr: String, shared: Arc<Shared>
         credential: None,
     };
     shared.update_client(&session);
-    let mut connection = Connection::new(stream, shared.options.max_bulk);
+    let mut connection = Connection::new(
+        stream,
+        shared.options.max_bulk,
+        shared.coordinator.metrics().clone(),
+    );
     let outcome = serve_connection(&mut connection, &shared, &mut session).await;
     if let Err(reason) = outcome {
         tracing::debug!(client = %addr, %reason, "RESP connection ended");
@@ -315,7 +320,13 @@ async fn run_pipeline(
             writes.clear();
         }
         if access == Access::Barrier {
-            let reply = call.run_with_session(shared.clone(), session).await;
+            let operation = call.operation();
+            let reply = cmd::counted(
+                shared,
+                operation,
+                call.run_with_session(shared.clone(), session),
+            )
+            .await;
             connection.push(&reply, session.protocol).await?;
             continue;
         }
@@ -343,8 +354,16 @@ async fn run_wave(
         let (shared, session) = (shared.clone(), session.clone());
         async move {
             match step {
-                Step::Reply(reply) => reply,
-                Step::Call(call) => call.run(shared, session).await,
+                Step::Reply(reply) => {
+                    // Unknown, malformed or not allowed: the client's error.
+                    let metrics = shared.coordinator.metrics();
+                    metrics.resp_command_done("other", "client_error", Duration::ZERO);
+                    reply
+                }
+                Step::Call(call) => {
+                    let operation = call.operation();
+                    cmd::counted(&shared, operation, call.run(shared.clone(), session)).await
+                }
             }
         }
     }))

@@ -16,7 +16,10 @@ pub mod server;
 pub mod string;
 pub mod table;
 
+use std::cell::Cell;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 
@@ -25,6 +28,41 @@ use super::frame::{Frame, Protocol};
 use crate::coordinator::{Quorum, ReadResult};
 use crate::error::Error;
 pub use table::{Access, Spec};
+
+tokio::task_local! {
+    /// The outcome of the ringkv error the running command's reply reports,
+    /// set by [`error_reply`] and read by [`counted`] (a command's error
+    /// reply says nothing of whether the client or the cluster failed).
+    static FAILURE: Cell<Option<&'static str>>;
+}
+
+/// Runs `reply`, the reply to a command counted under `operation` (one of
+/// the charts' operations), and counts it in the node's figures: its
+/// outcome (`ok`; the status class of a ringkv error; `client_error` for
+/// any other error reply) and its time.
+pub async fn counted(
+    shared: &Shared,
+    operation: &'static str,
+    reply: impl Future<Output = Frame>,
+) -> Frame {
+    let started = Instant::now();
+    let (reply, failure) = FAILURE
+        .scope(Cell::new(None), async {
+            let reply = reply.await;
+            (reply, FAILURE.with(Cell::get))
+        })
+        .await;
+    let outcome = match (&reply, failure) {
+        (_, Some(outcome)) => outcome,
+        (Frame::Error(_), None) => "client_error",
+        _ => "ok",
+    };
+    shared
+        .coordinator
+        .metrics()
+        .resp_command_done(operation, outcome, started.elapsed());
+    reply
+}
 
 /// What the server remembers of one connection.
 #[derive(Debug, Clone)]
@@ -111,6 +149,18 @@ fn unknown_command(words: &[Bytes]) -> Frame {
 }
 
 impl Call {
+    /// The charts' operation it counts under: `get` for a command that
+    /// reads keys, `put` for one that writes them, `delete` for DEL and
+    /// UNLINK, `other` for the rest.
+    pub fn operation(&self) -> &'static str {
+        match (self.spec.name, self.spec.access) {
+            ("del" | "unlink", _) => "delete",
+            (_, Access::Read) => "get",
+            (_, Access::Write) => "put",
+            _ => "other",
+        }
+    }
+
     /// The keys it reads or writes, for the pipeline's ordering.
     pub fn keys(&self) -> Vec<Bytes> {
         self.spec
@@ -271,6 +321,9 @@ pub fn upper(arg: &Bytes) -> String {
 /// message as the HTTP API's `error`, under `TRYAGAIN` when another
 /// attempt may succeed (cluster clients retry those), else `ERR`.
 pub fn error_reply(err: &Error) -> Frame {
+    // Outside a counted command (never in the server), nothing to tell.
+    let _ =
+        FAILURE.try_with(|failure| failure.set(Some(crate::metrics::outcome(err.http_status()))));
     let message = match err {
         Error::Unavailable {
             answered, failed, ..
