@@ -20,74 +20,12 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RINGKV = os.path.join(ROOT, "target", "release", "ringkv")
+from benchlib import (RINGKV, ROOT, busy_seconds, commit, own_seconds, start_cluster,
+                      tree_seconds)
+
 BASE_PORT = 21300
 CONFIGS = [("plain", []), ("secret", ["--secret"]), ("secret + TLS", ["--secret", "--tls"])]
-
-
-def busy_seconds():
-    """CPU seconds the whole machine has spent busy since boot."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + fields[4]
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def tree_seconds(pid):
-    """CPU seconds of process `pid` and its live children (the nodes)."""
-    total = 0.0
-    tick = os.sysconf("SC_CLK_TCK")
-    pids = [pid]
-    try:
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True)
-        pids += [int(p) for p in out.stdout.split()]
-    except OSError:
-        pass
-    for p in pids:
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            total += (int(fields[11]) + int(fields[12])) / tick
-        except OSError:
-            pass
-    return total
-
-
-def own_seconds():
-    t = os.times()
-    return t.user + t.system + t.children_user + t.children_system
-
-
-def wait_until(what, check, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if check():
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    sys.exit(f"timed out waiting for {what}")
-
-
-def start(work, flags):
-    out = open(os.path.join(work, "cluster.out"), "w")
-    log = open(os.path.join(work, "cluster.log"), "w")
-    proc = subprocess.Popen(
-        [RINGKV, "cluster", "--nodes", "3", "--base-port", str(BASE_PORT),
-         "--data-root", work] + flags,
-        stdout=out, stderr=log,
-    )
-
-    def started():
-        with open(os.path.join(work, "cluster.out")) as f:
-            return sum(1 for line in f if line.startswith("node ")) == 3
-
-    wait_until("3 nodes", started)
-    return proc
 
 
 def client_flags(work, flags):
@@ -118,7 +56,7 @@ def one(flags, duration):
     """One configuration's PUT and GET runs on a fresh cluster: each run's
     ops/s, p99, node CPU per operation (µs) and other processes' CPU."""
     work = tempfile.mkdtemp(prefix="ringkv-sec-")
-    proc = start(work, flags)
+    proc = start_cluster(work, BASE_PORT, flags)
     try:
         figures = {}
         for op, ratio in (("put", 0), ("get", 1)):
@@ -149,10 +87,7 @@ def main():
     for _ in range(rounds):
         for name, flags in CONFIGS:
             results[name].append(one(flags, duration))
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    print(f"bench/security_cost.py {rounds} {duration} at {commit}, "
+    print(f"bench/security_cost.py {rounds} {duration} at {commit()}, "
           f"{time.strftime('%Y-%m-%d')}: medians of {rounds} rounds")
     print("| configuration | PUT/s | ratio | p99 ms | node CPU/PUT µs | GET/s | ratio | "
           "p99 ms | node CPU/GET µs | CPU of other processes (cores) |")
