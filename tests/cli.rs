@@ -136,23 +136,9 @@ async fn a_node_whose_seeds_are_down_keeps_trying_and_founds_nothing() {
     assert_eq!(put.status(), 201);
 }
 
-/// Three consecutive ports below 32768 that are free for TCP and UDP now.
-fn free_ports(count: u16) -> u16 {
-    let start = 20_000 + (std::process::id() % 10_000) as u16;
-    (start..32_000)
-        .step_by(7)
-        .find(|&base| {
-            (base..base + count).all(|p| {
-                std::net::TcpListener::bind(("127.0.0.1", p)).is_ok()
-                    && std::net::UdpSocket::bind(("127.0.0.1", p)).is_ok()
-            })
-        })
-        .expect("free ports")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn ringkv_cluster_runs_a_working_cluster_until_stopped() {
-    let base = free_ports(3);
+    let base = common::ports::reserve(3);
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(RINGKV)
         .args(["cluster", "--nodes", "3", "--base-port", &base.to_string()])
@@ -416,7 +402,7 @@ fn cluster_print_shows_commands_to_paste() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn printed_cluster_commands_run_a_cluster() {
-    let base = free_ports(2);
+    let base = common::ports::reserve(2);
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(RINGKV)
         .args(["cluster", "--print", "--nodes", "2", "--replicas", "2"])

@@ -280,19 +280,6 @@ fn yaml_documents(path: &Path) -> Vec<serde_json::Value> {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// A port free for TCP and UDP on loopback now (the kernel's choice for
-/// TCP, checked for UDP).
-fn free_port() -> u16 {
-    for _ in 0..50 {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no port free for both TCP and UDP");
-}
-
 /// Kills the process on drop.
 struct Killed(std::process::Child);
 
@@ -347,7 +334,7 @@ async fn the_kubernetes_manifest_is_consistent_with_the_binary() {
         "{config}"
     );
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
+    let port = common::ports::reserve(1);
     let config = config
         .replace("ringkv-0.ringkv:50140", &format!("127.0.0.1:{port}"))
         .replace("port = 50140", &format!("port = {port}"))
@@ -522,7 +509,7 @@ async fn every_metric_the_dashboard_uses_is_in_metrics() {
 async fn cluster_print_writes_a_config_file_per_host_that_runs() {
     // Three "hosts" on one machine: 127.0.0.1 to .3 are all loopback.
     let hosts = ["127.0.0.1", "127.0.0.2", "127.0.0.3"];
-    let port = free_port();
+    let port = common::ports::reserve(1);
     let dir = tempfile::tempdir().unwrap();
     let configs = dir.path().join("configs");
     let out = run(

@@ -8,6 +8,7 @@
 pub mod checker;
 pub mod history;
 pub mod netns;
+pub mod ports;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
