@@ -565,7 +565,6 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         metrics,
         charts,
         tokens: tokens.clone(),
-        tls_chain: config.tls_cert.clone(),
     });
     lifecycle.spawn_tasks();
     let reloader = spawn_reloader(Reloadable {

@@ -315,7 +315,7 @@ async fn sighup_reloads_the_token_file() {
 }
 
 #[tokio::test]
-async fn the_cli_takes_a_token_and_purge_all_passes_it_on() {
+async fn the_cli_takes_a_token_and_purge_all_reaches_every_member() {
     let cluster = guarded(3).await;
     let node = cluster.nodes[0].id.clone();
     let run = |args: &[&str], env: Option<&str>| {
@@ -356,7 +356,7 @@ async fn the_cli_takes_a_token_and_purge_all_passes_it_on() {
         assert!(!err.contains(token), "the CLI printed a token: {err}");
     }
 
-    // Purge on every member: the node asks the others with the caller's token.
+    // Purge on every member: the node asks the others over RPC.
     let (ok, out, err) = run(&["--json", "purge", "--all"], Some(ADMIN));
     assert!(ok, "{err}");
     let json: Value = serde_json::from_str(&out).expect("json");

@@ -113,11 +113,10 @@ pub struct PurgeParams {
 
 /// `POST /purge`: drops the keys this node no longer owns that every owner
 /// holds; what was dropped and what was kept for now. `?all=true`: every
-/// live member does it (asked over HTTP, with this request's API token),
-/// each report under its name.
+/// live member does it (asked over the node-to-node RPC, each waiting as
+/// long for its ring to settle), each report under its name.
 pub async fn purge(
     State(state): State<AppState>,
-    headers: axum::http::HeaderMap,
     params: Result<Query<PurgeParams>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult<Response> {
     let params = query(params)?;
@@ -131,39 +130,12 @@ pub async fn purge(
         state.node.to_string(),
         serde_json::to_value(&report).unwrap_or_default(),
     );
-    let ring = state.coordinator.ring();
-    let others: Vec<String> = ring
-        .members()
-        .filter(|m| m.live && m.id != state.node && m.state != crate::ring::MemberState::Removed)
-        .map(|m| m.id.to_string())
-        .collect();
-    // The members share the token file: the caller's admin token is theirs too.
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| crate::access::bearer_token(v.as_bytes()))
-        .and_then(|t| String::from_utf8(t.to_vec()).ok());
-    let options = crate::client::ClientOptions {
-        token,
-        tls: state
-            .tls_chain
-            .clone()
-            .map(|chain| crate::client::ClientTls { ca: Some(chain) }),
-        ..crate::client::ClientOptions::default()
-    };
-    let calls = others.iter().map(|node| async {
-        let client = crate::client::Client::with_options(vec![node.clone()], options.clone());
-        let result = match client {
-            Ok(client) => client.purge(false).await,
-            Err(err) => Err(err),
-        };
-        (node.clone(), result)
-    });
-    for (node, result) in futures::future::join_all(calls).await {
+    for (node, result) in state.lifecycle.purge_others(wait).await {
         let value = match result {
-            Ok(report) => report,
+            Ok(report) => serde_json::to_value(&report).unwrap_or_default(),
             Err(err) => serde_json::json!({ "error": err.to_string() }),
         };
-        nodes.insert(node, value);
+        nodes.insert(node.to_string(), value);
     }
     Ok(axum::Json(serde_json::json!({ "nodes": nodes })).into_response())
 }

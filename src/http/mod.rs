@@ -56,10 +56,6 @@ pub struct AppState {
     pub charts: chart::SharedCharts,
     /// The API tokens (`--api-token-file`); `None`: the API is open.
     pub tokens: Option<Tokens>,
-    /// With TLS on the public port, this node's certificate chain file:
-    /// asking other members over HTTPS (`/purge?all=true`) trusts its
-    /// certificates (the members share one CA).
-    pub tls_chain: Option<std::path::PathBuf>,
 }
 
 /// The public router.

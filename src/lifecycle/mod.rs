@@ -44,7 +44,7 @@ use serde::Serialize;
 use crate::coordinator::Coordinator;
 use crate::error::{Error, Result};
 use crate::membership::Membership;
-use crate::proto::{BalanceReply, SyncReply};
+use crate::proto::{BalanceReply, PurgeReply, SyncReply};
 use crate::ring::{MemberState, NodeId, Ring};
 use crate::rpc::SyncHandler;
 use crate::storage::Store;
@@ -525,6 +525,27 @@ impl Lifecycle {
         transfer::purge(self, &ring).await
     }
 
+    /// The other live members' purges (`POST /purge?all=true`), each
+    /// asked over RPC to wait up to `wait` for its ring to settle: what
+    /// each one did, or why it could not.
+    pub async fn purge_others(&self, wait: Duration) -> Vec<(NodeId, Result<PurgeReport>)> {
+        let ring = self.inner.coordinator.ring();
+        let others: Vec<NodeId> = ring
+            .members()
+            .filter(|m| m.live && m.id != self.inner.node && m.state != MemberState::Removed)
+            .map(|m| m.id.clone())
+            .collect();
+        let calls = others.into_iter().map(|member| {
+            let this = self.clone();
+            async move {
+                let handle = this.inner.coordinator.replica(&member);
+                let report = handle.purge(&this, wait).await.map(PurgeReport::from);
+                (member, report)
+            }
+        });
+        futures::future::join_all(calls).await
+    }
+
     /// Cluster-wide anti-entropy (`POST /balance`) once the ring has
     /// settled (waiting up to `wait` for it): every live member compares
     /// its ranges with their other replicas; the replies summed, with each
@@ -708,5 +729,10 @@ impl SyncHandler for Lifecycle {
     fn balance(&self) -> BoxFuture<'static, Result<BalanceReply>> {
         let this = self.clone();
         async move { repair::balance_local(&this).await }.boxed()
+    }
+
+    fn purge(&self, wait: Duration) -> BoxFuture<'static, Result<PurgeReply>> {
+        let this = self.clone();
+        async move { this.purge(wait).await.map(PurgeReply::from) }.boxed()
     }
 }

@@ -538,6 +538,36 @@ pub struct PurgeReport {
     pub kept_keys: Vec<(String, String)>,
 }
 
+impl From<PurgeReport> for crate::proto::PurgeReply {
+    fn from(report: PurgeReport) -> Self {
+        crate::proto::PurgeReply {
+            dropped: report.dropped,
+            kept: report.kept,
+            dropped_keys: report.dropped_keys,
+            kept_keys: report
+                .kept_keys
+                .into_iter()
+                .map(|(key, why)| crate::proto::KeptKey { key, why })
+                .collect(),
+        }
+    }
+}
+
+impl From<crate::proto::PurgeReply> for PurgeReport {
+    fn from(reply: crate::proto::PurgeReply) -> Self {
+        PurgeReport {
+            dropped: reply.dropped,
+            kept: reply.kept,
+            dropped_keys: reply.dropped_keys,
+            kept_keys: reply
+                .kept_keys
+                .into_iter()
+                .map(|k| (k.key, k.why))
+                .collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -33,9 +33,9 @@ use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::proto::replica_client::ReplicaClient;
 use crate::proto::{
-    BalanceReply, BalanceRequest, Fence, PingRequest, ReadReply, ReadRequest, ReadStreamRequest,
-    RecordMeta, ScanItem, ScanRequest, SyncReply, SyncRequest, TreeRequest, WriteChunk, WriteReply,
-    WriteRequest, WriteTrailer, write_chunk,
+    BalanceReply, BalanceRequest, Fence, PingRequest, PurgeReply, PurgeRequest, ReadReply,
+    ReadRequest, ReadStreamRequest, RecordMeta, ScanItem, ScanRequest, SyncReply, SyncRequest,
+    TreeRequest, WriteChunk, WriteReply, WriteRequest, WriteTrailer, write_chunk,
 };
 use crate::ring::{NodeId, TokenRange};
 use crate::version::Version;
@@ -43,12 +43,16 @@ use crate::version::Version;
 pub use self::local::LocalReplica;
 pub use self::service::ReplicaService;
 
-/// What `Sync` and `Balance` calls run (implemented by the lifecycle).
+/// What `Sync`, `Balance` and `Purge` calls run (implemented by the
+/// lifecycle).
 pub trait SyncHandler: Send + Sync + 'static {
     /// Fetches what this node gains in the ring with `digest`.
     fn sync(&self, digest: u64) -> futures::future::BoxFuture<'static, Result<SyncReply>>;
     /// Anti-entropy of this node's ranges.
     fn balance(&self) -> futures::future::BoxFuture<'static, Result<BalanceReply>>;
+    /// Purge of the keys this node no longer owns, once the ring has
+    /// settled (waiting up to `wait` for it).
+    fn purge(&self, wait: Duration) -> futures::future::BoxFuture<'static, Result<PurgeReply>>;
 }
 
 /// One message of a streamed write after its header.
@@ -473,6 +477,22 @@ impl ReplicaHandle {
                     .map_err(|s| peers.failed(node, "ping", s))?;
                 NodeId::parse(&reply.into_inner().node)
             }
+        }
+    }
+
+    /// Asks the node to purge what it no longer owns (waiting up to `wait`
+    /// for its ring to settle); answers when done.
+    pub async fn purge(&self, local: &dyn SyncHandler, wait: Duration) -> Result<PurgeReply> {
+        match self {
+            ReplicaHandle::Local(_) => local.purge(wait).await,
+            ReplicaHandle::Remote { node, peers } => peers
+                .client(node)?
+                .purge(tonic::Request::new(PurgeRequest {
+                    wait_ms: wait.as_millis() as u64,
+                }))
+                .await
+                .map(|r| r.into_inner())
+                .map_err(|s| peers.failed(node, "purge", s)),
         }
     }
 

@@ -24,9 +24,10 @@ use crate::metrics::{Metrics, Refusal};
 use crate::proto::replica_server::Replica;
 use crate::proto::{
     BalanceReply, BalanceRequest, BatchReply, BatchRequest, Fence, FenceRefusal, ItemError,
-    PingReply, PingRequest, ReadBatchItem, ReadReply, ReadRequest, ReadStreamRequest, ScanItem,
-    ScanRequest, SyncReply, SyncRequest, TreeReply, TreeRequest, ValueChunk, WriteBatchItem,
-    WriteChunk, WriteReply, WriteRequest, read_batch_item, write_batch_item, write_chunk,
+    PingReply, PingRequest, PurgeReply, PurgeRequest, ReadBatchItem, ReadReply, ReadRequest,
+    ReadStreamRequest, ScanItem, ScanRequest, SyncReply, SyncRequest, TreeReply, TreeRequest,
+    ValueChunk, WriteBatchItem, WriteChunk, WriteReply, WriteRequest, read_batch_item,
+    write_batch_item, write_chunk,
 };
 use crate::ring::{NodeId, Ring, Token, TokenRange, replica_set_hash};
 use crate::rpc::deadline::Deadline;
@@ -362,6 +363,11 @@ impl Replica for ReplicaService {
         _request: Request<BalanceRequest>,
     ) -> Result<Response<BalanceReply>, Status> {
         Ok(Response::new(self.sync.balance().await?))
+    }
+
+    async fn purge(&self, request: Request<PurgeRequest>) -> Result<Response<PurgeReply>, Status> {
+        let wait = std::time::Duration::from_millis(request.into_inner().wait_ms);
+        Ok(Response::new(self.sync.purge(wait).await?))
     }
 
     async fn ping(&self, _request: Request<PingRequest>) -> Result<Response<PingReply>, Status> {
