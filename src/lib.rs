@@ -1,14 +1,21 @@
 //! ringkv: a distributed hash table of equal nodes.
 //!
-//! Layers, bottom-up (see ARCHITECTURE.md for the flows through them):
+//! Layers, bottom-up (see ARCHITECTURE.md for the flows through them); a
+//! module uses only the layers below its own:
 //!
-//! - [`error`], [`version`], [`ring`], [`key`], [`proto`], [`storage`]: pure
-//!   data, placement and the local store; no networking. [`throttle`]
-//!   paces background byte transfers (`--stream-rate`, `--repair-rate`).
-//!   [`metrics`] holds a node's Prometheus figures (no networking; the
-//!   layers above record into it). [`access`]: API tokens and scopes; [`secret`]: the cluster secret; [`tls`]: TLS on the public port.
+//! - [`error`], [`version`], [`ring`], [`key`], [`proto`], [`merkle`] (hash
+//!   trees of token ranges), [`storage`]: pure data, placement and the
+//!   local store; no networking. [`throttle`] paces background byte
+//!   transfers (`--stream-rate`, `--repair-rate`); [`stall`] notices that
+//!   this process was stopped. [`metrics`] holds a node's Prometheus
+//!   figures (no networking; the layers above record into it).
+//!   [`access`]: API tokens and scopes; [`secret`]: the cluster secret;
+//!   [`tls`]: TLS on the public port; [`config`]: the `serve` settings
+//!   and their file.
 //! - [`membership`] (gossip) and [`rpc`] (the node-to-node gRPC service).
-//! - [`coordinator`]: quorum reads and writes, read repair, streaming.
+//! - [`coordinator`]: quorum reads and writes, read repair, streaming;
+//!   [`lifecycle`]: joins, leaves, removals, transfers, hints, repair,
+//!   scrub and purge.
 //! - [`http`]: the public API; [`resp`]: the Redis protocol front end;
 //!   [`server`] wires a node together.
 //! - [`client`] (used by the CLI, the bench and the tests) and [`cli`].
@@ -31,6 +38,7 @@ pub mod ring;
 pub mod rpc;
 pub mod secret;
 pub mod server;
+pub mod stall;
 pub mod storage;
 pub mod throttle;
 pub mod tls;

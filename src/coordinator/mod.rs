@@ -57,7 +57,6 @@
 //! not count towards W.
 
 mod quorum;
-mod stall;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -70,13 +69,13 @@ use prost::Message;
 use tokio::sync::mpsc;
 
 pub use self::quorum::{Quorum, ReadPlan, WritePlan};
-pub use self::stall::StallWatch;
 use crate::error::{Error, Result};
 use crate::membership::{Membership, merge};
 use crate::metrics::{Direction, Metrics};
 use crate::proto::{Fence, FenceRefusal, ReadReply, RecordMeta, StoredRecord, WriteReply};
 use crate::ring::{NodeId, Ring, replica_set_hash};
 use crate::rpc::{LocalReplica, Peers, ReplicaHandle, WriteMsg};
+use crate::stall::StallWatch;
 use crate::storage::{CHUNK_SIZE_BYTES, INLINE_MAX_BYTES};
 use crate::version::{Clock, Version};
 
@@ -236,7 +235,7 @@ struct Inner {
     /// streaming now.
     metrics: Metrics,
     /// Notices when the process was stopped, so that writes read right
-    /// after are not stamped as new (see `stall.rs`).
+    /// after are not stamped as new (see [`crate::stall`]).
     stall: Arc<StallWatch>,
 }
 

@@ -15,7 +15,7 @@
 //! enter. What it cannot see is time a request spent in the kernel's buffer
 //! while the callee was stopped (SIGSTOP, a frozen VM): writes read right
 //! after such a stall are refused by the node's stall watch
-//! (`coordinator/stall.rs`) instead.
+//! (`stall.rs`) instead.
 
 use std::time::Duration;
 

@@ -18,7 +18,6 @@ use tonic::{Request, Response, Status, Streaming};
 
 use prost::Message;
 
-use crate::coordinator::StallWatch;
 use crate::membership::{Membership, merge};
 use crate::metrics::{Metrics, Refusal};
 use crate::proto::replica_server::Replica;
@@ -33,6 +32,7 @@ use crate::ring::{NodeId, Ring, Token, TokenRange, replica_set_hash};
 use crate::rpc::deadline::Deadline;
 use crate::rpc::local::{LocalReplica, MAX_SCAN_RANGES, MAX_TREE_NODES};
 use crate::rpc::{SyncHandler, WriteMsg};
+use crate::stall::StallWatch;
 
 /// Serves the `Replica` service of one node.
 pub struct ReplicaService {
