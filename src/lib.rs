@@ -27,6 +27,7 @@ pub mod config;
 pub mod coordinator;
 pub mod error;
 pub mod http;
+pub mod identity;
 pub mod key;
 pub mod lifecycle;
 pub mod membership;

@@ -8,7 +8,6 @@
 //! gossip -> flush the store.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -18,7 +17,6 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::Service;
@@ -32,7 +30,7 @@ use crate::membership::sealed::SealedTransport;
 use crate::membership::{Membership, MembershipOptions};
 use crate::metrics::Metrics;
 use crate::proto::replica_server::ReplicaServer;
-use crate::ring::{NodeId, Token, decode_tokens, encode_tokens};
+use crate::ring::{NodeId, Token};
 use crate::rpc::noise::Acceptor;
 use crate::rpc::{LocalReplica, MAX_RPC_MESSAGE_BYTES, Peers, ReplicaService, RpcOptions};
 use crate::secret::{Refused, Rejections};
@@ -45,35 +43,6 @@ const MAX_CONNECTIONS: usize = 4096;
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts at finding a port free for both TCP and UDP when `--port 0`.
 const PORT_PICK_ATTEMPTS: usize = 50;
-/// File in the data dir that pins the node's identity and tokens.
-const NODE_FILE: &str = "node.json";
-
-/// What is persisted about the node itself.
-#[derive(Debug, Serialize, Deserialize)]
-struct NodeFile {
-    /// The identity this data belongs to.
-    node: String,
-    /// The node's tokens, as gossiped.
-    tokens: String,
-    /// Whether it finished streaming its ranges when it joined (files
-    /// written before this existed belong to nodes that had).
-    #[serde(default = "finished_by_default")]
-    bootstrapped: bool,
-}
-
-fn finished_by_default() -> bool {
-    true
-}
-
-/// What the data dir says about the node's place in the ring.
-#[derive(Debug, Default)]
-struct Identity {
-    /// Its tokens, once chosen.
-    tokens: Option<Vec<Token>>,
-    /// Whether it finished bootstrapping them.
-    bootstrapped: bool,
-}
-
 /// A node that is serving.
 pub struct RunningNode {
     /// The node's identity.
@@ -281,74 +250,6 @@ fn port_error(protocol: &'static str, addr: SocketAddr, err: std::io::Error) -> 
     ))
 }
 
-/// The node's tokens kept in its data dir, if it has joined before.
-fn load_identity(dir: Option<&Path>, id: &NodeId) -> Result<Identity> {
-    let Some(dir) = dir else {
-        return Ok(Identity::default());
-    };
-    std::fs::create_dir_all(dir)?;
-    let path = dir.join(NODE_FILE);
-    match std::fs::read(&path) {
-        Ok(raw) => {
-            let file: NodeFile = serde_json::from_slice(&raw)
-                .map_err(|e| Error::corrupt(format!("{}: {e}", path.display())))?;
-            if file.node != id.as_str() {
-                return Err(Error::invalid(format!(
-                    "{} belongs to node {}, not {id}; use another --data-dir",
-                    dir.display(),
-                    file.node
-                )));
-            }
-            Ok(Identity {
-                tokens: Some(decode_tokens(&file.tokens)?),
-                bootstrapped: file.bootstrapped,
-            })
-        }
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Identity::default()),
-        Err(err) => Err(err.into()),
-    }
-}
-
-/// Keeps the node's identity and tokens in its data dir (atomically:
-/// written aside, synced, renamed); no tokens removes the file.
-fn save_identity(
-    dir: Option<&Path>,
-    id: &NodeId,
-    tokens: Option<&[Token]>,
-    bootstrapped: bool,
-) -> Result<()> {
-    let Some(dir) = dir else {
-        return Ok(());
-    };
-    let path = dir.join(NODE_FILE);
-    let Some(tokens) = tokens else {
-        return match std::fs::remove_file(&path) {
-            Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err.into()),
-            _ => Ok(()),
-        };
-    };
-    let file = NodeFile {
-        node: id.to_string(),
-        tokens: encode_tokens(tokens),
-        bootstrapped,
-    };
-    let tmp = path.with_extension("json.tmp");
-    let body = serde_json::to_vec_pretty(&file).map_err(|e| Error::Io(std::io::Error::other(e)))?;
-    std::fs::write(&tmp, body)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    Ok(())
-}
-
-/// Writes the `node.json` of a node that owns `tokens` and has finished
-/// bootstrapping, into data dir `dir`: started there, the node takes its
-/// place in the ring at once (normal) instead of joining and fetching its
-/// ranges. For benches that fill data dirs offline.
-pub fn write_identity(dir: &Path, id: &NodeId, tokens: &[Token]) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    save_identity(Some(dir), id, Some(tokens), true)
-}
-
 /// Starts a node; it serves until [`RunningNode::stop`].
 pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     config.validate()?;
@@ -400,12 +301,12 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     };
     let id = NodeId::parse(&format!("{}:{}", config.host, local_addr.port()))?;
     let data_dir = config.data_dir_for(local_addr.port());
-    let identity = load_identity(data_dir.as_deref(), &id)?;
+    let identity = crate::identity::load(data_dir.as_deref(), &id)?;
     let (had_tokens, bootstrapped) = (identity.tokens.is_some(), identity.bootstrapped);
     let keep: crate::membership::IdentitySink = {
         let (dir, id) = (data_dir.clone(), id.clone());
         Arc::new(move |tokens: Option<&[Token]>, bootstrapped| {
-            save_identity(dir.as_deref(), &id, tokens, bootstrapped)
+            crate::identity::save(dir.as_deref(), &id, tokens, bootstrapped)
         })
     };
     let store = Store::open(&StorageOptions {

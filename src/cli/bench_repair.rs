@@ -308,7 +308,7 @@ fn prepare_dirs(
         let dir = cluster.data_dir(*port);
         copy_dir(&source.join("engine"), &dir.join("engine"))?;
         let id = NodeId::parse(&format!("127.0.0.1:{port}"))?;
-        crate::server::write_identity(&dir, &id, &tokens)?;
+        crate::identity::write_bootstrapped(&dir, &id, &tokens)?;
     }
     Ok(())
 }
