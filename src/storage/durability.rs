@@ -35,7 +35,7 @@ impl Store {
         })?;
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(Error::Io(std::io::Error::other(reason))),
+            Ok(Err(failure)) => Err(for_waiter(&failure)),
             Err(_) => Err(Error::NotReady {
                 reason: "store is closed".into(),
             }),
@@ -105,11 +105,15 @@ pub(super) fn free_bytes(dir: &std::path::Path) -> Option<u64> {
     }
 }
 
+/// One fsync's outcome, shared by every write that waited on it (an
+/// [`Error`] is not `Clone`).
+pub(super) type SyncOutcome = Result<(), Arc<Error>>;
+
 /// Group commit: whoever waits when an fsync starts is answered by it.
 pub(super) fn spawn_group_commit(
     engine: Arc<dyn Engine>,
-) -> mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>> {
-    let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<Result<(), String>>>();
+) -> mpsc::UnboundedSender<oneshot::Sender<SyncOutcome>> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<oneshot::Sender<SyncOutcome>>();
     tokio::spawn(async move {
         while let Some(first) = rx.recv().await {
             let mut waiters = vec![first];
@@ -117,14 +121,32 @@ pub(super) fn spawn_group_commit(
                 waiters.push(more);
             }
             let engine = engine.clone();
-            let result = tokio::task::spawn_blocking(move || engine.persist())
-                .await
-                .map_err(|e| e.to_string())
-                .and_then(|r| r.map_err(|e| e.to_string()));
+            let result: SyncOutcome =
+                match tokio::task::spawn_blocking(move || engine.persist()).await {
+                    Ok(persisted) => persisted.map_err(Arc::new),
+                    Err(join) => Err(Arc::new(Error::Io(std::io::Error::other(format!(
+                        "fsync task failed: {join}"
+                    ))))),
+                };
             for waiter in waiters {
                 let _ = waiter.send(result.clone());
             }
         }
     });
     tx
+}
+
+/// The error one failed fsync gives each write that waited on it, its
+/// cause kept: a full disk stays [`Error::DiskFull`], an I/O error keeps
+/// its errno (so ENOSPC or EDQUOT answers 507, as `Error::http_status`
+/// says), anything else is told as an I/O error with the engine's words.
+fn for_waiter(failure: &Error) -> Error {
+    match failure {
+        Error::DiskFull => Error::DiskFull,
+        Error::Io(io) => Error::Io(match io.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(io.kind(), io.to_string()),
+        }),
+        other => Error::Io(std::io::Error::other(other.to_string())),
+    }
 }

@@ -70,7 +70,7 @@ use self::codec::{
     token_key,
 };
 pub use self::codec::{decode_record, encode_record};
-use self::durability::spawn_group_commit;
+use self::durability::{SyncOutcome, spawn_group_commit};
 pub use self::engine::{Engine, FjallEngine, MemoryEngine, Op, Space};
 pub use self::index::IndexEntry;
 pub use self::stream::StreamWriter;
@@ -124,7 +124,7 @@ struct Inner {
     /// never held across an await.
     locks: Vec<Mutex<()>>,
     /// Group-commit queue, present when `fsync` is on.
-    syncer: Option<mpsc::UnboundedSender<oneshot::Sender<Result<(), String>>>>,
+    syncer: Option<mpsc::UnboundedSender<oneshot::Sender<SyncOutcome>>>,
     /// Hash-tree leaves of everything held (see `merkle.rs`), kept up to
     /// date by every commit and rebuilt from the token index at open.
     leaves: Vec<AtomicU64>,

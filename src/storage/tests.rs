@@ -1041,3 +1041,85 @@ async fn group_commit_answers_every_waiter() {
         w.await.unwrap().unwrap();
     }
 }
+
+/// A memory engine whose fsync fails with the error `fail` makes.
+struct FailingSync {
+    /// Where the batches go.
+    engine: MemoryEngine,
+    /// The error every `persist` returns.
+    fail: fn() -> Error,
+}
+
+impl Engine for FailingSync {
+    fn get(&self, space: Space, key: &[u8]) -> Result<Option<Bytes>> {
+        self.engine.get(space, key)
+    }
+    fn scan(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        start: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Bytes)>> {
+        self.engine.scan(space, prefix, start, limit)
+    }
+    fn scan_keys(
+        &self,
+        space: Space,
+        prefix: &[u8],
+        start: Bound<Vec<u8>>,
+        limit: usize,
+    ) -> Result<Vec<Vec<u8>>> {
+        self.engine.scan_keys(space, prefix, start, limit)
+    }
+    fn apply(&self, ops: Vec<Op>) -> Result<()> {
+        self.engine.apply(ops)
+    }
+    fn persist(&self) -> Result<()> {
+        Err((self.fail)())
+    }
+    fn disk_bytes(&self) -> u64 {
+        self.engine.disk_bytes()
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_found_at_fsync_answers_507() {
+    let failures: [(fn() -> Error, u16); 4] = [
+        // ENOSPC as fjall reports it, mapped by `Error::from_storage`.
+        (
+            || Error::from_storage(fjall::Error::Io(std::io::Error::from_raw_os_error(28))),
+            507,
+        ),
+        // ENOSPC and EDQUOT as plain I/O errors.
+        (|| Error::Io(std::io::Error::from_raw_os_error(28)), 507),
+        (|| Error::Io(std::io::Error::from_raw_os_error(122)), 507),
+        // Any other failure stays a server error.
+        (|| Error::Io(std::io::Error::from_raw_os_error(5)), 500),
+    ];
+    for (fail, status) in failures {
+        let engine = Arc::new(FailingSync {
+            engine: MemoryEngine::default(),
+            fail,
+        });
+        let store = Store::open_engine(
+            engine,
+            &StorageOptions {
+                data_dir: None,
+                fsync: true,
+                disk_reserve: 0,
+            },
+        )
+        .unwrap();
+        let waits: Vec<_> = (0..4)
+            .map(|_| {
+                let s = store.clone();
+                tokio::spawn(async move { s.sync().await })
+            })
+            .collect();
+        for w in waits {
+            let err = w.await.unwrap().unwrap_err();
+            assert_eq!(err.http_status(), status, "{err:?} from {:?}", fail());
+        }
+    }
+}
