@@ -253,11 +253,8 @@ impl Tokens {
 }
 
 fn read_file(path: &Path) -> Result<TokenSet> {
-    let named = |e: std::io::Error| {
-        Error::Io(std::io::Error::new(
-            e.kind(),
-            format!("token file {}: {e}", path.display()),
-        ))
+    let named = |e: std::io::Error| Error::Io {
+        source: std::io::Error::new(e.kind(), format!("token file {}: {e}", path.display())),
     };
     let size = std::fs::metadata(path).map_err(named)?.len();
     if size > MAX_TOKEN_FILE_BYTES {

@@ -80,12 +80,28 @@ pub enum Error {
         /// The missing feature.
         what: String,
     },
+    /// A fault of this program rather than of its input or its disk: a
+    /// task that panicked or was cancelled, a response that could not be
+    /// built. Answers 500.
+    #[error("internal error: {what}")]
+    Internal {
+        /// What failed.
+        what: String,
+    },
     /// An I/O error on local files.
-    #[error("I/O error: {0}")]
-    Io(#[from] std::io::Error),
+    #[error("I/O error: {source}")]
+    Io {
+        /// The error the operating system gave.
+        #[from]
+        source: std::io::Error,
+    },
     /// The storage engine failed.
-    #[error("storage engine error: {0}")]
-    Storage(#[from] fjall::Error),
+    #[error("storage engine error: {source}")]
+    Storage {
+        /// fjall's error.
+        #[from]
+        source: fjall::Error,
+    },
     /// A node could not be reached at all (client side).
     #[error("cannot reach {node}: {reason}")]
     Unreachable {
@@ -156,6 +172,11 @@ impl Error {
         }
     }
 
+    /// Shorthand for [`Error::Internal`].
+    pub fn internal(what: impl Into<String>) -> Self {
+        Error::Internal { what: what.into() }
+    }
+
     /// Shorthand for [`Error::Corrupt`].
     pub fn corrupt(reason: impl Into<String>) -> Self {
         Error::Corrupt {
@@ -181,8 +202,8 @@ impl Error {
             Error::DiskFull => 507,
             Error::Corrupt { .. } => 500,
             Error::NotImplemented { .. } => 501,
-            Error::Io(e) if is_disk_full(e) => 507,
-            Error::Io(_) | Error::Storage(_) => 500,
+            Error::Io { source } if is_disk_full(source) => 507,
+            Error::Io { .. } | Error::Storage { .. } | Error::Internal { .. } => 500,
             Error::NotReady { .. } => 503,
             Error::Conflict { .. } => 409,
             Error::RingChanged { .. } => 503,
@@ -205,8 +226,9 @@ impl Error {
             Error::DiskFull => "disk_full",
             Error::Corrupt { .. } => "corrupt",
             Error::NotImplemented { .. } => "not_implemented",
-            Error::Io(_) => "io",
-            Error::Storage(_) => "storage",
+            Error::Io { .. } => "io",
+            Error::Storage { .. } => "storage",
+            Error::Internal { .. } => "internal",
             Error::NotReady { .. } => "not_ready",
             Error::Conflict { .. } => "conflict",
             Error::RingChanged { .. } => "ring_changed",
@@ -250,7 +272,7 @@ impl Error {
             | fjall::Error::Decompress(_)
             | fjall::Error::InvalidTag(_)
             | fjall::Error::InvalidTrailer => Error::corrupt(format!("storage engine: {err}")),
-            _ => Error::Storage(err),
+            _ => Error::Storage { source: err },
         }
     }
 }
@@ -297,6 +319,6 @@ mod tests {
         let full = fjall::Error::Io(std::io::Error::from_raw_os_error(28));
         assert!(matches!(Error::from_storage(full), Error::DiskFull));
         let other = fjall::Error::Locked;
-        assert!(matches!(Error::from_storage(other), Error::Storage(_)));
+        assert!(matches!(Error::from_storage(other), Error::Storage { .. }));
     }
 }

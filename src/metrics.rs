@@ -650,9 +650,7 @@ impl Metrics {
 }
 
 fn encode_error(err: std::fmt::Error) -> Error {
-    Error::Io(std::io::Error::other(format!(
-        "cannot encode the metrics: {err}"
-    )))
+    Error::internal(format!("cannot encode the metrics: {err}"))
 }
 
 /// Keeps a stream counted in `ringkv_streams_in_progress` while it lives.

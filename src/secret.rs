@@ -44,7 +44,7 @@ pub fn generate_hex() -> Result<String> {
     let mut bytes = [0u8; MIN_SECRET_BYTES];
     rand::rngs::OsRng
         .try_fill_bytes(&mut bytes)
-        .map_err(|e| Error::Io(std::io::Error::other(format!("no random bytes: {e}"))))?;
+        .map_err(|e| Error::internal(format!("no random bytes: {e}")))?;
     Ok(hex(&bytes))
 }
 
@@ -121,11 +121,11 @@ impl Keys {
 
     /// The keys of the secret in file `path`.
     pub fn from_file(path: &Path) -> Result<Keys> {
-        let named = |e: std::io::Error| {
-            Error::Io(std::io::Error::new(
+        let named = |e: std::io::Error| Error::Io {
+            source: std::io::Error::new(
                 e.kind(),
                 format!("cluster secret file {}: {e}", path.display()),
-            ))
+            ),
         };
         let size = std::fs::metadata(path).map_err(named)?.len();
         if size > MAX_SECRET_FILE_BYTES {

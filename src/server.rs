@@ -168,7 +168,7 @@ impl RunningNode {
         let _ = self.shutdown.send(());
         self.task
             .await
-            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?
+            .map_err(|e| Error::internal(format!("node task: {e}")))?
     }
 
     /// Leaves the cluster gracefully (F4); stop the node afterwards.
@@ -211,7 +211,7 @@ impl RunningNode {
     pub async fn wait(&mut self) -> Result<()> {
         (&mut self.task)
             .await
-            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?
+            .map_err(|e| Error::internal(format!("node task: {e}")))?
     }
 }
 
@@ -234,9 +234,12 @@ async fn bind(config: &NodeConfig) -> Result<TcpListener> {
             return Ok(listener);
         }
     }
-    Err(Error::Io(std::io::Error::other(
-        "found no port free for both TCP and UDP",
-    )))
+    Err(Error::Io {
+        source: std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "found no port free for both TCP and UDP",
+        ),
+    })
 }
 
 /// The error of a port that cannot be bound, naming protocol and address.
@@ -244,10 +247,9 @@ fn port_error(protocol: &'static str, addr: SocketAddr, err: std::io::Error) -> 
     if err.kind() == std::io::ErrorKind::AddrInUse {
         return Error::PortInUse { protocol, addr };
     }
-    Error::Io(std::io::Error::new(
-        err.kind(),
-        format!("cannot bind {protocol} {addr}: {err}"),
-    ))
+    Error::Io {
+        source: std::io::Error::new(err.kind(), format!("cannot bind {protocol} {addr}: {err}")),
+    }
 }
 
 /// Starts a node; it serves until [`RunningNode::stop`].

@@ -1167,7 +1167,7 @@ impl Coordinator {
         drop(tx);
         write
             .await
-            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?
+            .map_err(|e| Error::internal(format!("stream write task: {e}")))?
             .map(|_| ())
     }
 

@@ -274,7 +274,7 @@ async fn serve_value(
 }
 
 fn internal(err: axum::http::Error) -> ApiError {
-    ApiError(Error::Io(std::io::Error::other(err.to_string())))
+    ApiError(Error::internal(format!("cannot build the response: {err}")))
 }
 
 /// `?prefix=&after=&limit=` of `GET /keys`.

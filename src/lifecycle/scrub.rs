@@ -114,7 +114,7 @@ async fn walk(lifecycle: &Lifecycle, throttle: &Arc<Throttle>) -> Result<()> {
                 store.keys_in_range(whole, after.as_deref(), SCRUB_PAGE)
             })
             .await
-            .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))??
+            .map_err(|e| Error::internal(format!("scrub listing task: {e}")))??
         };
         let Some(last) = page.last() else {
             return Ok(());
@@ -138,7 +138,7 @@ async fn check(lifecycle: &Lifecycle, throttle: &Arc<Throttle>, entry: IndexEntr
             })
         })
         .await
-        .map_err(|e| Error::Io(std::io::Error::other(e.to_string())))?
+        .map_err(|e| Error::internal(format!("scrub check task: {e}")))?
     };
     let reason = match verified {
         Ok(Some(bytes)) => {

@@ -241,7 +241,7 @@ impl Membership {
         };
         let handle = spawn_chitchat(config, initial, transport)
             .await
-            .map_err(|e| Error::Io(std::io::Error::other(format!("gossip: {e:#}"))))?;
+            .map_err(|e| Error::internal(format!("gossip did not start: {e:#}")))?;
         let ready = Arc::new(AtomicBool::new(ready));
         let (tx, rx) = watch::channel(Arc::new(Ring::new(Vec::new(), options.replicas)));
         let (fatal_tx, fatal_rx) = watch::channel(None);

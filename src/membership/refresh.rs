@@ -44,11 +44,7 @@ async fn join_tokens(
     let (me, count) = (self_member(options), options.token_count);
     let tokens = tokio::task::spawn_blocking(move || allocate_tokens(&ring, &me, count))
         .await
-        .map_err(|e| {
-            Error::Io(std::io::Error::other(format!(
-                "token allocation failed: {e}"
-            )))
-        })?;
+        .map_err(|e| Error::internal(format!("token allocation failed: {e}")))?;
     (options.keep)(Some(&tokens), false)?;
     Ok(Some(tokens))
 }

@@ -124,9 +124,9 @@ pub(super) fn spawn_group_commit(
             let result: SyncOutcome =
                 match tokio::task::spawn_blocking(move || engine.persist()).await {
                     Ok(persisted) => persisted.map_err(Arc::new),
-                    Err(join) => Err(Arc::new(Error::Io(std::io::Error::other(format!(
+                    Err(join) => Err(Arc::new(Error::internal(format!(
                         "fsync task failed: {join}"
-                    ))))),
+                    )))),
                 };
             for waiter in waiters {
                 let _ = waiter.send(result.clone());
@@ -143,10 +143,12 @@ pub(super) fn spawn_group_commit(
 fn for_waiter(failure: &Error) -> Error {
     match failure {
         Error::DiskFull => Error::DiskFull,
-        Error::Io(io) => Error::Io(match io.raw_os_error() {
-            Some(code) => std::io::Error::from_raw_os_error(code),
-            None => std::io::Error::new(io.kind(), io.to_string()),
-        }),
-        other => Error::Io(std::io::Error::other(other.to_string())),
+        Error::Io { source } => Error::Io {
+            source: match source.raw_os_error() {
+                Some(code) => std::io::Error::from_raw_os_error(code),
+                None => std::io::Error::new(source.kind(), source.to_string()),
+            },
+        },
+        other => Error::internal(format!("fsync failed: {other}")),
     }
 }

@@ -1092,10 +1092,10 @@ async fn a_full_disk_found_at_fsync_answers_507() {
             507,
         ),
         // ENOSPC and EDQUOT as plain I/O errors.
-        (|| Error::Io(std::io::Error::from_raw_os_error(28)), 507),
-        (|| Error::Io(std::io::Error::from_raw_os_error(122)), 507),
+        (|| Error::from(std::io::Error::from_raw_os_error(28)), 507),
+        (|| Error::from(std::io::Error::from_raw_os_error(122)), 507),
         // Any other failure stays a server error.
-        (|| Error::Io(std::io::Error::from_raw_os_error(5)), 500),
+        (|| Error::from(std::io::Error::from_raw_os_error(5)), 500),
     ];
     for (fail, status) in failures {
         let engine = Arc::new(FailingSync {
