@@ -1,5 +1,8 @@
 //! ringkv: a distributed hash table of equal nodes.
 //!
+//! Comments name features by id (F1 … F29): `docs/features.md` says what
+//! each one is.
+//!
 //! Layers, bottom-up (see ARCHITECTURE.md for the flows through them); a
 //! module uses only the layers below its own:
 //!

@@ -1,4 +1,4 @@
-//! The fault matrix (SPEC §7, issue 6): five nodes with N = 3 and the default
+//! The fault matrix: five nodes with N = 3 and the default
 //! quorums, each node in its own network namespace, links between them cut
 //! by blackhole routes while the clients (this process) still reach every
 //! node. Concurrent clients write, delete and read through random nodes on

@@ -1,4 +1,4 @@
-//! The status page's live charts (issue 17): requests and 5xx answers per
+//! The status page's live charts (F22): requests and 5xx answers per
 //! second by operation, p50/p99 latency of key reads and writes, and body
 //! bytes in and out per second, for the cluster and for each member, over
 //! the last [`SAMPLES`] sampling intervals (15 minutes at the default

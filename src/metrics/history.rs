@@ -1,5 +1,5 @@
 //! The last few minutes of a node's request figures, for the status page's
-//! charts (F22, issue 17): a fixed-size ring buffer of samples per member,
+//! charts (F22): a fixed-size ring buffer of samples per member,
 //! each sample the difference between two readings of the node's own
 //! counters ([`Counts`], read from [`super::Metrics`], never counted a
 //! second time).
