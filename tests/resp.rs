@@ -751,6 +751,12 @@ fn chart_last(html: &str, scope: &str, chart: &str, series: &str) -> Option<f64>
     value[..value.find('"')?].parse().ok()
 }
 
+/// Node 0's charts part, as the page's script fetches it.
+async fn charts_html(cluster: &Cluster) -> Option<String> {
+    let url = format!("{}/?part=charts", cluster.url(0));
+    cluster.http.get(url).send().await.ok()?.text().await.ok()
+}
+
 /// `redis-cli -p PORT` fed `lines` on its standard input, one command each
 /// (how scripts pipe commands to it).
 fn cli_stdin(port: u16, lines: &str) -> String {
@@ -800,15 +806,7 @@ async fn resp_commands_show_in_the_metrics_and_the_charts() {
     // under get, writes under put, DEL under delete, with their latency and
     // the bytes of requests and replies.
     wait_for("RESP load in the charts", DEADLINE, || async {
-        let html = cluster
-            .http
-            .get(format!("{}/?part=charts", cluster.url(0)))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let html = charts_html(&cluster).await?;
         let busy = |scope: &str, chart: &str, series: &str| {
             chart_last(&html, scope, chart, series).is_some_and(|v| v > 0.0)
         };
@@ -859,15 +857,7 @@ async fn resp_commands_show_in_the_metrics_and_the_charts() {
                 out.starts_with("TRYAGAIN") || out.starts_with("OK"),
                 "{out}"
             );
-            let html = cluster
-                .http
-                .get(format!("{}/?part=charts", cluster.url(0)))
-                .send()
-                .await
-                .ok()?
-                .text()
-                .await
-                .ok()?;
+            let html = charts_html(&cluster).await?;
             chart_last(&html, &ids[0], "errors", "put")
                 .filter(|v| *v > 0.0)
                 .map(|_| ())
