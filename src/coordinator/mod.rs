@@ -418,7 +418,12 @@ impl Coordinator {
     fn hint(&self, target: &NodeId, meta: &RecordMeta, value: Option<&Bytes>, err: &Error) {
         if !self.inner.options.hints
             || *target == self.inner.node
-            || matches!(err, Error::InvalidInput { .. } | Error::TooLarge { .. })
+            || matches!(
+                err,
+                // A ring-fence refusal: the write is planned again on the
+                // replica's ring, and goes where that one says.
+                Error::InvalidInput { .. } | Error::TooLarge { .. } | Error::RingChanged { .. }
+            )
         {
             return;
         }

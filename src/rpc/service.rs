@@ -136,8 +136,15 @@ impl ReplicaService {
 /// (current and target), and of the set its last agreed ring gives the key
 /// unless the coordinator saw every member on this replica's ring already
 /// (its agreed ring is this one: a member still on an older ring would
-/// not have published this one); for a read, one of the sets it reads
-/// from among the sets read.
+/// not have published this one); for a read, the key's replicas on this
+/// replica's ring among the sets read.
+///
+/// A read is not taken for the replicas of this replica's last agreed
+/// ring alone: that ring being agreed here says nothing of the writers.
+/// A writer that has seen every live member on the current ring writes
+/// to its replicas only, while a member it thinks down (its gossip cut)
+/// may still read the older ones, and this replica may not have seen the
+/// agreement yet.
 pub fn fence_accepts(ring: &Ring, agreed: &Ring, key: &str, fence: &Fence, write: bool) -> bool {
     if ring.digest() == fence.digest && agreed.digest() == fence.agreed {
         return true;
@@ -154,11 +161,7 @@ pub fn fence_accepts(ring: &Ring, agreed: &Ring, key: &str, fence: &Fence, write
             || fence.sets.contains(&replica_set_hash(&previous));
         current.iter().all(|set| fence.sets.contains(set)) && previous_met
     } else {
-        let readable = [
-            replica_set_hash(&ring.nodes_of(key)),
-            replica_set_hash(&agreed.nodes_of(key)),
-        ];
-        fence.sets.iter().any(|set| readable.contains(set))
+        fence.sets.contains(&replica_set_hash(&ring.nodes_of(key)))
     }
 }
 
@@ -538,11 +541,22 @@ mod tests {
             ..write_fence(&normal, &normal, &key)
         };
         assert!(!fence_accepts(&normal, &joining, &key, &unvouched, true));
-        // Reading the old replicas is fine while the replica's agreed ring
-        // is the old one, not once every member moved on.
+        // Reading the old replicas only is refused by a replica past the
+        // join, even one that has not yet seen every member past it: a
+        // writer that has writes to the new replicas only, and the reader
+        // may be a member it counts as down.
         let old_read = read_fence(&joining, &joining, &key);
-        assert!(fence_accepts(&normal, &joining, &key, &old_read, false));
+        assert!(!fence_accepts(&normal, &joining, &key, &old_read, false));
         assert!(!fence_accepts(&normal, &normal, &key, &old_read, false));
+        // Reading both (the reader's agreed ring is the old one) is taken.
+        let both = Fence {
+            sets: vec![
+                replica_set_hash(&normal.nodes_of(key.as_bytes())),
+                replica_set_hash(&joining.nodes_of(key.as_bytes())),
+            ],
+            ..read_fence(&normal, &joining, &key)
+        };
+        assert!(fence_accepts(&normal, &joining, &key, &both, false));
     }
 
     #[test]
