@@ -23,8 +23,12 @@ pub const TICK: Duration = Duration::from_millis(50);
 /// A gap between ticks this long means the process was stopped.
 pub const STALL: Duration = Duration::from_secs(2);
 /// How long after a stall writes are still refused: the requests buffered
-/// during it are read at once when the process resumes.
-pub const AFTER_STALL: Duration = Duration::from_secs(1);
+/// during it are read when the process resumes, at once on an idle host,
+/// but possibly seconds later on a loaded one (with a window of 1 s, the
+/// test that pauses a replica for 3 s once saw no refusal in a full run on
+/// 2 cores: the buffered write was taken). Refusing costs little: the
+/// coordinator counts the other replicas and keeps a hint.
+pub const AFTER_STALL: Duration = Duration::from_secs(5);
 
 /// When the process last ran its tick and when it last resumed.
 #[derive(Debug)]
@@ -131,7 +135,9 @@ mod tests {
         watch.tick_at(resume + 5);
         assert!(watch.check_at(resume + 10).is_err());
         assert!(watch.check_at(resume + 5 + after - 1).is_err());
-        watch.tick_at(resume + 55);
+        for t in (resume + 55..=resume + 5 + after).step_by(50) {
+            watch.tick_at(t);
+        }
         assert!(watch.check_at(resume + 5 + after).is_ok());
         // A gap just short of a stall is ordinary scheduling.
         let later = resume + 5 + after + 100;
