@@ -12,9 +12,9 @@ mod bench_membership;
 mod bench_repair;
 mod cluster;
 mod config_file;
+mod files;
 mod ops;
 mod serve;
-mod transfer;
 
 pub use self::serve::ServeArgs;
 
@@ -112,10 +112,10 @@ enum Command {
     Replicas(ops::ReplicasArgs),
     /// Store every file under a directory (keys: PREFIX/relative path),
     /// checked by blake3, with a manifest for `download`.
-    Upload(transfer::UploadArgs),
+    Upload(files::UploadArgs),
     /// Fetch every key under a prefix into a directory, each file checked
     /// against the manifest `upload` stored.
-    Download(transfer::DownloadArgs),
+    Download(files::DownloadArgs),
     /// Drive a cluster with a put/get mix, or stream one large value.
     Bench(bench::BenchArgs),
     /// Print a new random secret (32 bytes as 64 hex digits): for
@@ -475,8 +475,8 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             };
             bench::run(bench, nodes, options, out).await
         }
-        Command::Upload(upload) => transfer::upload(upload, client()?, out).await,
-        Command::Download(download) => transfer::download(download, client()?, out).await,
+        Command::Upload(upload) => files::upload(upload, client()?, out).await,
+        Command::Download(download) => files::download(download, client()?, out).await,
         command => ops::run(command, client()?, out).await,
     }
 }
