@@ -21,10 +21,11 @@
 //!   scrub and purge.
 //! - [`http`]: the public API; [`resp`]: the Redis protocol front end;
 //!   [`server`] wires a node together.
-//! - [`client`] (used by the CLI, the bench and the tests) and [`cli`].
+//! - [`client`] (used by the `ringkv` binary's subcommands, which live in
+//!   the binary crate, and by the tests); [`config`]: the flags of `serve`
+//!   and the node configuration they make.
 
 pub mod access;
-pub mod cli;
 pub mod client;
 pub mod config;
 pub mod coordinator;

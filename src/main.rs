@@ -1,4 +1,7 @@
-//! The `ringkv` binary: sets up the allocator and hands over to `ringkv::cli`.
+//! The `ringkv` binary: sets up the allocator and hands over to [`cli`],
+//! its subcommands over the `ringkv` library.
+
+mod cli;
 
 /// mimalloc instead of glibc malloc: nodes allocate many short-lived
 /// buffers from many threads; glibc spent ~20% of a node's CPU in
@@ -28,5 +31,5 @@ fn tune_allocator() {
 
 fn main() -> std::process::ExitCode {
     tune_allocator();
-    ringkv::cli::main()
+    cli::main()
 }

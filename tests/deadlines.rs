@@ -16,7 +16,7 @@ use ringkv::server::RunningNode;
 use serde_json::Value;
 
 async fn start_node() -> RunningNode {
-    let args = ringkv::cli::ServeArgs::try_parse_from([
+    let args = ringkv::config::ServeArgs::try_parse_from([
         "serve",
         "--host",
         "127.0.0.1",

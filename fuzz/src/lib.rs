@@ -85,7 +85,7 @@ fn with_node<T>(f: impl AsyncFnOnce(&RunningNode) -> T) -> T {
 
 async fn start_node() -> RunningNode {
     use clap::Parser;
-    let args = ringkv::cli::ServeArgs::try_parse_from([
+    let args = ringkv::config::ServeArgs::try_parse_from([
         "serve",
         "--host",
         "127.0.0.1",

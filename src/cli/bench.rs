@@ -22,8 +22,8 @@ use clap::Parser;
 use futures::StreamExt;
 
 use super::ops::Output;
-use crate::client::{Client, ClientOptions, Upload};
-use crate::config::{parse_duration, parse_size};
+use ringkv::client::{Client, ClientOptions, Upload};
+use ringkv::config::{parse_duration, parse_size};
 
 /// Flags of `ringkv bench`.
 #[derive(Debug, Parser)]
@@ -51,7 +51,7 @@ pub struct BenchArgs {
     #[arg(long)]
     placement: Option<usize>,
     /// Tokens per node for `--placement`, `--convergence` and `--join-speed`.
-    #[arg(long, default_value_t = crate::ring::DEFAULT_TOKENS_PER_NODE)]
+    #[arg(long, default_value_t = ringkv::ring::DEFAULT_TOKENS_PER_NODE)]
     tokens: usize,
     /// Replication factor for `--placement`, `--convergence` and `--join-speed`.
     #[arg(long, default_value_t = 3)]
@@ -214,7 +214,7 @@ pub async fn run(
                         .put(&k, Upload::Bytes(value.clone()), None, None)
                         .await?;
                 }
-                Ok::<_, crate::error::Error>(())
+                Ok::<_, ringkv::error::Error>(())
             })
         })
         .collect();
@@ -357,7 +357,7 @@ pub(super) async fn mix(
 pub(super) fn rotated_clients(
     nodes: &[String],
     options: &ClientOptions,
-) -> crate::error::Result<Vec<Client>> {
+) -> ringkv::error::Result<Vec<Client>> {
     (0..nodes.len())
         .map(|i| {
             let mut order = nodes.to_vec();
@@ -481,7 +481,7 @@ fn placement(
     replicas: usize,
     out: Output,
 ) -> anyhow::Result<ExitCode> {
-    use crate::ring::{Member, MemberState, NodeId, Ring, Token, allocate_tokens};
+    use ringkv::ring::{Member, MemberState, NodeId, Ring, Token, allocate_tokens};
     anyhow::ensure!(
         count >= 1 && tokens >= 1 && replicas >= 1,
         "need nodes, tokens and replicas"

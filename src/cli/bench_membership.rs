@@ -35,7 +35,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 use super::ops::Output;
-use crate::client::{Client, Upload};
+use ringkv::client::{Client, Upload};
 
 /// How long a node may take to print its listening line.
 const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -110,7 +110,7 @@ impl LocalCluster {
         let dir = std::env::temp_dir().join(format!("ringkv-bench-{}-{nanos}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
-        let http = crate::tls::http_client_builder()
+        let http = ringkv::tls::http_client_builder()
             .timeout(RING_TIMEOUT)
             .build()
             .context("http client")?;
@@ -974,7 +974,7 @@ async fn prefill(
         }
         return Ok(());
     }
-    let clients = super::bench::rotated_clients(nodes, &crate::client::ClientOptions::default())?;
+    let clients = super::bench::rotated_clients(nodes, &ringkv::client::ClientOptions::default())?;
     let per_worker = keys.div_ceil(concurrency);
     let tasks: Vec<_> = (0..concurrency)
         .map(|w| {

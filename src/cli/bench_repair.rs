@@ -46,10 +46,10 @@ use serde_json::{Value, json};
 use super::bench::{Samples, mix, rotated_clients};
 use super::bench_membership::{LocalCluster, Settings};
 use super::ops::Output;
-use crate::proto::RecordMeta;
-use crate::ring::{NodeId, Token};
-use crate::storage::{StorageOptions, Store};
-use crate::version::Version;
+use ringkv::proto::RecordMeta;
+use ringkv::ring::{NodeId, Token};
+use ringkv::storage::{StorageOptions, Store};
+use ringkv::version::Version;
 
 /// Deadline of one `POST /balance` (a full repair of many keys is slow).
 const BALANCE_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -308,7 +308,7 @@ fn prepare_dirs(
         let dir = cluster.data_dir(*port);
         copy_dir(&source.join("engine"), &dir.join("engine"))?;
         let id = NodeId::parse(&format!("127.0.0.1:{port}"))?;
-        crate::identity::write_bootstrapped(&dir, &id, &tokens)?;
+        ringkv::identity::write_bootstrapped(&dir, &id, &tokens)?;
     }
     Ok(())
 }
@@ -482,7 +482,7 @@ pub async fn repair_cost(args: RepairCost, out: Output) -> anyhow::Result<ExitCo
     anyhow::ensure!(args.keys >= 1, "need keys");
     let base = base_version();
     let base_dir = fill_base(&[("bench/", args.keys)], args.value_size, base).await?;
-    let http = crate::tls::http_client_builder()
+    let http = ringkv::tls::http_client_builder()
         .build()
         .context("http client")?;
     let mut rows = Vec::new();
@@ -643,7 +643,7 @@ pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCo
     let mixed = [("bench/", args.keys), ("repair/", args.repair_keys)];
     let full = fill_base(&mixed, args.value_size, base).await?;
     let partial = fill_base(&mixed[..1], args.value_size, base).await?;
-    let http = crate::tls::http_client_builder()
+    let http = ringkv::tls::http_client_builder()
         .build()
         .context("http client")?;
     let value = Bytes::from(vec![b'x'; args.value_size as usize]);
@@ -686,7 +686,7 @@ pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCo
         prepare_dirs(&cluster, &[&full.0, &full.0, third], &ports, args.tokens)?;
         let running = cluster.start_nodes(3).await?;
         let ids: Vec<String> = running.into_iter().collect();
-        let clients = rotated_clients(&ids, &crate::client::ClientOptions::default())?;
+        let clients = rotated_clients(&ids, &ringkv::client::ClientOptions::default())?;
         let stop = Arc::new(AtomicBool::new(false));
         eprintln!("{}: {} clients…", case.name, args.concurrency);
         let started = Instant::now();

@@ -17,7 +17,7 @@ use clap::Parser;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-use crate::config::DEFAULT_PORT;
+use ringkv::config::DEFAULT_PORT;
 
 /// The Redis protocol port of a node is its port plus this.
 const RESP_PORT_OFFSET: u16 = 1000;
@@ -101,7 +101,7 @@ fn prepare(args: &ClusterArgs) -> anyhow::Result<()> {
                 .mode(0o600)
                 .open(&path)
                 .with_context(|| format!("cannot create {}", path.display()))?;
-            writeln!(file, "{}", crate::secret::generate_hex()?)?;
+            writeln!(file, "{}", ringkv::secret::generate_hex()?)?;
         }
     }
     if args.tls {
@@ -112,7 +112,7 @@ fn prepare(args: &ClusterArgs) -> anyhow::Result<()> {
             let mut names = vec![args.host.clone(), "localhost".to_string()];
             names.extend(args.hosts.iter().cloned());
             names.dedup();
-            let (ca_pem, cert_pem, key_pem) = crate::tls::demo_certificates(&names)?;
+            let (ca_pem, cert_pem, key_pem) = ringkv::tls::demo_certificates(&names)?;
             std::fs::write(&ca, &ca_pem)?;
             // The CA after the node's certificate: `purge --all` trusts it.
             std::fs::write(&cert, format!("{cert_pem}{ca_pem}"))?;
@@ -556,7 +556,7 @@ async fn wait_ports_free(id: &str) -> anyhow::Result<()> {
             return Ok(());
         };
         if tokio::time::Instant::now() >= deadline {
-            return Err(crate::error::Error::PortInUse { protocol, addr }).context(format!(
+            return Err(ringkv::error::Error::PortInUse { protocol, addr }).context(format!(
                 "still taken after {PORT_RETRY:?}; use --base-port to pick other ports"
             ));
         }
@@ -569,7 +569,7 @@ async fn wait_normal(url: &str, ca: Option<&std::path::Path>) -> anyhow::Result<
     let id = url
         .trim_start_matches("http://")
         .trim_start_matches("https://");
-    let mut builder = crate::tls::http_client_builder();
+    let mut builder = ringkv::tls::http_client_builder();
     if let Some(ca) = ca {
         let pem = std::fs::read(ca)?;
         builder = builder.tls_certs_only(reqwest::Certificate::from_pem_bundle(&pem)?);

@@ -17,7 +17,7 @@ use clap::parser::ValueSource;
 use clap::{Arg, ArgAction, ArgMatches, CommandFactory, FromArgMatches};
 use toml_edit::{Document, Item, Value};
 
-use super::serve::ServeArgs;
+use ringkv::config::ServeArgs;
 
 /// What is wrong with a configuration file, with the line and column.
 #[derive(Debug)]

@@ -16,14 +16,14 @@ mod files;
 mod ops;
 mod serve;
 
-pub use self::serve::ServeArgs;
+pub use ringkv::config::ServeArgs;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use crate::client::{Client, ClientOptions};
-use crate::error::Error;
+use ringkv::client::{Client, ClientOptions};
+use ringkv::error::Error;
 
 /// ringkv: a distributed hash table of equal nodes.
 #[derive(Debug, Parser)]
@@ -82,7 +82,7 @@ enum LogFormat {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run a node.
-    Serve(Box<serve::ServeArgs>),
+    Serve(Box<ServeArgs>),
     /// Run a local cluster of several nodes until Ctrl-C.
     Cluster(cluster::ClusterArgs),
     /// Store a value: `put KEY VALUE`, `put KEY -f FILE`, `put KEY -` (stdin).
@@ -454,7 +454,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
         retries: args.retries,
         discover: true,
         token: args.token.clone(),
-        tls: (args.tls || args.ca.is_some()).then(|| crate::client::ClientTls {
+        tls: (args.tls || args.ca.is_some()).then(|| ringkv::client::ClientTls {
             ca: args.ca.clone(),
         }),
         ..ClientOptions::default()
@@ -463,7 +463,7 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match args.command {
         Command::Serve(serve) => serve::run(*serve, args.json).await,
         Command::Secret => {
-            println!("{}", crate::secret::generate_hex()?);
+            println!("{}", ringkv::secret::generate_hex()?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Cluster(cluster) => cluster::run(cluster, out).await,

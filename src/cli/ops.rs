@@ -13,8 +13,8 @@ use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 
 use super::Command;
-use crate::client::{Client, Upload};
-use crate::error::Error;
+use ringkv::client::{Client, Upload};
+use ringkv::error::Error;
 
 /// How results are printed.
 #[derive(Debug, Clone, Copy)]
@@ -409,7 +409,7 @@ pub async fn run(command: Command, client: Client, out: Output) -> anyhow::Resul
 async fn until_done<F, Fut>(out: &Output, mut ask: F) -> anyhow::Result<Value>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = crate::error::Result<Value>>,
+    Fut: std::future::Future<Output = ringkv::error::Result<Value>>,
 {
     loop {
         let reply = ask().await?;

@@ -21,8 +21,8 @@ use super::{
     normalize_prefix, progress_bar, rate,
 };
 use crate::cli::ops::{Output, print_json};
-use crate::client::Client;
-use crate::error::Error;
+use ringkv::client::Client;
+use ringkv::error::Error;
 
 /// Page size of `/keys` when listing a prefix (the server's maximum).
 const LIST_PAGE: usize = 1000;
@@ -102,7 +102,7 @@ async fn list_cluster(
     for node in &members {
         let one = client.for_node(node);
         let mut after: Option<String> = None;
-        let result: crate::error::Result<()> = async {
+        let result: ringkv::error::Result<()> = async {
             loop {
                 let page = one.keys(prefix, after.as_deref(), LIST_PAGE).await?;
                 for entry in page["keys"].as_array().into_iter().flatten() {

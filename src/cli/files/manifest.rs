@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::Client;
+use ringkv::client::Client;
 
 /// Name of the manifest key under a prefix.
 pub const MANIFEST_NAME: &str = ".ringkv-manifest";
@@ -39,7 +39,7 @@ pub struct Manifest {
 pub(super) async fn fetch_manifest(
     client: &Client,
     key: &str,
-) -> crate::error::Result<Result<Option<Manifest>, String>> {
+) -> ringkv::error::Result<Result<Option<Manifest>, String>> {
     let Some(bytes) = client.get_bytes(key).await? else {
         return Ok(Ok(None));
     };

@@ -29,7 +29,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use super::ops::Output;
-use crate::error::Error;
+use ringkv::error::Error;
 
 mod download;
 mod manifest;

@@ -19,8 +19,8 @@ use super::{
     progress_bar, rate,
 };
 use crate::cli::ops::{Output, print_json};
-use crate::client::{Client, Upload, UploadWatch};
-use crate::error::Error;
+use ringkv::client::{Client, Upload, UploadWatch};
+use ringkv::error::Error;
 
 /// `upload DIR [--prefix P]`.
 #[derive(Debug, Parser)]
@@ -77,7 +77,7 @@ async fn read_back(
     client: &Client,
     key: &str,
     r: Option<&str>,
-) -> crate::error::Result<Option<(String, u64, u64)>> {
+) -> ringkv::error::Result<Option<(String, u64, u64)>> {
     let Some(response) = client.get(key, r).await? else {
         return Ok(None);
     };
@@ -195,10 +195,10 @@ pub async fn upload(args: UploadArgs, client: Client, out: Output) -> anyhow::Re
     }));
     let (files, bad_keys): (Vec<LocalFile>, Vec<LocalFile>) = files
         .into_iter()
-        .partition(|f| crate::key::validate(&key_for(&prefix, &f.rel)).is_ok());
+        .partition(|f| ringkv::key::validate(&key_for(&prefix, &f.rel)).is_ok());
     failures.extend(bad_keys.into_iter().map(|f| {
         Failure {
-            error: crate::key::validate(&key_for(&prefix, &f.rel))
+            error: ringkv::key::validate(&key_for(&prefix, &f.rel))
                 .err()
                 .map(|e| e.to_string())
                 .unwrap_or_default(),

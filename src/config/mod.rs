@@ -7,6 +7,10 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
+mod flags;
+
+pub use flags::{OnSignal, ServeArgs};
+
 /// Default port of the HTTP/gRPC listener and of gossip (F1).
 pub const DEFAULT_PORT: u16 = 50140;
 /// Default largest value: 5 GiB.
