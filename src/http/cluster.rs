@@ -143,21 +143,6 @@ pub fn memory_bytes() -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// File in the data dir that `/health` writes and removes to check that
-/// the store's disk takes writes.
-const HEALTH_PROBE_FILE: &str = ".health-probe";
-/// Bytes the probe writes: one filesystem block, so that a full disk fails.
-const HEALTH_PROBE_BYTES: usize = 4096;
-
-/// Whether a file of one block can be written in `dir` (and is removed
-/// again): catches a full disk and a filesystem remounted read-only.
-fn disk_takes_writes(dir: &std::path::Path) -> std::result::Result<(), String> {
-    let path = dir.join(HEALTH_PROBE_FILE);
-    let written = std::fs::write(&path, [0u8; HEALTH_PROBE_BYTES]);
-    let _ = std::fs::remove_file(&path);
-    written.map_err(|e| format!("cannot write in {}: {e}", dir.display()))
-}
-
 /// `GET /health`: liveness (it answers: always `live: true`) and readiness
 /// as JSON; 200 when ready, else 503. Ready means every check is ok:
 /// `gossip` (the node reached the cluster and published its tokens),
@@ -191,12 +176,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "in_transition": ring.in_transition(),
         "digest": format!("{:016x}", ring.digest()),
     });
-    let writable = match state.lifecycle.data_dir().map(|d| d.to_path_buf()) {
-        Some(dir) => tokio::task::spawn_blocking(move || disk_takes_writes(&dir))
-            .await
-            .unwrap_or_else(|e| Err(e.to_string())),
-        None => Ok(()),
-    };
+    let writable = state.store.takes_writes().await;
     let catching_up = state.lifecycle.is_catching_up();
     let room = state.store.has_room();
     let mut storage = json!({

@@ -15,6 +15,11 @@ use tokio::sync::{mpsc, oneshot};
 use super::{Engine, Store};
 use crate::error::{Error, Result};
 
+/// File in the data dir that [`Store::takes_writes`] writes and removes.
+const WRITE_PROBE_FILE: &str = ".health-probe";
+/// Bytes the probe writes: one filesystem block, so that a full disk fails.
+const WRITE_PROBE_BYTES: usize = 4096;
+
 /// Longest [`Store::flush`] waits for the engine to write its memtables.
 const FLUSH_DEADLINE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Longest a streamed write waits for flushes before going ahead anyway.
@@ -60,6 +65,24 @@ impl Store {
         while self.inner.engine.chunk_backlog() && started.elapsed() < BACKLOG_MAX_WAIT {
             tokio::time::sleep(BACKLOG_POLL).await;
         }
+    }
+
+    /// Whether a file of one block can be written in the data dir (and is
+    /// removed again): catches a full disk and a file system remounted
+    /// read-only, which the engine would meet only at its next write. The
+    /// reason names the dir. Always `Ok` in memory.
+    pub async fn takes_writes(&self) -> std::result::Result<(), String> {
+        let Some(dir) = self.inner.data_dir.clone() else {
+            return Ok(());
+        };
+        tokio::task::spawn_blocking(move || {
+            let path = dir.join(WRITE_PROBE_FILE);
+            let written = std::fs::write(&path, [0u8; WRITE_PROBE_BYTES]);
+            let _ = std::fs::remove_file(&path);
+            written.map_err(|e| format!("cannot write in {}: {e}", dir.display()))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the disk check did not finish: {e}")))
     }
 
     /// Whether writes are taken: the data disk has more than the reserve

@@ -141,6 +141,8 @@ struct Inner {
     /// The data dir and the free space to keep on its disk
     /// ([`StorageOptions::disk_reserve`]); `None` in memory.
     reserve: Option<(PathBuf, u64)>,
+    /// The data dir; `None` in memory.
+    data_dir: Option<PathBuf>,
 }
 
 impl Store {
@@ -174,6 +176,7 @@ impl Store {
                     .clone()
                     .filter(|_| options.disk_reserve > 0)
                     .map(|dir| (dir, options.disk_reserve)),
+                data_dir: options.data_dir.clone(),
             }),
         };
         store.clean_pending()?;
