@@ -5,7 +5,7 @@
 //! code, and `is_retryable()` tells clients whether another attempt (on this or
 //! another node) can succeed.
 
-use crate::ring::NodeId;
+use crate::node_id::{InvalidNodeId, NodeId};
 
 /// Errors returned by every layer of ringkv.
 #[derive(Debug, thiserror::Error)]
@@ -301,6 +301,12 @@ impl From<Error> for tonic::Status {
             }
             _ => tonic::Status::internal(message),
         }
+    }
+}
+
+impl From<InvalidNodeId> for Error {
+    fn from(err: InvalidNodeId) -> Error {
+        Error::invalid(err.0)
     }
 }
 

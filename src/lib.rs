@@ -37,6 +37,7 @@ pub mod lifecycle;
 pub mod membership;
 pub mod merkle;
 pub mod metrics;
+pub mod node_id;
 pub mod proto;
 pub mod resp;
 pub mod ring;

@@ -153,7 +153,7 @@ pub async fn remove(
     let decoded = percent_encoding::percent_decode_str(raw)
         .decode_utf8()
         .map_err(|_| Error::invalid("the node is not UTF-8"))?;
-    let node = NodeId::parse(&decoded)?;
+    let node = NodeId::parse(&decoded).map_err(Error::from)?;
     Ok(started(state.lifecycle.remove(&node, wait).await?))
 }
 

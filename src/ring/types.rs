@@ -1,68 +1,20 @@
-//! The ring's vocabulary: node ids, tokens, member states, members, token
-//! ranges and movements, and the gossip form of a token list.
+//! The ring's vocabulary: tokens, member states, members, token ranges and
+//! movements, and the gossip form of a token list; node ids are
+//! [`crate::node_id`]'s, re-exported here.
 //!
-//! Invariants: a [`NodeId`] is a parsed `host:port`; a key's [`Token`] is
+//! Invariants: a key's [`Token`] is
 //! the xxh3-64 of its bytes, the same on every node and every version; a
 //! decoded token list is sorted and never panics on bad input. Does not
 //! place anything: `placement.rs` does.
-
-use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use xxhash_rust::xxh3::xxh3_64;
 
 use crate::error::{Error, Result};
+pub use crate::node_id::NodeId;
 
 /// Virtual nodes per node when `--tokens` is not given.
 pub const DEFAULT_TOKENS_PER_NODE: usize = 16;
-
-/// A node's identity: the `host:port` peers use to reach it (F1).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(transparent)]
-pub struct NodeId(String);
-
-impl NodeId {
-    /// Parses and checks a `host:port` identity.
-    pub fn parse(s: &str) -> Result<NodeId> {
-        let (host, port) = s
-            .rsplit_once(':')
-            .ok_or_else(|| Error::invalid(format!("node {s:?} is not host:port")))?;
-        if host.is_empty() {
-            return Err(Error::invalid(format!("node {s:?} has an empty host")));
-        }
-        let port: u16 = port
-            .parse()
-            .map_err(|_| Error::invalid(format!("node {s:?} has an invalid port")))?;
-        if port == 0 {
-            return Err(Error::invalid(format!("node {s:?} has port 0")));
-        }
-        Ok(NodeId(s.to_string()))
-    }
-
-    /// The identity as `host:port`.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The port part.
-    pub fn port(&self) -> u16 {
-        self.0
-            .rsplit_once(':')
-            .and_then(|(_, p)| p.parse().ok())
-            .unwrap_or(0)
-    }
-
-    /// A stable 64-bit hash, used as the writer id in versions.
-    pub fn hash64(&self) -> u64 {
-        xxh3_64(self.0.as_bytes())
-    }
-}
-
-impl fmt::Display for NodeId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
 
 /// A position on the ring (the 64-bit hash space).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -475,7 +475,7 @@ impl ReplicaHandle {
                     .ping(request)
                     .await
                     .map_err(|s| peers.failed(node, "ping", s))?;
-                NodeId::parse(&reply.into_inner().node)
+                NodeId::parse(&reply.into_inner().node).map_err(Error::from)
             }
         }
     }
