@@ -68,10 +68,24 @@
 //! - `read.rs`: quorum reads, read repair, and making a replica hold a
 //!   record (`push_record`, `repair_copy`).
 //! - `quorum.rs`: [`Quorum`], [`WritePlan`] and [`ReadPlan`], pure.
+//! - `tests.rs`: unit tests of the decisions above, against fake replicas.
+//!
+//! # Testing without a network
+//! Two seams let unit tests drive a real [`Coordinator`]: the rings come
+//! from `Rings` (gossip's [`Membership`], or in tests a
+//! `membership::fixed::FixedMembership` built from a fixed view), and
+//! [`Coordinator::replica`] hands out a `ReplicaHandle::Fake` for a node
+//! the test registered (`rpc/fake.rs`: a replica in memory that can be
+//! slow, fail, or refuse on the ring fence). Both are enum variants that
+//! exist only in test builds, not trait objects: a production build has
+//! one way to reach a ring and two to reach a replica, each call is direct,
+//! and no future is boxed on the hot path for the sake of tests.
 
 mod quorum;
 mod read;
 mod stream;
+#[cfg(test)]
+mod tests;
 mod write;
 
 use std::sync::Arc;
@@ -86,7 +100,7 @@ use prost::Message;
 pub use self::quorum::{Quorum, ReadPlan, WritePlan};
 pub use self::stream::{STREAM_PIECE_BYTES, STREAM_STEP_TIMEOUT};
 use crate::error::{Error, Result};
-use crate::membership::{Membership, merge};
+use crate::membership::{Membership, PeerState, merge};
 use crate::metrics::Metrics;
 use crate::proto::{Fence, FenceRefusal, RecordMeta};
 use crate::ring::{NodeId, Ring};
@@ -196,11 +210,59 @@ pub struct Coordinator {
     inner: Arc<Inner>,
 }
 
+/// Where the coordinator's rings come from: gossip, or in unit tests a
+/// fixed view (see the module doc).
+enum Rings {
+    /// This node's membership.
+    Gossip(Arc<Membership>),
+    /// Rings from a fixed view and what it learns.
+    #[cfg(test)]
+    Fixed(Arc<crate::membership::fixed::FixedMembership>),
+}
+
+impl Rings {
+    /// The current ring.
+    fn ring(&self) -> Arc<Ring> {
+        match self {
+            Rings::Gossip(membership) => membership.ring(),
+            #[cfg(test)]
+            Rings::Fixed(fixed) => fixed.ring(),
+        }
+    }
+
+    /// The last agreed ring ([`Membership::agreed_ring`]).
+    fn agreed_ring(&self) -> Arc<Ring> {
+        match self {
+            Rings::Gossip(membership) => membership.agreed_ring(),
+            #[cfg(test)]
+            Rings::Fixed(fixed) => fixed.agreed_ring(),
+        }
+    }
+
+    /// What this node knows of the ring, to send a replica that lags.
+    fn ring_view(&self) -> Vec<PeerState> {
+        match self {
+            Rings::Gossip(membership) => membership.ring_view(),
+            #[cfg(test)]
+            Rings::Fixed(fixed) => fixed.ring_view(),
+        }
+    }
+
+    /// Merges a view a replica sent ([`Membership::learn`]).
+    async fn learn(&self, view: Vec<PeerState>) {
+        match self {
+            Rings::Gossip(membership) => membership.learn(view).await,
+            #[cfg(test)]
+            Rings::Fixed(fixed) => fixed.learn(view).await,
+        }
+    }
+}
+
 struct Inner {
     /// This node.
     node: NodeId,
     /// Where the ring comes from.
-    membership: Arc<Membership>,
+    membership: Rings,
     /// This node's replica logic, called directly when it is a replica.
     local: LocalReplica,
     /// Connections to peers.
@@ -215,6 +277,9 @@ struct Inner {
     /// Notices when the process was stopped, so that writes read right
     /// after are not stamped as new (see [`crate::stall`]).
     stall: Arc<StallWatch>,
+    /// Fake replicas a unit test called instead of these nodes.
+    #[cfg(test)]
+    fakes: Vec<Arc<crate::rpc::fake::FakeReplica>>,
 }
 
 impl Coordinator {
@@ -231,13 +296,42 @@ impl Coordinator {
         Coordinator {
             inner: Arc::new(Inner {
                 node,
-                membership,
+                membership: Rings::Gossip(membership),
                 local,
                 peers,
                 clock,
                 options,
                 metrics,
                 stall: Arc::new(StallWatch::default()),
+                #[cfg(test)]
+                fakes: Vec::new(),
+            }),
+        }
+    }
+
+    /// A coordinator for unit tests: rings from `membership`, the nodes of
+    /// `fakes` called through them, `local` for this node (and its hints).
+    #[cfg(test)]
+    fn with_fakes(
+        node: NodeId,
+        membership: Arc<crate::membership::fixed::FixedMembership>,
+        local: LocalReplica,
+        fakes: Vec<Arc<crate::rpc::fake::FakeReplica>>,
+        options: CoordinatorOptions,
+    ) -> Coordinator {
+        let metrics = Metrics::new();
+        let clock = local.clock.clone();
+        Coordinator {
+            inner: Arc::new(Inner {
+                node,
+                membership: Rings::Fixed(membership),
+                local,
+                peers: Peers::new(crate::rpc::RpcOptions::default(), metrics.clone()),
+                clock,
+                options,
+                metrics,
+                stall: Arc::new(StallWatch::default()),
+                fakes,
             }),
         }
     }
@@ -280,6 +374,10 @@ impl Coordinator {
 
     /// The handle to call `node` with.
     pub fn replica(&self, node: &NodeId) -> ReplicaHandle {
+        #[cfg(test)]
+        if let Some(fake) = self.inner.fakes.iter().find(|f| f.node() == node) {
+            return ReplicaHandle::Fake(fake.clone());
+        }
         if *node == self.inner.node {
             ReplicaHandle::Local(self.inner.local.clone())
         } else {
