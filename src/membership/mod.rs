@@ -37,6 +37,8 @@
 //!   lock, joins (allocating and keeping tokens) and publishes rings.
 //! - `merge.rs`: ring views learnt from peers over RPC.
 //! - `sealed.rs`: gossip sealed with the cluster secret.
+//! - `fixed.rs` (test builds only): a membership without gossip, rings
+//!   from a fixed view, for unit tests of the layers above.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -48,6 +50,8 @@ use chitchat::transport::UdpTransport;
 use chitchat::{ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig, spawn_chitchat};
 use tokio::sync::watch;
 
+#[cfg(test)]
+pub mod fixed;
 pub mod merge;
 mod refresh;
 pub mod sealed;

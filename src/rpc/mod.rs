@@ -9,6 +9,9 @@
 //! (unary or a stream's item) becomes an [`Error`] in `Peers::failed`,
 //! which counts it in the node's metrics by peer, call and kind.
 //!
+//! In test builds, [`ReplicaHandle`] has a third variant, `Fake`: a replica
+//! in memory with faults (`fake.rs`), for unit tests of the coordinator.
+//!
 //! Guarantees: a unary call either returns the replica's reply or an error
 //! within its timeout; an error does not tell whether the replica applied
 //! the write (it may have). Streams carry no overall timeout: the caller
@@ -16,6 +19,8 @@
 
 pub mod batch;
 pub mod deadline;
+#[cfg(test)]
+pub mod fake;
 pub mod local;
 pub mod noise;
 pub mod service;
@@ -197,6 +202,10 @@ pub enum ReplicaHandle {
         /// The pool holding its connection.
         peers: Peers,
     },
+    /// A replica in memory with faults, for unit tests of the coordinator
+    /// (`fake.rs`). Test builds only: production matches two variants.
+    #[cfg(test)]
+    Fake(Arc<fake::FakeReplica>),
 }
 
 /// The error of a failed call `rpc` to `node`, counted in
@@ -260,6 +269,8 @@ impl ReplicaHandle {
     ) -> Result<WriteReply> {
         match self {
             ReplicaHandle::Local(local) => local.write(meta, value).await,
+            #[cfg(test)]
+            ReplicaHandle::Fake(fake) => fake.write(meta, value, fence).await,
             ReplicaHandle::Remote { node, peers } => {
                 let request = WriteRequest {
                     meta: Some(meta),
@@ -283,6 +294,8 @@ impl ReplicaHandle {
         let messages = tokio_stream::wrappers::ReceiverStream::new(rx);
         match self {
             ReplicaHandle::Local(local) => local.write_stream(header, messages.map(Ok)).await,
+            #[cfg(test)]
+            ReplicaHandle::Fake(fake) => fake.write_stream(header, fence, messages).await,
             ReplicaHandle::Remote { node, peers } => {
                 let first = WriteChunk {
                     part: Some(write_chunk::Part::Header(header)),
@@ -321,6 +334,8 @@ impl ReplicaHandle {
     ) -> Result<ReadReply> {
         match self {
             ReplicaHandle::Local(local) => local.read(key, inline_max).await,
+            #[cfg(test)]
+            ReplicaHandle::Fake(fake) => fake.read(key, inline_max, fence).await,
             ReplicaHandle::Remote { node, peers } => {
                 let request = ReadRequest {
                     key: key.to_string(),
@@ -346,6 +361,8 @@ impl ReplicaHandle {
                 let rx = local.read_stream(key.to_string(), version, offset, length)?;
                 Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
             }
+            #[cfg(test)]
+            ReplicaHandle::Fake(fake) => fake.read_stream(key, version, offset, length).await,
             ReplicaHandle::Remote { node, peers } => {
                 let request = ReadStreamRequest {
                     key: key.to_string(),
@@ -395,6 +412,8 @@ impl ReplicaHandle {
                 let rx = local.scan(ranges.to_vec(), inline_max, limit)?;
                 Ok(tokio_stream::wrappers::ReceiverStream::new(rx).boxed())
             }
+            #[cfg(test)]
+            ReplicaHandle::Fake(fake) => Err(fake.unserved("scan")),
             ReplicaHandle::Remote { node, peers } => {
                 let request = ScanRequest {
                     ranges: ranges
@@ -426,6 +445,8 @@ impl ReplicaHandle {
     pub async fn sync(&self, digest: u64, local: &dyn SyncHandler) -> Result<SyncReply> {
         match self {
             ReplicaHandle::Local(_) => local.sync(digest).await,
+            #[cfg(test)]
+            ReplicaHandle::Fake(fake) => Err(fake.unserved("sync")),
             ReplicaHandle::Remote { node, peers } => peers
                 .client(node)?
                 .sync(tonic::Request::new(SyncRequest { digest }))
@@ -439,6 +460,8 @@ impl ReplicaHandle {
     pub async fn tree(&self, range: TokenRange, level: u32, nodes: &[usize]) -> Result<Vec<u64>> {
         match self {
             ReplicaHandle::Local(local) => local.tree(range, level, nodes),
+            #[cfg(test)]
+            ReplicaHandle::Fake(fake) => Err(fake.unserved("tree")),
             ReplicaHandle::Remote { node, peers } => {
                 let request = self.with_timeout(TreeRequest {
                     range: Some(crate::proto::TokenRange {
@@ -468,6 +491,8 @@ impl ReplicaHandle {
     pub async fn ping(&self) -> Result<NodeId> {
         match self {
             ReplicaHandle::Local(_) => Err(Error::invalid("a node does not ping itself")),
+            #[cfg(test)]
+            ReplicaHandle::Fake(fake) => Err(fake.unserved("ping")),
             ReplicaHandle::Remote { node, peers } => {
                 let request = self.with_timeout(PingRequest {});
                 let reply = peers
@@ -485,6 +510,8 @@ impl ReplicaHandle {
     pub async fn purge(&self, local: &dyn SyncHandler, wait: Duration) -> Result<PurgeReply> {
         match self {
             ReplicaHandle::Local(_) => local.purge(wait).await,
+            #[cfg(test)]
+            ReplicaHandle::Fake(fake) => Err(fake.unserved("purge")),
             ReplicaHandle::Remote { node, peers } => peers
                 .client(node)?
                 .purge(tonic::Request::new(PurgeRequest {
@@ -500,6 +527,8 @@ impl ReplicaHandle {
     pub async fn balance(&self, local: &dyn SyncHandler) -> Result<BalanceReply> {
         match self {
             ReplicaHandle::Local(_) => local.balance().await,
+            #[cfg(test)]
+            ReplicaHandle::Fake(fake) => Err(fake.unserved("balance")),
             ReplicaHandle::Remote { node, peers } => peers
                 .client(node)?
                 .balance(tonic::Request::new(BalanceRequest {}))
