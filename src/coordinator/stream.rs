@@ -77,7 +77,6 @@ impl Coordinator {
         Ok((piece, ended))
     }
 
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn write_streamed(
         &self,
         header: RecordMeta,
