@@ -90,12 +90,14 @@ def status_kib(pid, field):
     return 0
 
 
-def disk_bytes(path):
-    """Bytes the files under `path` take on disk (allocated blocks, as
-    `du` counts them)."""
+def disk_bytes(path, only=None):
+    """Bytes the files under `path` (those whose names end with `only`,
+    when given) take on disk (allocated blocks, as `du` counts them)."""
     total = 0
     for root, _dirs, files in os.walk(path):
         for name in files:
+            if only is not None and not name.endswith(only):
+                continue
             try:
                 total += os.lstat(os.path.join(root, name)).st_blocks * 512
             except OSError:

@@ -215,6 +215,7 @@ class Clusters:
         proc = start_cluster(root, base_port, ["--replicas", "3"], nodes=nodes)
         self.procs.append(proc)
         pids = node_pids(proc, nodes, root)
+        wait_agreed(list(range(base_port, base_port + nodes)))
         print(f"  {name}: {nodes} nodes on {base_port}-{base_port + nodes - 1} ready in "
               f"{time.monotonic() - started:.1f} s", file=sys.stderr)
         return proc, pids, root
@@ -298,7 +299,8 @@ def resp_load(resp_ports, first, last):
         feeders.append(t)
     outs = []
     for proc, t in zip(procs, feeders):
-        out, _ = proc.communicate()
+        out = proc.stdout.read()
+        proc.wait()
         t.join()
         outs.append(out.decode(errors="replace"))
     seconds = time.monotonic() - started
@@ -354,6 +356,8 @@ def part_keys(clusters, args, sizes, rev):
         loaded = size
         settled = settle(pids)
         disk = sum(disk_bytes(os.path.join(root, f"node-{p}")) for p in ports)
+        journal = sum(disk_bytes(os.path.join(root, f"node-{p}", "engine"), only=".jnl")
+                      for p in ports)
         print(f"  keys: {size:,} loaded in {load_s:.1f} s ({written / load_s:,.0f} keys/s), "
               f"idle after {settled:.0f} s more; measuring", file=sys.stderr)
         get = oha(spread("GET", f"/keys/{key}", CONNECTIONS, ports), args.duration, pids, root)
@@ -361,7 +365,7 @@ def part_keys(clusters, args, sizes, rev):
         rss = [status_kib(p, "VmRSS") for p in pids]
         hwm = [status_kib(p, "VmHWM") for p in pids]
         rows.append(dict(size=size, written=written, load_s=load_s, load_other=load_other,
-                         settled=settled, disk=disk, get=get, put=put, rss=rss, hwm=hwm))
+                         settled=settled, disk=disk, journal=journal, get=get, put=put, rss=rss, hwm=hwm))
         row_keys(rows[-1], rev)
     clusters.stop(proc)
     return rows
@@ -400,9 +404,10 @@ def wait_agreed(ports, timeout=60):
     def agreed(port):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/ring", timeout=2) as r:
             ring = json.load(r)
-        members = ring.get("nodes") or []
-        return (ring.get("agreed") is True and len(members) == len(ports)
-                and all(m.get("state") == "normal" for m in members))
+        members = ring.get("members") or []
+        return (ring.get("agreed") is True and len(ring.get("nodes") or []) == len(ports)
+                and len(members) == len(ports)
+                and all(m.get("state") == "normal" and m.get("live") for m in members))
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -421,7 +426,6 @@ def part_members(clusters, args, rev):
     for nodes, base in ((3, args.base_port + 200), (10, args.base_port + 100)):
         proc, pids, root = clusters.start(f"members-{nodes}", base, nodes)
         ports = list(range(base, base + nodes))
-        wait_agreed(ports)
         prefill(ports, pids)
         quiet = idle(pids, IDLE_SECONDS)
         get = oha(spread("GET", f"/keys/bench/{digits_regex(GET_KEYS)}", CONNECTIONS, ports),
@@ -465,8 +469,8 @@ def header_keys(args):
         f"{args.duration} s a run; loader: {args.loader})\n")
     out("| keys stored | load: s (keys/s), other cores | GET ops/s | GET p50 / p99 ms "
         "| PUT ops/s | PUT p50 / p99 ms | failed GET / PUT | CPU/op µs GET / PUT "
-        "| disk B/key (3 copies) | node VmRSS MiB (peak) | other cores GET / PUT | commit |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        "| disk B/key (3 copies) | disk MB: journal / rest | node VmRSS MiB (peak) | other cores GET / PUT | commit |")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def row_keys(r, rev):
@@ -476,7 +480,8 @@ def row_keys(r, rev):
         f"{r['load_other']:.2f} | {g['ops']:,.0f} | {g['p50']:.2f} / {g['p99']:.2f} "
         f"| {p['ops']:,.0f} | {p['p50']:.2f} / {p['p99']:.2f} "
         f"| {failed_cell(g)} / {failed_cell(p)} | {g['cpu_op']:.0f} / {p['cpu_op']:.0f} "
-        f"| {r['disk'] / r['size']:.0f} | {rss} | {g['other']:.2f} / {p['other']:.2f} "
+        f"| {r['disk'] / r['size']:.0f} | {r['journal'] / 1e6:,.0f} / "
+        f"{(r['disk'] - r['journal']) / 1e6:,.0f} | {rss} | {g['other']:.2f} / {p['other']:.2f} "
         f"| {rev} |")
 
 
