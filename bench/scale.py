@@ -26,9 +26,9 @@ nodes, nor oha, nor this script) and the commit measured. Latencies are
 those of every answer oha got (its sqlite record of each request);
 throughput counts 2xx answers over the run's seconds.
 
-Loading (`--loader`): `resp` streams SET commands, generated here, into
-`redis-cli --pipe` on each node's RESP port (two streams a node), keys
-`load/000000000` on; `bench` uses `ringkv bench`'s prefill (64 clients
+Loading (`--loader`): `resp` sends SET commands, generated here, to each
+node's RESP port (four connections a node, 64 commands a pipeline; a
+refused write is sent again and counted), keys `load/000000000` on; `bench` uses `ringkv bench`'s prefill (64 clients
 over HTTP, keys `bench/0` on; each size writes again the keys of the one
 before). The loading time and rate are printed.
 
@@ -64,7 +64,8 @@ LEVELS = (1, 4, 16, 64, 256, 1000)
 IDLE_SECONDS = 10
 GET_KEYS = 10_000  # members and concurrency clusters
 LOAD_WIDTH = 9  # `load/000000000`: up to 10^9 keys
-STREAMS_PER_NODE = 2
+STREAMS_PER_NODE = 4
+PIPELINE = 64  # commands in flight per loading connection
 
 
 def fail(message):
@@ -267,52 +268,65 @@ def ringkv_bench_load(ports, keys, concurrency=64):
 
 
 def resp_load(resp_ports, first, last):
-    """SET of load/first .. load/last-1 (100-byte values), streamed into
-    `redis-cli --pipe`, STREAMS_PER_NODE streams per RESP port, each a
-    contiguous share of the keys; returns the seconds taken."""
-    streams = [p for p in resp_ports for _ in range(STREAMS_PER_NODE)]
+    """SET of load/first .. load/last-1 (100-byte values) over RESP:
+    STREAMS_PER_NODE connections per node, each writing a contiguous share
+    of the keys in pipelines of PIPELINE commands (the next sent once the
+    replies of one are read: an unbounded pipeline, as `redis-cli --pipe`
+    sends, piles up so much work in a node that its stall watch takes the
+    delay for a stop and refuses writes). A key refused (`-TRYAGAIN`, e.g.
+    a node not ready) is sent again in the next pipeline, up to 100 times.
+    Returns (seconds, writes sent again, the first refusal's message)."""
+    conns = [p for p in resp_ports for _ in range(STREAMS_PER_NODE)]
     total = last - first
-    bounds = [first + total * i // len(streams) for i in range(len(streams) + 1)]
+    bounds = [first + total * i // len(conns) for i in range(len(conns) + 1)]
     value = VALUE.encode()
     head = f"*3\r\n$3\r\nSET\r\n${5 + LOAD_WIDTH}\r\nload/".encode()
     tail = f"\r\n${len(value)}\r\n".encode() + value + b"\r\n"
-    procs, feeders, errors = [], [], []
+    stats = {"retried": 0, "first": None, "error": None}
+    lock = threading.Lock()
 
-    def feed(pipe, lo, hi):
+    def stream(port, lo, hi):
         try:
-            step = 2000
-            for start in range(lo, hi, step):
-                pipe.write(b"".join(head + b"%09d" % k + tail
-                                    for k in range(start, min(hi, start + step))))
-            pipe.close()
+            with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
+                pending, retry, tries = lo, [], {}
+                while pending < hi or retry:
+                    batch = retry + list(range(pending, min(hi, pending + PIPELINE - len(retry))))
+                    pending = max(pending, batch[-1] + 1) if batch[len(retry):] else pending
+                    sock.sendall(b"".join(head + b"%09d" % k + tail for k in batch))
+                    data = b""
+                    while data.count(b"\r\n") < len(batch):
+                        chunk = sock.recv(1 << 16)
+                        if not chunk:
+                            raise OSError("connection closed")
+                        data += chunk
+                    retry = []
+                    if b"-" in data:
+                        for k, reply in zip(batch, data.split(b"\r\n")):
+                            if reply.startswith(b"-"):
+                                tries[k] = tries.get(k, 0) + 1
+                                if tries[k] > 100:
+                                    raise OSError(f"load/{k:09d} refused 100 times: {reply[:200]}")
+                                retry.append(k)
+                                with lock:
+                                    stats["retried"] += 1
+                                    if stats["first"] is None:
+                                        stats["first"] = reply.decode(errors="replace")[:200]
+                        if retry:
+                            time.sleep(0.05)
         except OSError as e:
-            errors.append(str(e))
+            with lock:
+                stats["error"] = f"RESP port {port}: {e}"
 
     started = time.monotonic()
-    for i, port in enumerate(streams):
-        proc = subprocess.Popen(["redis-cli", "-p", str(port), "--pipe", "--pipe-timeout", "120"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT)
-        procs.append(proc)
-        t = threading.Thread(target=feed, args=(proc.stdin, bounds[i], bounds[i + 1]), daemon=True)
+    threads = [threading.Thread(target=stream, args=(port, bounds[i], bounds[i + 1]), daemon=True)
+               for i, port in enumerate(conns)]
+    for t in threads:
         t.start()
-        feeders.append(t)
-    outs = []
-    for proc, t in zip(procs, feeders):
-        out = proc.stdout.read()
-        proc.wait()
+    for t in threads:
         t.join()
-        outs.append(out.decode(errors="replace"))
-    seconds = time.monotonic() - started
-    for proc, out in zip(procs, outs):
-        m = re.search(r"errors: (\d+), replies: (\d+)", out)
-        if proc.returncode != 0 or m is None or int(m.group(1)) != 0 or errors:
-            fail(f"redis-cli --pipe (loading keys {first:,}..{last:,}) failed: "
-                 f"{out.strip()[-500:]} {' '.join(errors)}")
-    got = sum(int(re.search(r"replies: (\d+)", o).group(1)) for o in outs)
-    if got != total:
-        fail(f"redis-cli --pipe: {got:,} replies for {total:,} keys")
-    return seconds
+    if stats["error"]:
+        fail(f"loading keys {first:,}..{last:,} failed: {stats['error']}")
+    return time.monotonic() - started, stats["retried"], stats["first"]
 
 
 def settle(pids, timeout=180):
@@ -346,10 +360,10 @@ def part_keys(clusters, args, sizes, rev):
         print(f"  keys: loading to {size:,} keys", file=sys.stderr)
         m = Measured(pids)
         if args.loader == "resp":
-            load_s = resp_load([p + 1000 for p in ports], loaded, size)
+            load_s, retried, refusal = resp_load([p + 1000 for p in ports], loaded, size)
             key = "load/" + digits_regex(size, LOAD_WIDTH)
         else:
-            load_s = ringkv_bench_load(ports, size)
+            load_s, retried, refusal = ringkv_bench_load(ports, size), 0, None
             key = "bench/" + digits_regex(size)
         _e, _s, load_other = m.stop()
         written = size - loaded if args.loader == "resp" else size
@@ -358,14 +372,15 @@ def part_keys(clusters, args, sizes, rev):
         disk = sum(disk_bytes(os.path.join(root, f"node-{p}")) for p in ports)
         journal = sum(disk_bytes(os.path.join(root, f"node-{p}", "engine"), only=".jnl")
                       for p in ports)
-        print(f"  keys: {size:,} loaded in {load_s:.1f} s ({written / load_s:,.0f} keys/s), "
+        print(f"  keys: {size:,} loaded in {load_s:.1f} s ({written / load_s:,.0f} keys/s, "
+              f"{retried:,} writes sent again{': ' + refusal if refusal else ''}), "
               f"idle after {settled:.0f} s more; measuring", file=sys.stderr)
         get = oha(spread("GET", f"/keys/{key}", CONNECTIONS, ports), args.duration, pids, root)
         put = oha(spread("PUT", f"/keys/{key}", CONNECTIONS, ports), args.duration, pids, root)
         rss = [status_kib(p, "VmRSS") for p in pids]
         hwm = [status_kib(p, "VmHWM") for p in pids]
         rows.append(dict(size=size, written=written, load_s=load_s, load_other=load_other,
-                         settled=settled, disk=disk, journal=journal, get=get, put=put, rss=rss, hwm=hwm))
+                         retried=retried, settled=settled, disk=disk, journal=journal, get=get, put=put, rss=rss, hwm=hwm))
         row_keys(rows[-1], rev)
     clusters.stop(proc)
     return rows
@@ -467,7 +482,7 @@ def out(line=""):
 def header_keys(args):
     out(f"\n### Keys stored (3 nodes, N = 3, W = R = 2; c = {CONNECTIONS}, 100-byte values, "
         f"{args.duration} s a run; loader: {args.loader})\n")
-    out("| keys stored | load: s (keys/s), other cores | GET ops/s | GET p50 / p99 ms "
+    out("| keys stored | load: s (keys/s), writes refused and sent again, other cores | GET ops/s | GET p50 / p99 ms "
         "| PUT ops/s | PUT p50 / p99 ms | failed GET / PUT | CPU/op µs GET / PUT "
         "| disk B/key (3 copies) | disk MB: journal / rest | node VmRSS MiB (peak) | other cores GET / PUT | commit |")
     out("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
@@ -477,7 +492,7 @@ def row_keys(r, rev):
     g, p = r["get"], r["put"]
     rss = ", ".join(f"{mib(a):.0f} ({mib(b):.0f})" for a, b in zip(r["rss"], r["hwm"]))
     out(f"| {size_name(r['size'])} | {r['load_s']:.1f} ({r['written'] / r['load_s']:,.0f}), "
-        f"{r['load_other']:.2f} | {g['ops']:,.0f} | {g['p50']:.2f} / {g['p99']:.2f} "
+        f"{r['retried']:,}, {r['load_other']:.2f} | {g['ops']:,.0f} | {g['p50']:.2f} / {g['p99']:.2f} "
         f"| {p['ops']:,.0f} | {p['p50']:.2f} / {p['p99']:.2f} "
         f"| {failed_cell(g)} / {failed_cell(p)} | {g['cpu_op']:.0f} / {p['cpu_op']:.0f} "
         f"| {r['disk'] / r['size']:.0f} | {r['journal'] / 1e6:,.0f} / "
@@ -536,8 +551,6 @@ def main():
             fail(f"unknown part {p!r} (keys, members, concurrency)")
 
     ensure_oha()
-    if "keys" in parts and args.loader == "resp" and shutil.which("redis-cli") is None:
-        fail("redis-cli is missing (apt-get install redis-tools), or use --loader bench")
     if not os.path.exists(RINGKV):
         print("building the release binary", file=sys.stderr)
         env = dict(os.environ, CARGO_BUILD_JOBS=os.environ.get("CARGO_BUILD_JOBS", "1"))
