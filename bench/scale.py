@@ -37,8 +37,11 @@ BASE+i, RESP BASE+1000+i): keys 24000-24002, members 24100-24109 and
 24200-24202, concurrency 24300-24302. Data lives in a temporary directory,
 removed at the end; every cluster is stopped by its PID.
 
+A size whose loading takes longer than --load-limit minutes (25) is not
+measured: the table says how far it got, and the keys part ends there.
+
 Usage: bench/scale.py [--sizes 10k,1m,10m] [--duration 10] [--parts keys,members,concurrency]
-                      [--loader resp|bench] [--base-port 24000]
+                      [--loader resp|bench] [--base-port 24000] [--load-limit 25]
 """
 
 import argparse
@@ -46,6 +49,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -267,7 +271,7 @@ def ringkv_bench_load(ports, keys, concurrency=64):
     return loaded
 
 
-def resp_load(resp_ports, first, last):
+def resp_load(resp_ports, first, last, deadline=None):
     """SET of load/first .. load/last-1 (100-byte values) over RESP:
     STREAMS_PER_NODE connections per node, each writing a contiguous share
     of the keys in pipelines of PIPELINE commands (the next sent once the
@@ -275,21 +279,22 @@ def resp_load(resp_ports, first, last):
     sends, piles up so much work in a node that its stall watch takes the
     delay for a stop and refuses writes). A key refused (`-TRYAGAIN`, e.g.
     a node not ready) is sent again in the next pipeline, up to 100 times.
-    Returns (seconds, writes sent again, the first refusal's message)."""
+    Stops at `deadline` (monotonic) if given. Returns (seconds, writes
+    sent again, the first refusal's message, keys written)."""
     conns = [p for p in resp_ports for _ in range(STREAMS_PER_NODE)]
     total = last - first
     bounds = [first + total * i // len(conns) for i in range(len(conns) + 1)]
     value = VALUE.encode()
     head = f"*3\r\n$3\r\nSET\r\n${5 + LOAD_WIDTH}\r\nload/".encode()
     tail = f"\r\n${len(value)}\r\n".encode() + value + b"\r\n"
-    stats = {"retried": 0, "first": None, "error": None}
+    stats = {"retried": 0, "first": None, "error": None, "done": 0}
     lock = threading.Lock()
 
     def stream(port, lo, hi):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
                 pending, retry, tries = lo, [], {}
-                while pending < hi or retry:
+                while (pending < hi or retry) and not stop.is_set():
                     batch = retry + list(range(pending, min(hi, pending + PIPELINE - len(retry))))
                     pending = max(pending, batch[-1] + 1) if batch[len(retry):] else pending
                     sock.sendall(b"".join(head + b"%09d" % k + tail for k in batch))
@@ -299,8 +304,11 @@ def resp_load(resp_ports, first, last):
                         if not chunk:
                             raise OSError("connection closed")
                         data += chunk
+                    refused = data.count(b"\r\n-") + data.startswith(b"-")
+                    with lock:
+                        stats["done"] += len(batch) - refused
                     retry = []
-                    if b"-" in data:
+                    if refused:
                         for k, reply in zip(batch, data.split(b"\r\n")):
                             if reply.startswith(b"-"):
                                 tries[k] = tries.get(k, 0) + 1
@@ -318,15 +326,30 @@ def resp_load(resp_ports, first, last):
                 stats["error"] = f"RESP port {port}: {e}"
 
     started = time.monotonic()
+    stop = threading.Event()
     threads = [threading.Thread(target=stream, args=(port, bounds[i], bounds[i + 1]), daemon=True)
                for i, port in enumerate(conns)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    report = started + 60
+    try:
+        while any(t.is_alive() for t in threads):
+            time.sleep(0.2)
+            now = time.monotonic()
+            if deadline is not None and now > deadline:
+                stop.set()
+            if now > report:
+                report = now + 60
+                print(f"    {first + stats['done']:,} keys after {now - started:.0f} s "
+                      f"({stats['done'] / (now - started):,.0f} keys/s), "
+                      f"{stats['retried']:,} writes sent again", file=sys.stderr)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
     if stats["error"]:
         fail(f"loading keys {first:,}..{last:,} failed: {stats['error']}")
-    return time.monotonic() - started, stats["retried"], stats["first"]
+    return time.monotonic() - started, stats["retried"], stats["first"], stats["done"]
 
 
 def settle(pids, timeout=180):
@@ -360,12 +383,21 @@ def part_keys(clusters, args, sizes, rev):
         print(f"  keys: loading to {size:,} keys", file=sys.stderr)
         m = Measured(pids)
         if args.loader == "resp":
-            load_s, retried, refusal = resp_load([p + 1000 for p in ports], loaded, size)
+            load_s, retried, refusal, done = resp_load(
+                [p + 1000 for p in ports], loaded, size,
+                time.monotonic() + args.load_limit * 60)
             key = "load/" + digits_regex(size, LOAD_WIDTH)
         else:
             load_s, retried, refusal = ringkv_bench_load(ports, size), 0, None
+            done = size - loaded
             key = "bench/" + digits_regex(size)
         _e, _s, load_other = m.stop()
+        if done < size - loaded:
+            out(f"| {size_name(size)} | not measured: loading stopped at --load-limit "
+                f"{args.load_limit} min, {load_s:.0f} s, with {loaded + done:,} keys written "
+                f"({done / load_s:,.0f} keys/s), {retried:,} writes refused and sent again, "
+                f"other cores {load_other:.2f} | | | | | | | | | | | {rev} |")
+            break
         written = size - loaded if args.loader == "resp" else size
         loaded = size
         settled = settle(pids)
@@ -543,6 +575,8 @@ def main():
     ap.add_argument("--parts", default="keys,members,concurrency")
     ap.add_argument("--loader", choices=("resp", "bench"), default="resp")
     ap.add_argument("--base-port", type=int, default=24000)
+    ap.add_argument("--load-limit", type=float, default=25,
+                    help="minutes a size's loading may take; past it the keys part stops there")
     args = ap.parse_args()
     sizes = [parse_size(s) for s in args.sizes.split(",") if s.strip()]
     parts = [p.strip() for p in args.parts.split(",") if p.strip()]
@@ -557,6 +591,11 @@ def main():
         if subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT,
                           env=env).returncode != 0 or not os.path.exists(RINGKV):
             fail(f"cargo build --release failed: no {RINGKV}")
+    def stopped(signum, _frame):
+        raise SystemExit(f"bench/scale.py: stopped by signal {signum}")
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, stopped)  # so that the clusters are stopped and removed
     rev = commit()
     work = tempfile.mkdtemp(prefix="ringkv-scale-")
     clusters = Clusters(work)
