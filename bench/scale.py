@@ -70,6 +70,7 @@ GET_KEYS = 10_000  # members and concurrency clusters
 LOAD_WIDTH = 9  # `load/000000000`: up to 10^9 keys
 STREAMS_PER_NODE = 4
 PIPELINE = 64  # commands in flight per loading connection
+RETRY_SECONDS = 120  # how long a refused key is sent again before the load fails
 
 
 def fail(message):
@@ -278,7 +279,8 @@ def resp_load(resp_ports, first, last, deadline=None):
     replies of one are read: an unbounded pipeline, as `redis-cli --pipe`
     sends, piles up so much work in a node that its stall watch takes the
     delay for a stop and refuses writes). A key refused (`-TRYAGAIN`, e.g.
-    a node not ready) is sent again in the next pipeline, up to 100 times.
+    a node not ready) is sent again in the next pipeline, after a pause
+    doubling from 50 ms to 1 s, for up to RETRY_SECONDS.
     Stops at `deadline` (monotonic) if given. Returns (seconds, writes
     sent again, the first refusal's message, keys written)."""
     conns = [p for p in resp_ports for _ in range(STREAMS_PER_NODE)]
@@ -293,7 +295,7 @@ def resp_load(resp_ports, first, last, deadline=None):
     def stream(port, lo, hi):
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=60) as sock:
-                pending, retry, tries = lo, [], {}
+                pending, retry, tries, backoff = lo, [], {}, 0.025
                 while (pending < hi or retry) and not stop.is_set():
                     batch = retry + list(range(pending, min(hi, pending + PIPELINE - len(retry))))
                     pending = max(pending, batch[-1] + 1) if batch[len(retry):] else pending
@@ -309,18 +311,25 @@ def resp_load(resp_ports, first, last, deadline=None):
                         stats["done"] += len(batch) - refused
                     retry = []
                     if refused:
+                        now = time.monotonic()
                         for k, reply in zip(batch, data.split(b"\r\n")):
                             if reply.startswith(b"-"):
-                                tries[k] = tries.get(k, 0) + 1
-                                if tries[k] > 100:
-                                    raise OSError(f"load/{k:09d} refused 100 times: {reply[:200]}")
+                                tries.setdefault(k, now)
+                                if now - tries[k] > RETRY_SECONDS:
+                                    raise OSError(f"load/{k:09d} still refused after "
+                                                  f"{RETRY_SECONDS} s: {reply[:200]}")
                                 retry.append(k)
                                 with lock:
                                     stats["retried"] += 1
                                     if stats["first"] is None:
                                         stats["first"] = reply.decode(errors="replace")[:200]
                         if retry:
-                            time.sleep(0.05)
+                            backoff = min(1.0, backoff * 2)
+                            time.sleep(backoff)
+                        else:
+                            backoff = 0.025
+                    else:
+                        backoff = 0.025
         except OSError as e:
             with lock:
                 stats["error"] = f"RESP port {port}: {e}"
