@@ -15,7 +15,10 @@
    connections spread over all the members; rates, p99, node CPU per
    operation; and, with no load, each node's CPU over 10 s, the UDP
    datagrams the machine sent (gossip is UDP: /proc/net/snmp) and the
-   loopback bytes (gossip plus any node-to-node TCP) per node per second.
+   loopback bytes (gossip plus any node-to-node TCP) per node per second;
+   and, from the nodes' /metrics, the replica calls that went inside
+   Batch calls (one message for the calls queued to a peer while others
+   are in flight) per operation and per Batch call.
 3. Concurrency: the 3-node cluster with 10,000 keys, GET and PUT at
    c = 1, 4, 16, 64, 256, 1000: throughput (2xx answers per second), p50,
    p99, failed requests (oha's non-2xx answers and errors), node CPU per
@@ -476,6 +479,30 @@ def wait_agreed(ports, timeout=60):
     fail(f"the nodes on {ports[0]}-{ports[-1]} did not agree on one ring in {timeout} s")
 
 
+def batching(ports):
+    """The nodes' replica calls sent inside Batch calls, and the Batch
+    calls, summed from /metrics."""
+    calls = batches = 0.0
+    for p in ports:
+        with urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        calls += sum(float(v) for v in re.findall(
+            r"^ringkv_replica_batched_calls_total(?:{[^}]*})? (\S+)$", text, re.M))
+        batches += sum(float(v) for v in re.findall(
+            r"^ringkv_replica_batches_total(?:{[^}]*})? (\S+)$", text, re.M))
+    return calls, batches
+
+
+def batched_oha(jobs, duration, pids, root, ports):
+    """`oha` and the replica calls batched per 2xx answer and per Batch call."""
+    c0, b0 = batching(ports)
+    r = oha(jobs, duration, pids, root)
+    c1, b1 = batching(ports)
+    r["batched_op"] = (c1 - c0) / max(r["count"], 1)
+    r["per_batch"] = (c1 - c0) / max(b1 - b0, 1)
+    return r
+
+
 def part_members(clusters, args, rev):
     header_members(args)
     rows = []
@@ -484,10 +511,10 @@ def part_members(clusters, args, rev):
         ports = list(range(base, base + nodes))
         prefill(ports, pids)
         quiet = idle(pids, IDLE_SECONDS)
-        get = oha(spread("GET", f"/keys/bench/{digits_regex(GET_KEYS)}", CONNECTIONS, ports),
-                  args.duration, pids, root)
-        put = oha(spread("PUT", "/keys/put/[0-9a-f]{20}", CONNECTIONS, ports), args.duration,
-                  pids, root)
+        get = batched_oha(spread("GET", f"/keys/bench/{digits_regex(GET_KEYS)}", CONNECTIONS,
+                                 ports), args.duration, pids, root, ports)
+        put = batched_oha(spread("PUT", "/keys/put/[0-9a-f]{20}", CONNECTIONS, ports),
+                          args.duration, pids, root, ports)
         rss = [status_kib(p, "VmRSS") for p in pids]
         rows.append(dict(nodes=nodes, idle=quiet, get=get, put=put, rss=rss))
         row_members(rows[-1], rev)
@@ -546,10 +573,11 @@ def header_members(args):
         f"10,000 keys, 100-byte values, {args.duration} s a run; idle: {IDLE_SECONDS} s, "
         f"no load)\n")
     out("| members | GET ops/s | GET p99 ms | GET CPU/op µs | PUT ops/s | PUT p99 ms "
-        "| PUT CPU/op µs | failed GET / PUT | idle CPU per node (cores) "
+        "| PUT CPU/op µs | failed GET / PUT "
+        "| replica calls batched per op, per Batch call: GET; PUT | idle CPU per node (cores) "
         "| idle UDP datagrams/s per node | idle loopback KB/s per node | node VmRSS MiB "
         "| other cores idle / GET / PUT | commit |")
-    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    out("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
 
 
 def row_members(r, rev):
@@ -557,7 +585,8 @@ def row_members(r, rev):
     rss = ", ".join(f"{mib(a):.0f}" for a in r["rss"])
     out(f"| {r['nodes']} | {g['ops']:,.0f} | {g['p99']:.2f} | {g['cpu_op']:.0f} "
         f"| {p['ops']:,.0f} | {p['p99']:.2f} | {p['cpu_op']:.0f} "
-        f"| {failed_cell(g)} / {failed_cell(p)} | {q['cpu']:.4f} | {q['udp']:.1f} "
+        f"| {failed_cell(g)} / {failed_cell(p)} | {g['batched_op']:.2f}, {g['per_batch']:.1f}; "
+        f"{p['batched_op']:.2f}, {p['per_batch']:.1f} | {q['cpu']:.4f} | {q['udp']:.1f} "
         f"| {q['lo'] / 1000:.1f} | {rss} | {q['other']:.2f} / {g['other']:.2f} / "
         f"{p['other']:.2f} | {rev} |")
 
