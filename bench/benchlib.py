@@ -1,8 +1,13 @@
 """What the benchmark scripts share: CPU accounting from /proc (the whole
-machine's, a process tree's, this script's and its waited children's), a
-deadline wait, and starting a local `ringkv cluster`."""
+machine's, a process tree's, this script's and its waited children's, and
+`Measured`, which splits a run's CPU between the servers and the other
+processes), memory and disk figures (VmRSS, VmHWM, bytes on disk), a
+deadline wait, oha (installed when missing), and starting and stopping a
+local `ringkv cluster`."""
 
 import os
+import shutil
+import signal
 import ssl
 import subprocess
 import sys
@@ -54,6 +59,65 @@ def own_seconds():
     return t.user + t.system + t.children_user + t.children_system
 
 
+class Measured:
+    """CPU of `servers` (PIDs), of this script with its waited children,
+    and of the whole machine, from the start of a run to `stop()`."""
+
+    def __init__(self, servers):
+        self.servers = servers
+        self.busy, self.own, self.server = busy_seconds(), own_seconds(), pid_seconds(servers)
+        self.started = time.monotonic()
+
+    def stop(self):
+        """(seconds elapsed, server CPU seconds, cores other processes used:
+        neither the servers, nor this script and its waited children)."""
+        elapsed = time.monotonic() - self.started
+        server = pid_seconds(self.servers) - self.server
+        other = (busy_seconds() - self.busy) - (own_seconds() - self.own) - server
+        return elapsed, server, max(0.0, other) / elapsed
+
+
+def status_kib(pid, field):
+    """A `/proc/PID/status` figure in KiB (`VmRSS`, `VmHWM`), 0 once the
+    process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def disk_bytes(path, only=None):
+    """Bytes the files under `path` (those whose names end with `only`,
+    when given) take on disk (allocated blocks, as `du` counts them)."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            if only is not None and not name.endswith(only):
+                continue
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except OSError:
+                pass
+    return total
+
+
+def ensure_oha():
+    """oha on PATH (~/.cargo/bin added), installed with
+    `cargo install --locked oha` when missing."""
+    cargo_bin = os.path.join(os.path.expanduser("~"), ".cargo", "bin")
+    if cargo_bin not in os.environ["PATH"].split(os.pathsep):
+        os.environ["PATH"] += os.pathsep + cargo_bin
+    if shutil.which("oha") is None:
+        print("installing oha (cargo install --locked oha, a few minutes)", file=sys.stderr)
+        if subprocess.run(["cargo", "install", "--locked", "--quiet", "oha"]).returncode != 0 \
+                or shutil.which("oha") is None:
+            sys.exit("oha is missing and `cargo install --locked oha` failed")
+
+
 def wait_until(what, check, timeout=60):
     """Polls `check` until it holds, or exits after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -83,7 +147,11 @@ def start_cluster(work, base_port, flags, nodes=3):
         with open(out_path) as f:
             return sum(1 for line in f if line.startswith("node ")) == nodes
 
-    wait_until(f"{nodes} nodes", started)
+    try:
+        wait_until(f"{nodes} nodes", started)
+    except BaseException:
+        stop_cluster(proc)
+        raise
 
     scheme, context = "http", None
     if "--tls" in flags:
@@ -98,9 +166,46 @@ def start_cluster(work, base_port, flags, nodes=3):
         except urllib.error.URLError:
             return False
 
-    for port in range(base_port, base_port + nodes):
-        wait_until(f"the node on {port} ready", lambda: ready(port))
+    try:
+        for port in range(base_port, base_port + nodes):
+            wait_until(f"the node on {port} ready", lambda: ready(port))
+    except BaseException:
+        stop_cluster(proc)
+        raise
     return proc
+
+
+def stop_cluster(proc, timeout=60):
+    """Stops a `ringkv cluster` by its PID (SIGTERM: it stops its nodes),
+    then SIGKILLs, by PID, any of its nodes still running after `timeout`
+    seconds."""
+    nodes = children(proc.pid)
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    deadline = time.monotonic() + 10
+    for pid in nodes:
+        while is_node(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if is_node(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def is_node(pid):
+    """Whether `pid` is (still) a `ringkv serve` process."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            args = f.read().split(b"\0")
+    except OSError:
+        return False
+    return len(args) > 1 and args[0].endswith(b"ringkv") and args[1] == b"serve"
 
 
 def commit():

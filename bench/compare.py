@@ -34,8 +34,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import (RINGKV, ROOT, busy_seconds, children, commit, own_seconds,
-                      pid_seconds, start_cluster, wait_until)
+from benchlib import RINGKV, ROOT, Measured, children, commit, start_cluster, wait_until
 
 CONCURRENCY = 64
 VALUE = b"v" * 100
@@ -58,22 +57,6 @@ def ensure_tools():
     if shutil.which("oha") is None:
         print("installing oha (cargo install --locked oha, a few minutes)", file=sys.stderr)
         subprocess.run(["cargo", "install", "--locked", "--quiet", "oha"], check=True)
-
-
-class Measured:
-    """CPU of `servers` (PIDs), of this script with its waited children,
-    and of the whole machine, from the start of a run to `stop()`."""
-
-    def __init__(self, servers):
-        self.servers = servers
-        self.busy, self.own, self.server = busy_seconds(), own_seconds(), pid_seconds(servers)
-        self.started = time.monotonic()
-
-    def stop(self):
-        elapsed = time.monotonic() - self.started
-        server = pid_seconds(self.servers) - self.server
-        other = (busy_seconds() - self.busy) - (own_seconds() - self.own) - server
-        return elapsed, server, max(0.0, other) / elapsed
 
 
 def percentile(sorted_values, q):
