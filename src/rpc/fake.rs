@@ -20,12 +20,11 @@ use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use prost::Message;
 
-use super::service::fence_accepts;
+use super::service::{fence_accepts, fence_refusal};
 use super::{LocalReplica, WriteMsg};
 use crate::error::{Error, Result};
 use crate::membership::fixed::FixedMembership;
-use crate::membership::merge;
-use crate::proto::{Fence, FenceRefusal, ReadReply, RecordMeta, WriteReply};
+use crate::proto::{Fence, ReadReply, RecordMeta, WriteReply};
 use crate::ring::NodeId;
 use crate::storage::{StorageOptions, Store};
 use crate::version::{Clock, Version};
@@ -173,19 +172,7 @@ impl FakeReplica {
         if fence_accepts(&ring, &agreed, key, fence, write) {
             return Ok(());
         }
-        let refusal = FenceRefusal {
-            view: Some(merge::to_wire(&membership.ring_view())),
-            previous: if write {
-                agreed
-                    .nodes_of(key.as_bytes())
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            previous_replicas: agreed.replicas() as u32,
-        };
+        let refusal = fence_refusal(membership.ring_view(), &agreed, key, write);
         Err(Error::RingChanged {
             node: self.node.clone(),
             refusal: refusal.encode_to_vec().into(),

@@ -103,20 +103,12 @@ impl ReplicaService {
             }
         }
         self.metrics.fence_refused(rpc);
-        let agreed = membership.agreed_ring();
-        let refusal = FenceRefusal {
-            view: Some(merge::to_wire(&membership.ring_view())),
-            previous: if write {
-                agreed
-                    .nodes_of(key.as_bytes())
-                    .iter()
-                    .map(|n| n.to_string())
-                    .collect()
-            } else {
-                Vec::new()
-            },
-            previous_replicas: agreed.replicas() as u32,
-        };
+        let refusal = fence_refusal(
+            membership.ring_view(),
+            &membership.agreed_ring(),
+            key,
+            write,
+        );
         Err(Status::with_details(
             tonic::Code::FailedPrecondition,
             format!(
@@ -162,6 +154,29 @@ pub fn fence_accepts(ring: &Ring, agreed: &Ring, key: &str, fence: &Fence, write
         current.iter().all(|set| fence.sets.contains(set)) && previous_met
     } else {
         fence.sets.contains(&replica_set_hash(&ring.nodes_of(key)))
+    }
+}
+
+/// What a replica sends with its refusal: its `view` of the ring and, for
+/// a write, the key's replicas in its last agreed ring `agreed`.
+pub fn fence_refusal(
+    view: Vec<crate::membership::PeerState>,
+    agreed: &Ring,
+    key: &str,
+    write: bool,
+) -> FenceRefusal {
+    FenceRefusal {
+        view: Some(merge::to_wire(&view)),
+        previous: if write {
+            agreed
+                .nodes_of(key.as_bytes())
+                .iter()
+                .map(|n| n.to_string())
+                .collect()
+        } else {
+            Vec::new()
+        },
+        previous_replicas: agreed.replicas() as u32,
     }
 }
 
