@@ -48,14 +48,22 @@ async fn put(cluster: &Cluster, i: usize, key: &str, value: &str, query: &str) -
 }
 
 /// The status of a GET of `key` through node `i` with `?r=`.
-async fn status(cluster: &Cluster, i: usize, key: &str, r: &str) -> StatusCode {
-    cluster
+/// The status of a GET of `key` through node `i` at read quorum `r`, with
+/// the body of an error reply (what a failed assertion should show).
+async fn status(cluster: &Cluster, i: usize, key: &str, r: &str) -> (StatusCode, String) {
+    let reply = cluster
         .http
         .get(format!("{}?r={r}", key_url(cluster, i, key)))
         .send()
         .await
-        .expect("get")
-        .status()
+        .expect("get");
+    let code = reply.status();
+    let body = if code.is_success() {
+        String::new()
+    } else {
+        reply.text().await.unwrap_or_default()
+    };
+    (code, body)
 }
 
 /// Asserts that `key` reads as absent through every running node in
@@ -63,10 +71,11 @@ async fn status(cluster: &Cluster, i: usize, key: &str, r: &str) -> StatusCode {
 async fn assert_absent(cluster: &Cluster, nodes: &[usize], key: &str) {
     for &i in nodes {
         for r in ["1", "2", "all"] {
+            let (code, body) = status(cluster, i, key, r).await;
             assert_eq!(
-                status(cluster, i, key, r).await,
+                code,
                 StatusCode::NOT_FOUND,
-                "{key} through node {i} at r={r}"
+                "{key} through node {i} at r={r}: {body}"
             );
         }
     }
@@ -215,10 +224,8 @@ async fn a_replica_away_while_a_key_expired_never_brings_it_back() {
     assert_absent(&cluster, &[0, 1, 2], "own").await;
     // A quorum read sees the newest record, expired: absent, and its read
     // repair gives node 2 that record, so even r=1 on node 2 is absent.
-    assert_eq!(
-        status(&cluster, 2, "read", "2").await,
-        StatusCode::NOT_FOUND
-    );
+    let (code, body) = status(&cluster, 2, "read", "2").await;
+    assert_eq!(code, StatusCode::NOT_FOUND, "{body}");
     let (_, stamp) = expiring[0];
     cluster.wait_haskey(2, "read", (stamp, false)).await;
     assert_absent(&cluster, &[0, 1, 2], "read").await;
@@ -483,11 +490,8 @@ async fn expired_values_stay_dead_through_a_bootstrap_and_a_handover() {
     for i in 0..40 {
         assert_absent(&cluster, &[0, 2, joiner], &format!("gone/{i}")).await;
         for node in [0, 2, joiner] {
-            assert_eq!(
-                status(&cluster, node, &format!("kept/{i}"), "all").await,
-                StatusCode::OK,
-                "kept/{i} through node {node}"
-            );
+            let (code, body) = status(&cluster, node, &format!("kept/{i}"), "all").await;
+            assert_eq!(code, StatusCode::OK, "kept/{i} through node {node}: {body}");
         }
     }
 }

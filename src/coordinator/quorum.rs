@@ -6,7 +6,7 @@
 use std::str::FromStr;
 
 use crate::error::{Error, Result};
-use crate::ring::{NodeId, Ring, replica_set_hash};
+use crate::ring::{MemberState, NodeId, Ring, replica_set_hash};
 
 /// How many replicas must answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -81,6 +81,34 @@ pub struct WritePlan {
     /// lags this node's, which it asked for when it refused the write
     /// ([`WritePlan::require`]).
     pub also: Vec<(Vec<NodeId>, usize)>,
+    /// Members of those sets that have left the cluster or were removed
+    /// ([`gone_members`]): nothing is sent to them and no set needs more
+    /// acknowledgements than it has members left.
+    pub gone: Vec<NodeId>,
+}
+
+/// The nodes of `ring` that are no longer members (removed, or not on it at
+/// all) among `previous`, with every member `ring` shows removed. A set of
+/// an older ring may still name them, but they answer nothing: a leaver
+/// handed its ranges over to the replicas of `ring` before it went, and
+/// what a removed node held is held by the other replicas. Asking for
+/// their answers would only fail every read and write of their keys until
+/// the last member is seen on the new ring.
+fn gone_members(ring: &Ring, previous: &[NodeId]) -> Vec<NodeId> {
+    let removed = ring
+        .members()
+        .filter(|m| m.state == MemberState::Removed)
+        .map(|m| m.id.clone());
+    let unknown = previous
+        .iter()
+        .filter(|n| ring.member(n).is_none())
+        .cloned();
+    removed.chain(unknown).collect()
+}
+
+/// How many of `set` are not `gone`.
+fn left_of(set: &[NodeId], gone: &[NodeId]) -> usize {
+    set.iter().filter(|n| !gone.contains(n)).count()
 }
 
 impl WritePlan {
@@ -94,27 +122,31 @@ impl WritePlan {
         if same_set(&previous, &replicas) || same_set(&previous, &target) {
             previous.clear();
         }
+        let gone = gone_members(ring, &previous);
         Ok(WritePlan {
             needed: w.count(ring.replicas())?,
             target_needed: w.count_clamped(ring.target_replicas()),
             // A ring with fewer members than N gave the key fewer
             // replicas: all of them then (a reader there could not read
             // more).
-            previous_needed: w.count_clamped(agreed.replicas()).min(previous.len()),
+            previous_needed: w
+                .count_clamped(agreed.replicas())
+                .min(left_of(&previous, &gone)),
             replicas,
             pending,
             target,
             previous,
             also: Vec::new(),
+            gone,
         })
     }
 
     /// Also needs `needed` acknowledgements among `set` (at most all of
-    /// them), unless a set the plan already needs is the same.
+    /// those not gone), unless a set the plan already needs is the same.
     pub fn require(&mut self, set: Vec<NodeId>, needed: usize) {
         let same = same_set;
-        let needed = needed.min(set.len());
-        if set.is_empty()
+        let needed = needed.min(left_of(&set, &self.gone));
+        if needed == 0
             || (same(&set, &self.replicas) && needed <= self.needed)
             || (same(&set, &self.target) && needed <= self.target_needed)
             || (same(&set, &self.previous) && needed <= self.previous_needed)
@@ -136,7 +168,7 @@ impl WritePlan {
             .chain(&self.previous)
             .chain(self.also.iter().flat_map(|(set, _)| set))
             .filter(move |n| {
-                let new = !seen.contains(n);
+                let new = !seen.contains(n) && !self.gone.contains(n);
                 if new {
                     seen.push(n);
                 }
@@ -237,6 +269,9 @@ pub struct ReadPlan {
     pub needed: usize,
     /// Answers needed among `previous`.
     pub previous_needed: usize,
+    /// Members of `previous` no longer in the cluster, as for a write
+    /// ([`WritePlan::gone`]).
+    pub gone: Vec<NodeId>,
 }
 
 impl ReadPlan {
@@ -249,19 +284,24 @@ impl ReadPlan {
         if same_set(&previous, &replicas) {
             previous.clear();
         }
+        let gone = gone_members(ring, &previous);
         Ok(ReadPlan {
             needed: r.count(ring.replicas())?,
             previous_needed: agreed
-                .map(|a| r.count_clamped(a.replicas()).min(previous.len()))
+                .map(|a| r.count_clamped(a.replicas()).min(left_of(&previous, &gone)))
                 .unwrap_or(0),
             replicas,
             previous,
+            gone,
         })
     }
 
     /// Every node the read is sent to, once each.
     pub fn nodes(&self) -> impl Iterator<Item = &NodeId> {
-        let extra = self.previous.iter().filter(|n| !self.replicas.contains(n));
+        let extra = self
+            .previous
+            .iter()
+            .filter(|n| !self.replicas.contains(n) && !self.gone.contains(n));
         self.replicas.iter().chain(extra)
     }
 
@@ -345,6 +385,7 @@ mod tests {
             target_needed: 2,
             previous_needed: 2,
             also: Vec::new(),
+            gone: Vec::new(),
         }
     }
 
@@ -380,6 +421,7 @@ mod tests {
             target_needed: 2,
             previous_needed: 2,
             also: Vec::new(),
+            gone: Vec::new(),
         };
         assert_eq!(plan.nodes().count(), 4);
         assert!(!plan.satisfied(&ids(&["b:1", "d:1"])));
@@ -415,6 +457,7 @@ mod tests {
             previous: ids(&["a:1", "b:1", "c:1"]),
             needed: 2,
             previous_needed: 2,
+            gone: Vec::new(),
         };
         assert_eq!(plan.nodes().count(), 4);
         assert_eq!(plan.set_hashes().len(), 2);
@@ -519,6 +562,58 @@ mod tests {
         assert!(plan.satisfied(&ids(&["n0:1", "n1:1"])));
     }
 
+    /// N = 2 on n0..n2, then n1 left: until the last member is seen on
+    /// the ring without n1, the older ring's sets still name it, but
+    /// nothing waits for it.
+    #[test]
+    fn a_member_that_left_is_not_asked_for_what_it_no_longer_holds() {
+        use crate::ring::{Member, MemberState, Token};
+        let ring = |left: bool| {
+            let members = (0..3u64).map(|i| Member {
+                id: NodeId::parse(&format!("n{i}:1")).unwrap(),
+                zone: String::new(),
+                state: if left && i == 1 {
+                    MemberState::Removed
+                } else {
+                    MemberState::Normal
+                },
+                live: !(left && i == 1),
+                tokens: (0..8)
+                    .map(|t| Token(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t << 56)))
+                    .collect(),
+            });
+            Ring::new(members, 2)
+        };
+        let (older, newer) = (ring(false), ring(true));
+        let leaver = NodeId::parse("n1:1").unwrap();
+        let mut checked = 0;
+        for k in 0..100 {
+            let key = format!("key{k}");
+            let key = key.as_bytes();
+            if !older.nodes_of(key).contains(&leaver) {
+                continue;
+            }
+            checked += 1;
+            let now = newer.nodes_of(key);
+            let read = ReadPlan::new(&newer, Some(&older), key, Quorum::All).unwrap();
+            assert!(read.nodes().all(|n| *n != leaver), "key{k}");
+            assert_eq!(read.shortfall(&now), None, "key{k}");
+            assert_eq!(
+                read.set_hashes().len(),
+                2,
+                "the fence still names both sets"
+            );
+            let mut write = WritePlan::new(&newer, &older, key, Quorum::All).unwrap();
+            assert!(write.nodes().all(|n| *n != leaver), "key{k}");
+            assert!(write.satisfied(&now), "key{k}");
+            // A lagging replica asking for the older set changes nothing
+            // the remaining nodes cannot give.
+            write.require(older.nodes_of(key), 2);
+            assert!(write.satisfied(&now), "key{k}");
+        }
+        assert!(checked > 0);
+    }
+
     #[test]
     fn outside_a_transition_the_plan_is_w_of_n() {
         let plan = WritePlan {
@@ -530,6 +625,7 @@ mod tests {
             target_needed: 2,
             previous_needed: 2,
             also: Vec::new(),
+            gone: Vec::new(),
         };
         assert!(plan.satisfied(&ids(&["b:1", "c:1"])));
         assert!(!plan.satisfied(&ids(&["b:1"])));
