@@ -503,10 +503,12 @@ fn launch(
 }
 
 /// Waits until every node at `urls` sees `expected` members, all normal,
-/// with one ring digest.
+/// with one ring digest, and sees each of the nodes at `urls` live (a node
+/// just restarted can be in everyone's ring, and the digests agree, before
+/// the others' failure detectors have seen it back).
 pub async fn wait_converged(http: &reqwest::Client, urls: &[String], expected: usize) {
     wait_for("the ring to converge", DEADLINE, || async {
-        let mut digests = Vec::new();
+        let mut rings = Vec::new();
         for url in urls {
             let ring: Value = http
                 .get(format!("{url}/ring"))
@@ -522,9 +524,19 @@ pub async fn wait_converged(http: &reqwest::Client, urls: &[String], expected: u
             if members.len() != expected || normal != expected || ring["agreed"] != true {
                 return None;
             }
-            digests.push(ring["digest"].as_str()?.to_string());
+            rings.push(ring);
         }
-        digests.windows(2).all(|w| w[0] == w[1]).then_some(())
+        let answering: Vec<&Value> = rings.iter().map(|r| &r["node"]).collect();
+        let all_live = rings.iter().all(|ring| {
+            ring["members"].as_array().is_some_and(|members| {
+                members
+                    .iter()
+                    .filter(|m| answering.contains(&&m["node"]))
+                    .all(|m| m["live"] == true)
+            })
+        });
+        let one_digest = rings.windows(2).all(|w| w[0]["digest"] == w[1]["digest"]);
+        (all_live && one_digest).then_some(())
     })
     .await;
 }
