@@ -423,7 +423,8 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
     .into_axum_router()
     .layer(axum::middleware::from_fn(crate::rpc::deadline::keep));
     let left = Arc::new(tokio::sync::Notify::new());
-    let stall_watch = tokio::spawn(coordinator.clone().watch_stalls());
+    let stall_watch = coordinator.stall_watch();
+    stall_watch.start()?;
     // The Redis protocol front end stops accepting when the node stops.
     let (resp_stop, mut resp_stopped) = tokio::sync::watch::channel(false);
     let mut resp_addr = None;
@@ -486,7 +487,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             }
             reason = fatal => Err(Error::invalid(reason)),
         };
-        stall_watch.abort();
+        stall_watch.stop();
         sampler.abort();
         if let Some(reloader) = reloader {
             reloader.abort();

@@ -9,11 +9,23 @@
 //! reads right after it notices it was stalled; a client still waiting gets
 //! a 503 and retries, one that gave up loses nothing it was promised.
 //!
-//! [`StallWatch::run`] ticks every [`TICK`]; a gap between ticks longer
-//! than [`STALL`] means the process did not run. Writes read while the gap
-//! is still open, or within [`AFTER_STALL`] of its end, are refused.
+//! [`StallWatch::start`] ticks every [`TICK`] on a thread of its own; a
+//! gap between ticks longer than [`STALL`], less the time the thread spent
+//! runnable but waiting for a CPU, means the process did not run. Writes
+//! read while the gap is still open, or within [`AFTER_STALL`] of its end,
+//! are refused.
+//!
+//! A loaded machine is not a stop. The tick runs on its own thread, so a
+//! runtime whose workers are all busy (or blocked in the storage engine)
+//! does not delay it, and the kernel's count of the thread's time on the
+//! run queue (`/proc/thread-self/schedstat`, `run_delay`) is taken off the
+//! gap, so a thread starved of CPU (or throttled by its cgroup) does not
+//! count as stopped either. A stopped process (SIGSTOP, a frozen VM) is
+//! not on any run queue: its whole gap counts. Without schedstat (another
+//! kernel) the gap counts whole.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -43,6 +55,11 @@ pub struct StallWatch {
     resumed: AtomicU64,
     /// Length of the last stall, in milliseconds.
     stalled_ms: AtomicU64,
+    /// Milliseconds the tick thread had waited on a run queue by its last
+    /// tick.
+    waited_ms: AtomicU64,
+    /// Set by [`StallWatch::stop`]: the tick thread ends.
+    stopped: AtomicBool,
 }
 
 impl Default for StallWatch {
@@ -52,6 +69,8 @@ impl Default for StallWatch {
             last_tick: AtomicU64::new(0),
             resumed: AtomicU64::new(0),
             stalled_ms: AtomicU64::new(0),
+            waited_ms: AtomicU64::new(0),
+            stopped: AtomicBool::new(false),
         }
     }
 }
@@ -61,20 +80,39 @@ impl StallWatch {
         self.origin.elapsed().as_millis() as u64
     }
 
-    /// Ticks until the process ends, noting every stall.
-    pub async fn run(&self) {
-        let mut tick = tokio::time::interval(TICK);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tick.tick().await;
-            self.tick_at(self.now_ms());
-        }
+    /// Starts the tick thread, which runs until [`StallWatch::stop`] or
+    /// until the watch is dropped, noting every stall.
+    pub fn start(self: &Arc<Self>) -> std::io::Result<()> {
+        let watch = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("stall-watch".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(TICK);
+                    let Some(watch) = watch.upgrade() else { break };
+                    if watch.stopped.load(Ordering::Acquire) {
+                        break;
+                    }
+                    watch.tick_at(watch.now_ms(), run_queue_wait_ms());
+                }
+            })
+            .map(drop)
     }
 
-    /// One tick at `now` (ms since the origin).
-    fn tick_at(&self, now: u64) {
+    /// Ends the tick thread (at its next tick).
+    pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+    }
+
+    /// One tick at `now` (ms since the origin), the tick thread having
+    /// waited `waited` ms on a run queue in all so far.
+    fn tick_at(&self, now: u64, waited: u64) {
         let last = self.last_tick.swap(now, Ordering::AcqRel);
-        let gap = now.saturating_sub(last);
+        let waited_before = self.waited_ms.swap(waited, Ordering::AcqRel);
+        // Time spent runnable, waiting for a CPU, is not a stop.
+        let gap = now
+            .saturating_sub(last)
+            .saturating_sub(waited.saturating_sub(waited_before));
         if last > 0 && gap >= STALL.as_millis() as u64 {
             self.stalled_ms.store(gap, Ordering::Release);
             self.resumed.store(now, Ordering::Release);
@@ -105,6 +143,22 @@ impl StallWatch {
     }
 }
 
+/// Milliseconds this thread has spent on a run queue waiting for a CPU; 0
+/// where the kernel does not say.
+fn run_queue_wait_ms() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| run_delay_ms(&s))
+        .unwrap_or(0)
+}
+
+/// The run queue wait in a `schedstat` line (time on the CPU, time waiting
+/// for it, time slices; in nanoseconds), in milliseconds.
+fn run_delay_ms(schedstat: &str) -> Option<u64> {
+    let ns: u64 = schedstat.split_whitespace().nth(1)?.parse().ok()?;
+    Some(ns / 1_000_000)
+}
+
 fn stalled(ms: u64) -> Error {
     Error::NotReady {
         reason: format!(
@@ -125,24 +179,50 @@ mod tests {
         let stall = STALL.as_millis() as u64;
         let after = AFTER_STALL.as_millis() as u64;
         for t in (50..=1000).step_by(50) {
-            watch.tick_at(t);
+            watch.tick_at(t, 0);
             assert!(watch.check_at(t + 10).is_ok(), "no stall at {t}");
         }
         // Stopped after the tick at 1000; the first request read on resuming
         // comes before the next tick.
         let resume = 1000 + stall + 500;
         assert!(watch.check_at(resume).is_err());
-        watch.tick_at(resume + 5);
+        watch.tick_at(resume + 5, 0);
         assert!(watch.check_at(resume + 10).is_err());
         assert!(watch.check_at(resume + 5 + after - 1).is_err());
         for t in (resume + 55..=resume + 5 + after).step_by(50) {
-            watch.tick_at(t);
+            watch.tick_at(t, 0);
         }
         assert!(watch.check_at(resume + 5 + after).is_ok());
         // A gap just short of a stall is ordinary scheduling.
         let later = resume + 5 + after + 100;
-        watch.tick_at(later);
-        watch.tick_at(later + stall - 1);
+        watch.tick_at(later, 0);
+        watch.tick_at(later + stall - 1, 0);
         assert!(watch.check_at(later + stall).is_ok());
+    }
+
+    #[test]
+    fn a_tick_late_for_want_of_a_cpu_is_no_stall() {
+        let watch = StallWatch::default();
+        let stall = STALL.as_millis() as u64;
+        watch.tick_at(1000, 40);
+        // 3 s late, of which the thread spent all but 100 ms runnable.
+        let late = 1000 + stall + 1000;
+        watch.tick_at(late, 40 + stall + 900);
+        assert!(watch.check_at(late + 10).is_ok());
+        // The same gap with the thread off every run queue: stopped.
+        let stopped = late + stall + 1000;
+        watch.tick_at(stopped, 40 + stall + 900);
+        assert!(watch.check_at(stopped + 10).is_err());
+    }
+
+    #[test]
+    fn the_run_queue_wait_is_read_from_schedstat() {
+        assert_eq!(run_delay_ms("1200000 3123556789 17\n"), Some(3123));
+        assert_eq!(run_delay_ms("1200000"), None);
+        assert_eq!(run_delay_ms("a b c"), None);
+        if cfg!(target_os = "linux") {
+            let line = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+            assert!(run_delay_ms(&line).is_some(), "{line:?}");
+        }
     }
 }

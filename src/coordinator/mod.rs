@@ -336,11 +336,6 @@ impl Coordinator {
         }
     }
 
-    /// Watches for stalls of this process until it ends (spawned once).
-    pub async fn watch_stalls(self) {
-        self.inner.stall.run().await;
-    }
-
     /// The node's stall watch, which the replica service consults too.
     pub fn stall_watch(&self) -> Arc<StallWatch> {
         self.inner.stall.clone()
