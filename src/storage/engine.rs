@@ -11,6 +11,7 @@ use std::path::Path;
 use std::sync::RwLock;
 
 use bytes::Bytes;
+use fjall::config::{PartitioningPolicy, PinningPolicy};
 use fjall::{
     CompressionType, Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode,
 };
@@ -130,7 +131,18 @@ impl FjallEngine {
             .map_err(Error::from_storage)?;
         let meta = db
             .keyspace("meta", || {
-                KeyspaceCreateOptions::default().max_memtable_size(META_MEMTABLE_BYTES)
+                KeyspaceCreateOptions::default()
+                    .max_memtable_size(META_MEMTABLE_BYTES)
+                    // Every write reads its key's record first, and most
+                    // keys written are new: each lookup asks the filter of
+                    // every level. fjall pins only the first level's
+                    // filters and partitions the deeper ones through the
+                    // block cache, so past a few million keys each lookup
+                    // read megabytes of filter blocks from the table files.
+                    // Whole filters, pinned on every level, cost about
+                    // 10 bits a key of memory.
+                    .filter_block_pinning_policy(PinningPolicy::all(true))
+                    .filter_block_partitioning_policy(PartitioningPolicy::all(false))
             })
             .map_err(Error::from_storage)?;
         let chunks = db
