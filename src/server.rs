@@ -39,6 +39,10 @@ use crate::version::Clock;
 
 /// Connections served at once; more wait in the kernel's backlog.
 const MAX_CONNECTIONS: usize = 4096;
+
+/// Streams one HTTP/2 connection may have open at once.
+const MAX_STREAMS: u32 = 1024;
+
 /// How long shutdown waits for open requests to finish.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts at finding a port free for both TCP and UDP when `--port 0`.
@@ -743,7 +747,12 @@ async fn serve(
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http2()
-        .max_concurrent_streams(1024)
+        .max_concurrent_streams(MAX_STREAMS)
+        // A peer cancels the calls it no longer waits for (a deadline
+        // passed); under load many are reset before this node accepts them.
+        // h2's default (20) then answers GOAWAY and every call in flight on
+        // the connection fails. As many as it may open is still bounded.
+        .max_pending_accept_reset_streams(MAX_STREAMS as usize)
         .initial_stream_window_size(crate::rpc::STREAM_WINDOW_BYTES)
         .initial_connection_window_size(crate::rpc::CONNECTION_WINDOW_BYTES);
     let builder = Arc::new(builder);

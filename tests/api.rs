@@ -598,3 +598,49 @@ async fn bad_input_gets_clear_errors_and_loses_nothing() {
         .unwrap();
     assert_eq!(put.status(), StatusCode::CREATED);
 }
+
+/// A client (or a peer whose calls passed their deadline) that cancels many
+/// HTTP/2 streams before the node took them up keeps its connection: the
+/// node does not answer GOAWAY after 20, which failed every other call in
+/// flight on that connection.
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_cancelled_in_a_burst_do_not_close_the_connection() {
+    let cluster = Cluster::start(Options {
+        nodes: 1,
+        ..Options::default()
+    })
+    .await;
+    let addr = cluster.nodes[0].id.clone();
+    let tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = || {
+        http::Request::get(format!("http://{addr}/ring"))
+            .body(())
+            .unwrap()
+    };
+    for _ in 0..3 {
+        // Sent and dropped in one go: each stream is reset (CANCEL) right
+        // behind its headers, before the node accepts it.
+        for _ in 0..200 {
+            client = client
+                .ready()
+                .await
+                .expect("the connection still takes streams");
+            let (answer, _) = client.send_request(request(), true).unwrap();
+            drop(answer);
+        }
+        client = client
+            .ready()
+            .await
+            .expect("the connection still takes streams");
+        let (answer, _) = client.send_request(request(), true).unwrap();
+        let answer = tokio::time::timeout(common::DEADLINE, answer)
+            .await
+            .expect("an answer in time")
+            .expect("the connection still serves requests");
+        assert_eq!(answer.status(), StatusCode::OK);
+    }
+    assert!(!driver.is_finished(), "the connection ended");
+}
