@@ -18,6 +18,7 @@ mod cluster;
 mod membership;
 mod repair;
 mod units;
+mod wire;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
