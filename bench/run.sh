@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# All of ringkv's benchmarks in one command. Builds the release binary,
+# All of ringkv's benchmarks in one command. Builds the release binary and
+# the lab (examples/lab: the experiments that start clusters of their own),
 # starts local clusters (N = 3, W = R = 2) in temporary directories on ports
-# 21000-21011 (3-node ones on 21000-21002; sections 5 and 6 start their own
-# nodes), and prints the figures:
+# 21000-21002 (sections 5 to 8 run the lab, which starts its own nodes: on
+# ports the kernel picks in 5 and 6, on 21000-21002 in 7 and 8), and prints
+# the figures:
 #   1. 100-byte PUTs, then GETs, then a 50/50 mix (64 keep-alive clients)
 #   2. a 1 GiB value streamed in and read back (MB/s, peak RSS per node),
 #      on fresh nodes
@@ -22,7 +24,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 duration=${1:-10s}
 cargo build --release --quiet
+# Apart: an example builds with the dev-dependencies, whose features must
+# not reach the binary measured.
+cargo build --release --quiet --example lab
 ringkv=$PWD/target/release/ringkv
+lab=$PWD/target/release/examples/lab
 work=$(mktemp -d)
 nodes=127.0.0.1:21000,127.0.0.1:21001,127.0.0.1:21002
 cluster_pid=
@@ -74,15 +80,15 @@ echo "== 4. token placement: 10 nodes join, then an 11th"
 "$ringkv" bench --placement 10
 echo
 echo "== 5. convergence: 10 nodes; join, leave, join; time until all show one digest, all normal"
-"$ringkv" bench --convergence 10 --base-port 21000
+"$lab" --ringkv "$ringkv" convergence --nodes 10
 echo
 echo "== 6. data movement: a 4th node joins 3 holding 10,000 x 100 B, then 1 GiB; MB/s into it"
-"$ringkv" bench --join-speed --keys 10000 --value-size 100 --base-port 21000
-"$ringkv" bench --join-speed --keys 16 --value-size 64MiB --base-port 21000
+"$lab" --ringkv "$ringkv" join-speed --keys 10000 --value-size 100
+"$lab" --ringkv "$ringkv" join-speed --keys 16 --value-size 64MiB
 echo
 echo "== 7. anti-entropy: 2 replicas of 1,000,000 keys differ in 10 / 1,000 / 100,000 keys; bytes and seconds"
-"$ringkv" bench --repair-cost --base-port 21000
+"$lab" --ringkv "$ringkv" repair-cost --base-port 21000
 echo
 echo "== 8. client p50/p99 while a full repair runs, without and with --repair-rate"
-"$ringkv" bench --repair-load --keys 10000 --repair-keys 10000 --concurrency 8 \
+"$lab" --ringkv "$ringkv" repair-load --keys 10000 --repair-keys 10000 --concurrency 8 \
     --repair-rate 64KiB --duration "$duration" --base-port 21000

@@ -24,6 +24,9 @@
 //! - [`client`] (used by the `ringkv` binary's subcommands, which live in
 //!   the binary crate, and by the tests); [`config`]: the flags of `serve`
 //!   and the node configuration they make.
+//! - [`load`]: the put/get mix over [`client`] (`ringkv bench` and the
+//!   lab); [`local`]: the one spawner of local `ringkv serve` processes
+//!   (`ringkv cluster`, the lab in `examples/lab`, the integration tests).
 
 pub mod access;
 pub mod client;
@@ -34,6 +37,8 @@ pub mod http;
 pub mod identity;
 pub mod key;
 pub mod lifecycle;
+pub mod load;
+pub mod local;
 pub mod membership;
 pub mod merkle;
 pub mod metrics;

@@ -2,15 +2,16 @@
 //!
 //! - mix (default): `--concurrency` keep-alive clients spread over the
 //!   nodes run a put/get mix on `--keys` keys for `--duration`, and the
-//!   bench prints ops/s and p50/p99/p99.9 latency per operation.
+//!   bench prints ops/s and p50/p99/p99.9 latency per operation (the mix
+//!   itself is `ringkv::load`, shared with the lab).
 //! - `--stream SIZE`: streams one value of SIZE through the first node,
 //!   reads it back through the second, checks it byte for byte (blake3),
 //!   and prints MB/s both ways and each node's peak RSS.
 //! - `--placement NODES`: token balance, computed locally.
-//! - `--convergence NODES` and `--join-speed`: membership changes on local
-//!   clusters the bench starts itself (`bench_membership.rs`).
-//! - `--repair-cost` and `--repair-load`: anti-entropy's bytes and time, and
-//!   client latency while it runs, on local nodes (`bench_repair.rs`).
+//!
+//! Experiments that start clusters of their own (membership convergence,
+//! join speed, anti-entropy cost and load) are not part of the product:
+//! they are the lab, `cargo run --release --example lab`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use futures::StreamExt;
 use super::ops::Output;
 use ringkv::client::{Client, ClientOptions, Upload};
 use ringkv::config::{parse_duration, parse_size};
+use ringkv::load::{Samples, generated, mix, rotated_clients};
 
 /// Flags of `ringkv bench`.
 #[derive(Debug, Parser)]
@@ -50,86 +52,12 @@ pub struct BenchArgs {
     /// nodes join one by one, then one more (no network involved).
     #[arg(long)]
     placement: Option<usize>,
-    /// Tokens per node for `--placement`, `--convergence` and `--join-speed`.
+    /// Tokens per node for `--placement`.
     #[arg(long, default_value_t = ringkv::ring::DEFAULT_TOKENS_PER_NODE)]
     tokens: usize,
-    /// Replication factor for `--placement`, `--convergence` and `--join-speed`.
+    /// Replication factor for `--placement`.
     #[arg(long, default_value_t = 3)]
     replicas: usize,
-    /// Instead of driving a cluster, start this many local nodes (`ringkv
-    /// serve` children on --base-port and up, data in a temporary
-    /// directory), then time --changes membership changes (a node joins,
-    /// one leaves with POST /leave, another joins, ...): from each change
-    /// until every node's /ring shows one digest, agreed, all members
-    /// normal. Prints each time and the max (target: 3 s).
-    #[arg(long, value_name = "NODES", conflicts_with_all = ["placement", "stream", "join_speed"])]
-    convergence: Option<usize>,
-    /// Number of changes for --convergence (joins and leaves alternate,
-    /// starting with a join).
-    #[arg(long, default_value_t = 3)]
-    changes: usize,
-    /// Instead of driving a cluster, start 3 local nodes, write --keys
-    /// values of --value-size (--concurrency clients; values over 1 MiB
-    /// streamed one at a time), start a 4th and time it until it is normal
-    /// on every node; prints the keys and bytes it received (its /ring
-    /// transfer object) and MB/s. 1 GiB: --keys 16 --value-size 64MiB.
-    #[arg(long, conflicts_with_all = ["placement", "stream"])]
-    join_speed: bool,
-    /// First port of the local nodes of --convergence, --join-speed,
-    /// --repair-cost and --repair-load (TCP and UDP, on 127.0.0.1; the
-    /// nodes take the following ports).
-    #[arg(long, default_value_t = 21000)]
-    base_port: u16,
-    /// Instead of driving a cluster, start 2 local nodes (N = 2) holding
-    /// the same --repair-keys records (written offline), make one differ in
-    /// each count of --repair-diffs keys, and time one POST /balance per
-    /// case; prints bytes exchanged (encoded messages and TCP payload) and
-    /// seconds, and checks that a second balance finds nothing.
-    #[arg(long, conflicts_with_all = ["placement", "stream", "join_speed", "convergence"])]
-    repair_cost: bool,
-    /// Keys each replica holds for --repair-cost (default 1,000,000), or
-    /// the keys the third node lacks for --repair-load (default 20,000).
-    #[arg(long)]
-    repair_keys: Option<usize>,
-    /// Differing keys per --repair-cost case (comma separated).
-    #[arg(long, value_delimiter = ',', default_value = "10,1000,100000")]
-    repair_diffs: Vec<usize>,
-    /// Instead of driving a cluster, start 3 local nodes (N = 3) holding
-    /// --keys records for the mix and --repair-keys others (written
-    /// offline) and run the put/get mix with --concurrency clients: for
-    /// --duration with all replicas in line, then while a full repair
-    /// copies the --repair-keys records to the third node, which lacks
-    /// them, without and with --repair-rate; prints p50/p99 per case.
-    #[arg(long, conflicts_with_all = ["placement", "stream", "join_speed", "convergence", "repair_cost"])]
-    repair_load: bool,
-    /// --repair-rate of the nodes in the throttled --repair-load case.
-    #[arg(long, value_parser = parse_size, default_value = "2MiB")]
-    repair_rate: u64,
-}
-
-/// Latencies of one operation kind, in microseconds.
-#[derive(Default)]
-pub(super) struct Samples {
-    /// Successful operations' latencies (sorted once [`mix`] returns).
-    pub(super) micros: Vec<u32>,
-    /// Failed operations.
-    pub(super) errors: u64,
-}
-
-impl Samples {
-    fn merge(&mut self, other: Samples) {
-        self.micros.extend(other.micros);
-        self.errors += other.errors;
-    }
-
-    /// The `p`th percentile of `sorted` latencies, in milliseconds.
-    pub(super) fn percentile(sorted: &[u32], p: f64) -> f64 {
-        if sorted.is_empty() {
-            return 0.0;
-        }
-        let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-        sorted[rank.clamp(1, sorted.len()) - 1] as f64 / 1000.0
-    }
 }
 
 /// Runs the bench.
@@ -141,49 +69,6 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     if let Some(count) = args.placement {
         return placement(count, args.tokens, args.replicas, out);
-    }
-    let local = super::bench_membership::Settings {
-        base_port: args.base_port,
-        replicas: args.replicas,
-        tokens: args.tokens,
-        flags: Vec::new(),
-    };
-    if args.repair_cost {
-        let cost = super::bench_repair::RepairCost {
-            base_port: args.base_port,
-            tokens: args.tokens,
-            keys: args.repair_keys.unwrap_or(1_000_000),
-            value_size: args.value_size,
-            diffs: args.repair_diffs,
-        };
-        return super::bench_repair::repair_cost(cost, out).await;
-    }
-    if args.repair_load {
-        let load = super::bench_repair::RepairLoad {
-            base_port: args.base_port,
-            tokens: args.tokens,
-            keys: args.keys,
-            repair_keys: args.repair_keys.unwrap_or(20_000),
-            value_size: args.value_size,
-            concurrency: args.concurrency,
-            get_ratio: args.get_ratio,
-            duration: args.duration,
-            repair_rate: args.repair_rate,
-        };
-        return super::bench_repair::repair_load(load, out).await;
-    }
-    if let Some(count) = args.convergence {
-        return super::bench_membership::convergence(local, count, args.changes, out).await;
-    }
-    if args.join_speed {
-        return super::bench_membership::join_speed(
-            local,
-            args.keys,
-            args.value_size,
-            args.concurrency,
-            out,
-        )
-        .await;
     }
     anyhow::ensure!(!nodes.is_empty(), "no node given");
     if let Some(size) = args.stream {
@@ -290,104 +175,6 @@ pub async fn run(
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Runs `concurrency` keep-alive clients (spread over `clients`), each
-/// putting `value` or getting one of `keys` keys (`bench/K`, a get with
-/// probability `get_ratio`), until `stop` is set; the put and get
-/// latencies.
-pub(super) async fn mix(
-    clients: &[Client],
-    concurrency: usize,
-    keys: usize,
-    value: Bytes,
-    get_ratio: f64,
-    stop: Arc<AtomicBool>,
-) -> anyhow::Result<(Samples, Samples)> {
-    anyhow::ensure!(!clients.is_empty(), "no client");
-    let workers: Vec<_> = (0..concurrency)
-        .map(|w| {
-            let client = clients[w % clients.len()].clone();
-            let value = value.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let (mut puts, mut gets) = (Samples::default(), Samples::default());
-                let mut seed = (w as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-                while !stop.load(Ordering::Relaxed) {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let key = format!("bench/{}", seed % keys as u64);
-                    let is_get = ((seed >> 32) as f64 / u32::MAX as f64) < get_ratio;
-                    let begin = Instant::now();
-                    let ok = if is_get {
-                        client.get_bytes(&key).await.is_ok()
-                    } else {
-                        client
-                            .put(&key, Upload::Bytes(value.clone()), None, None)
-                            .await
-                            .is_ok()
-                    };
-                    let samples = if is_get { &mut gets } else { &mut puts };
-                    if ok {
-                        samples
-                            .micros
-                            .push(begin.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    } else {
-                        samples.errors += 1;
-                    }
-                }
-                (puts, gets)
-            })
-        })
-        .collect();
-    let (mut puts, mut gets) = (Samples::default(), Samples::default());
-    for worker in workers {
-        let (p, g) = worker.await?;
-        puts.merge(p);
-        gets.merge(g);
-    }
-    puts.micros.sort_unstable();
-    gets.micros.sort_unstable();
-    Ok((puts, gets))
-}
-
-/// One client per node, each starting at its own node and failing over to
-/// the others (with the caller's token and TLS settings, no discovery).
-pub(super) fn rotated_clients(
-    nodes: &[String],
-    options: &ClientOptions,
-) -> ringkv::error::Result<Vec<Client>> {
-    (0..nodes.len())
-        .map(|i| {
-            let mut order = nodes.to_vec();
-            order.rotate_left(i);
-            Client::with_options(order, options.clone())
-        })
-        .collect()
-}
-
-/// Pseudo-random bytes, generated on the fly, 1 MiB at a time.
-pub(super) fn generated(size: u64) -> impl futures::Stream<Item = std::io::Result<Bytes>> {
-    const PIECE: u64 = 1 << 20;
-    futures::stream::unfold(
-        (0u64, 0x2545_F491_4F6C_DD1Du64),
-        move |(sent, mut state)| async move {
-            if sent >= size {
-                return None;
-            }
-            let len = PIECE.min(size - sent) as usize;
-            let mut piece = Vec::with_capacity(len + 8);
-            while piece.len() < len {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                piece.extend_from_slice(&state.to_le_bytes());
-            }
-            piece.truncate(len);
-            Some((Ok(Bytes::from(piece)), (sent + len as u64, state)))
-        },
-    )
 }
 
 async fn stream(

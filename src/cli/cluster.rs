@@ -9,21 +9,21 @@
 //! first.
 
 use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
 use ringkv::config::DEFAULT_PORT;
+use ringkv::local::{Launch, LocalNode};
 
 /// The Redis protocol port of a node is its port plus this.
 const RESP_PORT_OFFSET: u16 = 1000;
 
-/// How long a node may take to print its listening line.
-const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a node may take to print its second line (its Redis
+/// protocol address) after its listening line.
+const RESP_LINE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Flags of `ringkv cluster`.
 #[derive(Debug, Parser)]
@@ -403,7 +403,7 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
     let mut int = signal(SignalKind::interrupt())?;
     prepare(&args)?;
     let ca = args.tls.then(|| tls_paths(&args).0);
-    let mut children: Vec<(String, Child)> = Vec::new();
+    let mut children: Vec<(String, LocalNode)> = Vec::new();
     let started = tokio::select! {
         started = start_nodes(&args, ca.as_deref(), out, &mut children) => started,
         _ = term.recv() => Err(anyhow::anyhow!("terminated while the nodes started")),
@@ -435,8 +435,8 @@ pub async fn run(args: ClusterArgs, out: super::ops::Output) -> anyhow::Result<E
     }
     let exited = async {
         loop {
-            for (url, child) in children.iter_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
+            for (url, node) in children.iter_mut() {
+                if let Ok(Some(status)) = node.try_wait() {
                     return format!("{url} exited ({status})");
                 }
             }
@@ -459,36 +459,28 @@ async fn start_nodes(
     args: &ClusterArgs,
     ca: Option<&std::path::Path>,
     out: super::ops::Output,
-    children: &mut Vec<(String, Child)>,
+    children: &mut Vec<(String, LocalNode)>,
 ) -> anyhow::Result<()> {
     let exe = std::env::current_exe().context("cannot find the ringkv binary")?;
     for (i, node) in plan(args)?.into_iter().enumerate() {
         wait_ports_free(&node.id).await?;
-        let mut command = Command::new(&exe);
-        command
-            .arg("serve")
-            .args(&node.flags)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true);
-        let mut child = command.spawn().context("cannot start a node")?;
-        let stdout = child.stdout.take().context("no stdout from the node")?;
-        children.push((node.id.clone(), child));
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(NODE_START_TIMEOUT, lines.next_line())
-            .await
-            .context("a node did not start in time")??
-            .context("a node exited at start (is the port taken?)")?;
-        let url = line.trim_start_matches("listening on ").to_string();
-        if let Some(last) = children.last_mut() {
-            last.0 = url.clone();
-        }
-        // The second line names the Redis protocol address.
-        let resp = tokio::time::timeout(NODE_START_TIMEOUT, lines.next_line())
-            .await
-            .ok()
-            .and_then(|l| l.ok().flatten())
-            .map(|l| l.trim_start_matches("redis protocol on ").to_string())
-            .unwrap_or_default();
+        // Node logs go to this terminal, as the nodes' own stderr.
+        let launch = Launch::new(&exe).args(&node.flags);
+        let started = tokio::task::spawn_blocking(move || {
+            let started = launch.start()?;
+            // The second line names the Redis protocol address.
+            let resp = started
+                .next_line(RESP_LINE_TIMEOUT)
+                .map(|l| l.trim_start_matches("redis protocol on ").to_string())
+                .unwrap_or_default();
+            Ok::<_, ringkv::error::Error>((started, resp))
+        })
+        .await
+        .context("the node's start task failed")?;
+        let (started, resp) = started
+            .with_context(|| format!("cannot start node {} (is the port taken?)", node.id))?;
+        let url = started.url().to_string();
+        children.push((url.clone(), started));
         if out.json {
             println!(
                 "{}",
@@ -497,8 +489,6 @@ async fn start_nodes(
         } else {
             println!("node {} {}/  redis {}", i + 1, url, resp);
         }
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         // One at a time: a node chooses its tokens on the ring it finds, so
         // nodes joining together would choose without seeing each other.
         wait_normal(&url, ca).await?;
@@ -508,23 +498,29 @@ async fn start_nodes(
 
 /// SIGTERM to every node (each stops as `--on-signal stop` says), then
 /// SIGKILL to any still running after 10 s.
-async fn stop_all(children: &mut [(String, Child)]) {
-    for (_, child) in children.iter() {
-        if let Some(pid) = child.id() {
-            // SAFETY: kill(2) on a child we spawned and still own.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGTERM);
-            }
-        }
-    }
-    for (url, child) in children.iter_mut() {
-        if tokio::time::timeout(Duration::from_secs(10), child.wait())
-            .await
-            .is_err()
-        {
-            eprintln!("{url} did not stop in time; killing it");
-            let _ = child.kill().await;
-        }
+async fn stop_all(children: &mut Vec<(String, LocalNode)>) {
+    let mut nodes = std::mem::take(children);
+    let stopped = tokio::task::spawn_blocking(move || {
+        let results = ringkv::local::stop_all(
+            nodes.iter_mut().map(|(_, node)| node),
+            ringkv::local::STOP_GRACE,
+        );
+        nodes
+            .iter()
+            .zip(results)
+            .filter_map(|((url, _), result)| match result {
+                Ok(stopped) if stopped.killed => {
+                    Some(format!("{url} did not stop in time; killed it"))
+                }
+                Ok(_) => None,
+                Err(err) => Some(format!("stopping {url}: {err}")),
+            })
+            .collect::<Vec<_>>()
+    })
+    .await;
+    match stopped {
+        Ok(lines) => lines.iter().for_each(|line| eprintln!("{line}")),
+        Err(err) => eprintln!("the stop task failed: {err}"),
     }
 }
 

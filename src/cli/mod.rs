@@ -8,8 +8,6 @@
 //! so that a script reading stdout always gets one JSON document.
 
 mod bench;
-mod bench_membership;
-mod bench_repair;
 mod cluster;
 mod config_file;
 mod files;

@@ -1,7 +1,9 @@
 //! Test harness: real `ringkv serve` processes on loopback, each with its own
 //! port (picked by the kernel, `--port 0`) and data dir, which a test can
 //! kill, freeze, restart and add to. Waiting is always polling a condition
-//! with a deadline.
+//! with a deadline. The processes are started and signalled through
+//! `ringkv::local` (the spawner `ringkv cluster` and the lab use too); this
+//! harness adds the test flags, logs, network namespaces and restarts.
 
 #![allow(dead_code)]
 
@@ -10,10 +12,11 @@ pub mod history;
 pub mod netns;
 pub mod ports;
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use ringkv::local::{Launch, LocalNode, Log};
 
 use serde_json::Value;
 
@@ -25,6 +28,10 @@ pub const NETNS_PORT: u16 = 7000;
 
 /// Generous deadline for conditions on a loaded 2-core machine.
 pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// How long a node may take to print its listening line: far more than
+/// it needs, so that only a node that hangs at start fails a test.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics after `deadline`.
 pub async fn wait_for<T, F, Fut>(what: &str, deadline: Duration, mut check: F) -> T
@@ -58,7 +65,7 @@ pub struct Node {
     /// Its own network namespace, when the cluster has a [`netns::Net`].
     pub space: Option<String>,
     /// Its process, while running.
-    child: Option<Child>,
+    process: Option<LocalNode>,
     /// Where its stderr goes.
     pub log: PathBuf,
 }
@@ -71,15 +78,12 @@ impl Node {
 
     /// Its OS process id, while running.
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.process.as_ref().and_then(LocalNode::pid)
     }
 
     fn signal(&self, signal: i32) {
-        if let Some(pid) = self.pid() {
-            // SAFETY: kill(2) on our own child process.
-            unsafe {
-                libc::kill(pid as i32, signal);
-            }
+        if let Some(process) = &self.process {
+            process.signal(signal);
         }
     }
 }
@@ -220,14 +224,15 @@ impl Cluster {
             Some(net) => (net.host(index), Some(net.space(index)), NETNS_PORT),
             None => ("127.0.0.1".to_string(), None, 0),
         };
-        let (child, port) = launch(&host, space.as_deref(), port, &data_dir, &flags, &log);
+        let process = launch(&host, space.as_deref(), port, &data_dir, &flags, &log);
+        let port = process.port();
         self.nodes.push(Node {
             id: format!("{host}:{port}"),
             port,
             data_dir,
             flags,
             space,
-            child: Some(child),
+            process: Some(process),
             log,
         });
         index
@@ -240,9 +245,8 @@ impl Cluster {
 
     /// Kills node `i` with SIGKILL and reaps it.
     pub fn kill(&mut self, i: usize) {
-        if let Some(mut child) = self.nodes[i].child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(mut process) = self.nodes[i].process.take() {
+            process.kill();
         }
     }
 
@@ -264,10 +268,10 @@ impl Cluster {
     /// Waits for node `i` to exit on its own; returns its exit code.
     pub fn wait_exit(&mut self, i: usize, deadline: Duration) -> Option<i32> {
         let started = Instant::now();
-        let child = self.nodes[i].child.as_mut()?;
+        let process = self.nodes[i].process.as_mut()?;
         loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                self.nodes[i].child = None;
+            if let Ok(Some(status)) = process.try_wait() {
+                self.nodes[i].process = None;
                 return status.code();
             }
             assert!(started.elapsed() < deadline, "node {i} did not exit");
@@ -277,24 +281,21 @@ impl Cluster {
 
     /// Stops node `i` with SIGTERM and waits for it to exit; returns its exit code.
     pub fn terminate(&mut self, i: usize) -> Option<i32> {
-        let mut child = self.nodes[i].child.take()?;
-        // SAFETY: kill(2) on our own child.
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGTERM);
-        }
-        child.wait().ok().and_then(|s| s.code())
+        let mut process = self.nodes[i].process.take()?;
+        process.signal(libc::SIGTERM);
+        process.wait().ok().flatten().and_then(|s| s.code())
     }
 
     /// Restarts node `i` (killed or stopped) on its port and data dir.
     pub fn restart(&mut self, i: usize) {
-        assert!(self.nodes[i].child.is_none(), "node {i} is still running");
+        assert!(self.nodes[i].process.is_none(), "node {i} is still running");
         let node = &self.nodes[i];
         let host = node
             .id
             .rsplit_once(':')
             .map(|(h, _)| h)
             .unwrap_or("127.0.0.1");
-        let (child, _) = launch(
+        let process = launch(
             host,
             node.space.as_deref(),
             node.port,
@@ -302,7 +303,7 @@ impl Cluster {
             &node.flags,
             &node.log,
         );
-        self.nodes[i].child = Some(child);
+        self.nodes[i].process = Some(process);
     }
 
     /// `GET /ring` of node `i`.
@@ -319,7 +320,7 @@ impl Cluster {
     /// Waits until every running node sees every node as normal, with one digest.
     pub async fn wait_converged(&self) {
         let urls: Vec<String> = (0..self.nodes.len())
-            .filter(|&i| self.nodes[i].child.is_some())
+            .filter(|&i| self.nodes[i].process.is_some())
             .map(|i| self.url(i))
             .collect();
         wait_converged(&self.http, &urls, self.nodes.len()).await;
@@ -437,20 +438,17 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take() {
-                // SAFETY: kill(2) on our own child; SIGCONT first in case it is frozen.
-                unsafe {
-                    libc::kill(child.id() as i32, libc::SIGCONT);
-                }
-                let _ = child.kill();
-                let _ = child.wait();
+            // SIGCONT first in case it is frozen, then SIGKILL, and reaped.
+            if let Some(mut process) = node.process.take() {
+                process.kill();
             }
         }
     }
 }
 
-/// Starts `ringkv serve` and returns it with the port it listens on (read
-/// from its `listening on` line).
+/// Starts `ringkv serve` (through `ip netns exec` in a namespace) with the
+/// test flags and `flags`, its stderr appended to `log`, and returns it
+/// once it printed its listening line (which gives its port).
 fn launch(
     host: &str,
     space: Option<&str>,
@@ -458,48 +456,24 @@ fn launch(
     data_dir: &std::path::Path,
     flags: &[String],
     log: &std::path::Path,
-) -> (Child, u16) {
-    let stderr = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(log)
-        .expect("log file");
-    let mut command = match space {
-        Some(space) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", space, RINGKV]);
-            c
-        }
-        None => Command::new(RINGKV),
-    };
-    let mut child = command
-        .arg("serve")
+) -> LocalNode {
+    let mut launch = Launch::new(RINGKV)
         .args(["--host", host, "--port", &port.to_string()])
-        .arg("--data-dir")
-        .arg(data_dir)
+        .args([std::ffi::OsStr::new("--data-dir"), data_dir.as_os_str()])
         .args(["--gossip-interval", "100ms"])
         .args(flags)
         .env("RINGKV_LOG", "info,ringkv=debug")
-        .stdout(Stdio::piped())
-        .stderr(stderr)
-        .spawn()
-        .expect("spawn ringkv");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = match lines.next() {
-        Some(Ok(line)) => line,
-        other => panic!(
-            "ringkv did not start ({other:?}); log:\n{}",
+        .log(Log::File(log.to_path_buf()))
+        .start_timeout(START_TIMEOUT);
+    if let Some(space) = space {
+        launch = launch.wrapper(["ip", "netns", "exec", space]);
+    }
+    launch.start().unwrap_or_else(|err| {
+        panic!(
+            "ringkv did not start ({err}); log:\n{}",
             std::fs::read_to_string(log).unwrap_or_default()
-        ),
-    };
-    std::thread::spawn(move || for _ in lines {});
-    let port: u16 = line
-        .rsplit(':')
-        .next()
-        .and_then(|p| p.trim().parse().ok())
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-    (child, port)
+        )
+    })
 }
 
 /// Waits until every node at `urls` sees `expected` members, all normal,

@@ -1,12 +1,13 @@
-//! `ringkv bench --repair-cost` and `ringkv bench --repair-load`:
-//! anti-entropy measured on local `ringkv serve` nodes this command starts
-//! itself (`bench_membership::LocalCluster`: ports from `--base-port`, data
-//! on disk in a temporary directory, removed at the end).
+//! `lab repair-cost` and `lab repair-load`: anti-entropy measured on
+//! local `ringkv serve` nodes the lab starts itself ([`crate::cluster`]:
+//! ports from `--base-port`, data on disk in a temporary directory,
+//! removed at the end).
 //!
 //! The data is written offline, before any node starts: one store is filled
 //! in-process through [`Store`] with `bench/K` records (the same versions
 //! everywhere), its files are copied into each node's data dir, and each
-//! dir gets a `node.json` with its tokens and `bootstrapped: true`, so the
+//! dir gets a `node.json` with its tokens and `bootstrapped: true`
+//! (written by `ringkv::identity`, which owns that file), so the
 //! nodes start as members that already own their ranges (a joining node
 //! would fetch its ranges and so repair the differences before the
 //! measured balance). Nodes run with `--repair-interval 0` and
@@ -32,7 +33,6 @@
 //!   touches, so its writes and read repairs do none of the repair's work)
 //!   and one `POST /balance` copies them.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -43,13 +43,15 @@ use anyhow::Context;
 use bytes::Bytes;
 use serde_json::{Value, json};
 
-use super::bench::{Samples, mix, rotated_clients};
-use super::bench_membership::{LocalCluster, Settings};
-use super::ops::Output;
+use ringkv::load::{Samples, mix, rotated_clients};
 use ringkv::proto::RecordMeta;
 use ringkv::ring::{NodeId, Token};
 use ringkv::storage::{StorageOptions, Store};
 use ringkv::version::Version;
+
+use crate::cluster::{LocalCluster, Settings};
+use crate::units::{mib, size_text};
+use crate::wire::{wire_bytes, wire_delta};
 
 /// Deadline of one `POST /balance` (a full repair of many keys is slow).
 const BALANCE_TIMEOUT: Duration = Duration::from_secs(1800);
@@ -67,9 +69,11 @@ const FILL_THREADS: usize = 2;
 /// replicas in line (one, unless the measured one failed some pair).
 const SETTLE_ROUNDS: usize = 5;
 
-/// What `--repair-cost` runs.
+/// What `lab repair-cost` runs.
 #[derive(Debug, Clone)]
 pub struct RepairCost {
+    /// The `ringkv` binary the nodes run.
+    pub binary: PathBuf,
     /// First port of the local nodes.
     pub base_port: u16,
     /// Tokens per node.
@@ -82,9 +86,11 @@ pub struct RepairCost {
     pub diffs: Vec<usize>,
 }
 
-/// What `--repair-load` runs.
+/// What `lab repair-load` runs.
 #[derive(Debug, Clone)]
 pub struct RepairLoad {
+    /// The `ringkv` binary the nodes run.
+    pub binary: PathBuf,
     /// First port of the local nodes.
     pub base_port: u16,
     /// Tokens per node.
@@ -282,21 +288,14 @@ fn spread_tokens(nodes: usize, per_node: usize) -> Vec<Vec<Token>> {
     out
 }
 
-/// Ports of the nodes a [`LocalCluster`] on `base_port` starts first.
-fn ports(base_port: u16, count: usize) -> anyhow::Result<Vec<u16>> {
-    (0..count)
-        .map(|i| {
-            u16::try_from(i)
-                .ok()
-                .and_then(|i| base_port.checked_add(i))
-                .context("ports run past 65535; pick a lower --base-port")
-        })
-        .collect()
+/// The ports of `cluster`'s first `count` nodes (from its base port).
+fn ports(cluster: &LocalCluster, count: usize) -> anyhow::Result<Vec<u16>> {
+    (1..=count).map(|k| cluster.port_of(k)).collect()
 }
 
-/// Prepares the data dirs of `cluster`'s first nodes: node i gets a copy
-/// of the store in data dir `sources[i]` and a `node.json` with its share
-/// of evenly spread tokens.
+/// Prepares the data dirs of `cluster`'s first nodes: node k (on
+/// `ports[k - 1]`) gets a copy of the store in data dir `sources[k - 1]`
+/// and a `node.json` with its share of evenly spread tokens.
 fn prepare_dirs(
     cluster: &LocalCluster,
     sources: &[&Path],
@@ -304,8 +303,8 @@ fn prepare_dirs(
     tokens: usize,
 ) -> anyhow::Result<()> {
     let spread = spread_tokens(ports.len(), tokens);
-    for ((port, source), tokens) in ports.iter().zip(sources).zip(spread) {
-        let dir = cluster.data_dir(*port);
+    for (k, ((port, source), tokens)) in ports.iter().zip(sources).zip(spread).enumerate() {
+        let dir = cluster.data_dir(k + 1);
         copy_dir(&source.join("engine"), &dir.join("engine"))?;
         let id = NodeId::parse(&format!("127.0.0.1:{port}"))?;
         ringkv::identity::write_bootstrapped(&dir, &id, &tokens)?;
@@ -362,90 +361,6 @@ fn number(reply: &Value, field: &str) -> u64 {
     reply[field].as_u64().unwrap_or(0)
 }
 
-/// TCP payload bytes (both directions) of every established connection
-/// that one of `pids` opened to another node's port in `ports`, keyed by
-/// (pid, local port); `None` when `ss` is missing or says nothing usable.
-fn wire_bytes(pids: &[u32], ports: &[u16]) -> Option<BTreeMap<(u32, u16), u64>> {
-    let output = std::process::Command::new("ss")
-        .args(["-tinpH", "state", "established"])
-        .output()
-        .ok()?;
-    if !output.status.success() {
-        return None;
-    }
-    let text = String::from_utf8_lossy(&output.stdout);
-    let mut out = BTreeMap::new();
-    // `ss -i` prints each socket on one line and its counters on the next.
-    let mut current: Option<(u32, u16)> = None;
-    for line in text.lines() {
-        if !line.starts_with(char::is_whitespace) {
-            current = socket_of(line, pids, ports);
-            continue;
-        }
-        let Some(socket) = current.take() else {
-            continue;
-        };
-        let counter = |name: &str| {
-            line.split_whitespace()
-                .find_map(|field| field.strip_prefix(name))
-                .and_then(|n| n.parse::<u64>().ok())
-        };
-        // Counters at zero are left out by `ss`.
-        let sent = counter("bytes_sent:")
-            .or_else(|| counter("bytes_acked:"))
-            .unwrap_or(0);
-        let received = counter("bytes_received:").unwrap_or(0);
-        out.insert(socket, sent + received);
-    }
-    Some(out)
-}
-
-/// (pid, local port) of an `ss` socket line when it is a connection of one
-/// of `pids` to one of `ports` from a port not in `ports` (a node calling
-/// another, not a node's accepted connection).
-fn socket_of(line: &str, pids: &[u32], ports: &[u16]) -> Option<(u32, u16)> {
-    let mut addresses = line
-        .split_whitespace()
-        .filter_map(|f| f.parse::<std::net::SocketAddr>().ok());
-    let (local, peer) = (addresses.next()?, addresses.next()?);
-    let pid: u32 = line
-        .split("pid=")
-        .nth(1)?
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()?;
-    (pids.contains(&pid) && ports.contains(&peer.port()) && !ports.contains(&local.port()))
-        .then_some((pid, local.port()))
-}
-
-/// Bytes that crossed the connections between `before` and `after`.
-fn wire_delta(
-    before: Option<&BTreeMap<(u32, u16), u64>>,
-    after: Option<&BTreeMap<(u32, u16), u64>>,
-) -> Option<u64> {
-    let (before, after) = (before?, after?);
-    Some(
-        after
-            .iter()
-            .map(|(socket, bytes)| bytes.saturating_sub(before.get(socket).copied().unwrap_or(0)))
-            .sum(),
-    )
-}
-
-/// The process ids of the cluster's running nodes.
-fn pids(cluster: &LocalCluster) -> Vec<u32> {
-    cluster
-        .nodes
-        .iter()
-        .filter_map(|n| n.child.as_ref().and_then(|c| c.id()))
-        .collect()
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1 << 20) as f64
-}
-
 /// Fills a base store with `keys` records per prefix of `sets`, timing it.
 async fn fill_base(
     sets: &[(&'static str, usize)],
@@ -477,8 +392,8 @@ fn base_version() -> Version {
     Version::new(now, BASE_WRITER)
 }
 
-/// `ringkv bench --repair-cost`.
-pub async fn repair_cost(args: RepairCost, out: Output) -> anyhow::Result<ExitCode> {
+/// `lab repair-cost`.
+pub async fn repair_cost(args: RepairCost, json: bool) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(args.keys >= 1, "need keys");
     let base = base_version();
     let base_dir = fill_base(&[("bench/", args.keys)], args.value_size, base).await?;
@@ -488,17 +403,18 @@ pub async fn repair_cost(args: RepairCost, out: Output) -> anyhow::Result<ExitCo
     let mut rows = Vec::new();
     for &count in &args.diffs {
         let mut cluster = LocalCluster::new(Settings {
-            base_port: args.base_port,
+            binary: args.binary.clone(),
+            base_port: Some(args.base_port),
             replicas: 2,
             tokens: args.tokens,
             flags: ["--repair-interval", "0", "--no-auto-purge"]
                 .map(String::from)
                 .to_vec(),
         })?;
-        let ports = ports(args.base_port, 2)?;
+        let ports = ports(&cluster, 2)?;
         prepare_dirs(&cluster, &[&base_dir.0, &base_dir.0], &ports, args.tokens)?;
         let changed = {
-            let dir = cluster.data_dir(ports[1]);
+            let dir = cluster.data_dir(2);
             let (keys, size) = (args.keys, args.value_size);
             tokio::task::spawn_blocking(move || apply_differences(&dir, keys, count, size, base))
                 .await??
@@ -506,7 +422,7 @@ pub async fn repair_cost(args: RepairCost, out: Output) -> anyhow::Result<ExitCo
         let measured = async {
             cluster.start_nodes(2).await?;
             let first = cluster.nodes[0].id.clone();
-            let pids = pids(&cluster);
+            let pids = cluster.pids();
             let before = wire_bytes(&pids, &ports);
             let (reply, elapsed) = balance(&http, &first).await?;
             let after = wire_bytes(&pids, &ports);
@@ -569,7 +485,7 @@ pub async fn repair_cost(args: RepairCost, out: Output) -> anyhow::Result<ExitCo
             && r["seconds"].as_f64().unwrap_or(f64::MAX) < TARGET_SECONDS
             && r["in_line_after"] == true
     });
-    if out.json {
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
@@ -582,7 +498,7 @@ pub async fn repair_cost(args: RepairCost, out: Output) -> anyhow::Result<ExitCo
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "ringkv bench --repair-cost: 2 nodes, N = 2, {} keys of {} B on each, {} tokens per node",
+        "lab repair-cost: 2 nodes, N = 2, {} keys of {} B on each, {} tokens per node",
         args.keys, args.value_size, args.tokens
     );
     println!(
@@ -633,8 +549,8 @@ struct LoadCase {
     rate: Option<u64>,
 }
 
-/// `ringkv bench --repair-load`.
-pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCode> {
+/// `lab repair-load`.
+pub async fn repair_load(args: RepairLoad, json: bool) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         args.keys >= 1 && args.concurrency >= 1,
         "need keys and clients"
@@ -659,10 +575,7 @@ pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCo
             rate: None,
         },
         LoadCase {
-            name: format!(
-                "full repair, --repair-rate {}",
-                super::bench_membership::size_text(args.repair_rate)
-            ),
+            name: format!("full repair, --repair-rate {}", size_text(args.repair_rate)),
             third_full: false,
             rate: Some(args.repair_rate),
         },
@@ -676,12 +589,13 @@ pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCo
             flags.extend(["--repair-rate".to_string(), rate.to_string()]);
         }
         let mut cluster = LocalCluster::new(Settings {
-            base_port: args.base_port,
+            binary: args.binary.clone(),
+            base_port: Some(args.base_port),
             replicas: 3,
             tokens: args.tokens,
             flags,
         })?;
-        let ports = ports(args.base_port, 3)?;
+        let ports = ports(&cluster, 3)?;
         let third = if case.third_full { &full.0 } else { &partial.0 };
         prepare_dirs(&cluster, &[&full.0, &full.0, third], &ports, args.tokens)?;
         let running = cluster.start_nodes(3).await?;
@@ -741,12 +655,12 @@ pub async fn repair_load(args: RepairLoad, out: Output) -> anyhow::Result<ExitCo
             "third_node_keys_after": held,
         }));
     }
-    if out.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
-        "ringkv bench --repair-load: 3 nodes, N = 3, {} mix keys + {} repair keys of {} B, {} clients, {:.0}% gets",
+        "lab repair-load: 3 nodes, N = 3, {} mix keys + {} repair keys of {} B, {} clients, {:.0}% gets",
         args.keys,
         args.repair_keys,
         args.value_size,
@@ -823,21 +737,5 @@ mod tests {
         all.dedup();
         assert_eq!(all.len(), 32);
         assert!(spread[0][0] < spread[1][0] && spread[1][0] < spread[0][1]);
-    }
-
-    #[test]
-    fn ss_lines_pick_connections_between_nodes() {
-        let pids = [100, 200];
-        let ports = [21000, 21001];
-        let out = "0 0 127.0.0.1:40000 127.0.0.1:21001 users:((\"ringkv\",pid=100,fd=9))";
-        assert_eq!(socket_of(out, &pids, &ports), Some((100, 40000)));
-        let accepted = "0 0 127.0.0.1:21001 127.0.0.1:40000 users:((\"ringkv\",pid=200,fd=9))";
-        assert_eq!(socket_of(accepted, &pids, &ports), None);
-        let client = "0 0 127.0.0.1:40001 127.0.0.1:21000 users:((\"ringkv\",pid=300,fd=9))";
-        assert_eq!(socket_of(client, &pids, &ports), None);
-        let before = BTreeMap::from([((100, 40000), 10)]);
-        let after = BTreeMap::from([((100, 40000), 15), ((200, 40002), 7)]);
-        assert_eq!(wire_delta(Some(&before), Some(&after)), Some(12));
-        assert_eq!(wire_delta(None, Some(&after)), None);
     }
 }

@@ -1,13 +1,5 @@
-//! `ringkv bench --convergence NODES` and `ringkv bench --join-speed`:
-//! membership changes timed on local clusters this command starts itself.
-//!
-//! The nodes are `ringkv serve` children of this process on `--base-port`
-//! and the ports after it (TCP and UDP), each with its own data dir (real
-//! disk) under a fresh temporary directory, `--on-signal stop` and the
-//! default gossip interval; the first founds the cluster, the others
-//! `--join` it. Every wait polls each running node's `GET /ring` with a
-//! deadline. At the end the nodes are stopped and the directory removed
-//! (kept, with each node's log, when the bench fails).
+//! `lab convergence` and `lab join-speed`: membership changes timed on
+//! local clusters the lab starts itself ([`crate::cluster`]).
 //!
 //! - convergence: NODES nodes, then `--changes` membership changes (a node
 //!   joins, one leaves with `POST /leave`, another joins, …). Each change is
@@ -22,440 +14,37 @@
 //!   holds every key it now owns.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
-use std::process::{ExitCode, Stdio};
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use bytes::Bytes;
 use futures::StreamExt;
+use ringkv::client::{Client, ClientOptions, Upload};
+use ringkv::load::{generated, rotated_clients};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 
-use super::ops::Output;
-use ringkv::client::{Client, Upload};
+use crate::cluster::{
+    CHANGE_DEADLINE, LocalCluster, Polled, STOP_TIMEOUT, Settings, converged, finish, state_in,
+};
+use crate::units::{size_text, thousands};
 
-/// How long a node may take to print its listening line.
-const NODE_START_TIMEOUT: Duration = Duration::from_secs(30);
-/// Time between two polls of the nodes' `/ring` (the resolution of the
-/// times; more often would load the 2-core build machine's nodes).
-const POLL_EVERY: Duration = Duration::from_millis(50);
-/// Deadline of one `/ring` request.
-const RING_TIMEOUT: Duration = Duration::from_secs(2);
-/// Longest wait for a change (without data) to converge.
-const CHANGE_DEADLINE: Duration = Duration::from_secs(60);
 /// What the convergence bench is held against (the target).
 const CONVERGENCE_TARGET: Duration = Duration::from_secs(3);
-/// How long a node may take to exit once told to.
-const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 /// Values up to this size are written whole; larger ones are streamed.
 const WHOLE_VALUE_MAX: u64 = 1 << 20;
 /// Concurrent `/whereis` requests of the share check.
 const CHECK_CONCURRENCY: usize = 32;
 
-/// What the local nodes are started with.
-#[derive(Debug, Clone)]
-pub struct Settings {
-    /// Port of the first node; the others take the following ones.
-    pub base_port: u16,
-    /// Replication factor N the founder starts the cluster with.
-    pub replicas: usize,
-    /// Tokens per node.
-    pub tokens: usize,
-    /// More `ringkv serve` flags for every node (e.g. `--repair-interval 0`).
-    pub flags: Vec<String>,
-}
-
-/// One `/ring` answer per running node (`None`: no answer).
-type Polled = Vec<(String, Option<Value>)>;
-
 /// Where the leave request puts its reply (or error) and when it came.
 type LeaveAnswer = Mutex<Option<(Result<Value, String>, Duration)>>;
-
-/// A node process of the bench.
-pub(super) struct LocalNode {
-    /// `127.0.0.1:PORT`.
-    pub(super) id: String,
-    /// The process, until it is stopped.
-    pub(super) child: Option<Child>,
-}
-
-/// Local `ringkv serve` processes and their directory.
-pub(super) struct LocalCluster {
-    /// The `ringkv` binary (this one).
-    exe: PathBuf,
-    /// Holds each node's data dir and log.
-    pub(super) dir: PathBuf,
-    /// Flags of the nodes.
-    settings: Settings,
-    /// Port of the next node started.
-    next_port: u16,
-    /// Nodes in start order (node k is `nodes[k - 1]`).
-    pub(super) nodes: Vec<LocalNode>,
-    /// Client for `/ring` polls, with a short deadline.
-    http: reqwest::Client,
-    /// Keep `dir` (failed runs, for the logs).
-    pub(super) keep_dir: bool,
-}
-
-impl LocalCluster {
-    pub(super) fn new(settings: Settings) -> anyhow::Result<LocalCluster> {
-        let exe = std::env::current_exe().context("cannot find the ringkv binary")?;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let dir = std::env::temp_dir().join(format!("ringkv-bench-{}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
-        let http = ringkv::tls::http_client_builder()
-            .timeout(RING_TIMEOUT)
-            .build()
-            .context("http client")?;
-        Ok(LocalCluster {
-            exe,
-            dir,
-            next_port: settings.base_port,
-            settings,
-            nodes: Vec::new(),
-            http,
-            keep_dir: false,
-        })
-    }
-
-    /// The data dir of the node on `port` (which a bench may fill before
-    /// starting it).
-    pub(super) fn data_dir(&self, port: u16) -> PathBuf {
-        self.dir.join(format!("node-{port}"))
-    }
-
-    /// Starts the next node (founding when it is the first, else joining
-    /// the first) and waits for its listening line; returns its id.
-    async fn spawn(&mut self) -> anyhow::Result<String> {
-        let port = self.next_port;
-        self.next_port = port
-            .checked_add(1)
-            .context("ports run past 65535; pick a lower --base-port")?;
-        anyhow::ensure!(
-            port_free(port),
-            "port {port} is taken (TCP or UDP on 127.0.0.1); pick another --base-port"
-        );
-        let id = format!("127.0.0.1:{port}");
-        let log_path = self.dir.join(format!("node-{port}.log"));
-        let log = std::fs::File::create(&log_path)
-            .with_context(|| format!("cannot create {}", log_path.display()))?;
-        let mut command = Command::new(&self.exe);
-        command
-            .arg("serve")
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .arg("--data-dir")
-            .arg(self.data_dir(port))
-            .args(["--replicas", &self.settings.replicas.to_string()])
-            .args(["--tokens", &self.settings.tokens.to_string()])
-            .args(["--on-signal", "stop"])
-            .args(&self.settings.flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true);
-        if let Some(first) = self.nodes.first() {
-            command.args(["--join", &first.id]);
-        }
-        let mut child = command
-            .spawn()
-            .with_context(|| format!("cannot start node {id}"))?;
-        let stdout = child.stdout.take().context("no stdout from the node")?;
-        // Registered before waiting, so that a failed start is still killed.
-        self.nodes.push(LocalNode {
-            id: id.clone(),
-            child: Some(child),
-        });
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(NODE_START_TIMEOUT, lines.next_line())
-            .await
-            .with_context(|| format!("node {id} did not start in {NODE_START_TIMEOUT:?}"))?
-            .with_context(|| format!("reading node {id}'s output"))?
-            .with_context(|| format!("node {id} exited at start (see {})", log_path.display()))?;
-        anyhow::ensure!(
-            line.starts_with("listening on"),
-            "node {id} printed {line:?} instead of its listening line"
-        );
-        // Keep draining stdout so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Ok(id)
-    }
-
-    /// Starts `count` nodes one after the other, each once the previous one
-    /// is normal in its own `/ring`, then waits until all agree; returns
-    /// the running set.
-    pub(super) async fn start_nodes(&mut self, count: usize) -> anyhow::Result<BTreeSet<String>> {
-        let started = Instant::now();
-        let mut running = BTreeSet::new();
-        for _ in 0..count {
-            let id = self.spawn().await?;
-            running.insert(id.clone());
-            let only = BTreeSet::from([id.clone()]);
-            self.wait_until(
-                &only,
-                Instant::now(),
-                CHANGE_DEADLINE,
-                &format!("{id} to be normal"),
-                |polled| {
-                    let ring = polled.first()?.1.as_ref()?;
-                    (state_in(ring, &id) == Some("normal")).then_some(())
-                },
-            )
-            .await?;
-        }
-        self.wait_until(
-            &running,
-            Instant::now(),
-            CHANGE_DEADLINE,
-            "the first nodes to agree",
-            |polled| converged(polled, &running),
-        )
-        .await?;
-        eprintln!(
-            "{count} nodes normal with one ring digest after {:.1} s",
-            started.elapsed().as_secs_f64()
-        );
-        Ok(running)
-    }
-
-    /// `GET /ring` of one node.
-    async fn ring(&self, id: &str) -> Option<Value> {
-        let response = self
-            .http
-            .get(format!("http://{id}/ring"))
-            .send()
-            .await
-            .ok()?;
-        if !response.status().is_success() {
-            return None;
-        }
-        response.json().await.ok()
-    }
-
-    /// `GET /ring` of every node in `ids`, at once.
-    async fn poll(&self, ids: &BTreeSet<String>) -> Polled {
-        let rings = futures::future::join_all(ids.iter().map(|id| self.ring(id))).await;
-        ids.iter().cloned().zip(rings).collect()
-    }
-
-    /// Polls the `/ring` of every node in `running` until `done` returns
-    /// `Some`, and returns that with the time since `started`
-    /// at the end of that poll; fails once `limit` has passed since
-    /// `started`, describing what the nodes last showed.
-    async fn wait_until<T>(
-        &self,
-        running: &BTreeSet<String>,
-        started: Instant,
-        limit: Duration,
-        what: &str,
-        mut done: impl FnMut(&Polled) -> Option<T>,
-    ) -> anyhow::Result<(T, Duration)> {
-        loop {
-            let polled = self.poll(running).await;
-            let elapsed = started.elapsed();
-            if let Some(value) = done(&polled) {
-                return Ok((value, elapsed));
-            }
-            if elapsed >= limit {
-                anyhow::bail!(
-                    "timed out after {limit:?} waiting for {what}; the nodes showed:\n{}",
-                    describe(&polled)
-                );
-            }
-            tokio::time::sleep(POLL_EVERY).await;
-        }
-    }
-
-    /// Waits for a node to exit by itself (a leaver); its exit status.
-    async fn wait_exit(&mut self, id: &str) -> anyhow::Result<String> {
-        let node = self
-            .nodes
-            .iter_mut()
-            .find(|n| n.id == id)
-            .with_context(|| format!("no node {id}"))?;
-        let Some(child) = node.child.as_mut() else {
-            return Ok("already stopped".into());
-        };
-        match tokio::time::timeout(STOP_TIMEOUT, child.wait()).await {
-            Ok(status) => {
-                let status = status.with_context(|| format!("waiting for {id}"))?;
-                node.child = None;
-                Ok(status.to_string())
-            }
-            Err(_) => Ok(format!("still running after {STOP_TIMEOUT:?}")),
-        }
-    }
-
-    /// Stops every node (SIGTERM, then SIGKILL after [`STOP_TIMEOUT`]) and
-    /// removes the directory unless it is kept.
-    pub(super) async fn stop(&mut self) {
-        for node in &self.nodes {
-            if let Some(pid) = node.child.as_ref().and_then(|c| c.id()) {
-                // SAFETY: kill(2) on a child we spawned and still own.
-                unsafe {
-                    libc::kill(pid as i32, libc::SIGTERM);
-                }
-            }
-        }
-        for node in &mut self.nodes {
-            if let Some(mut child) = node.child.take()
-                && tokio::time::timeout(STOP_TIMEOUT, child.wait())
-                    .await
-                    .is_err()
-            {
-                eprintln!("{} did not stop in time; killing it", node.id);
-                let _ = child.kill().await;
-            }
-        }
-        self.remove_dir();
-    }
-
-    fn remove_dir(&mut self) {
-        if self.keep_dir {
-            return;
-        }
-        if self.dir.exists()
-            && let Err(err) = std::fs::remove_dir_all(&self.dir)
-        {
-            eprintln!("cannot remove {}: {err}", self.dir.display());
-        }
-    }
-}
-
-impl Drop for LocalCluster {
-    /// On an early return: kill whatever still runs, drop the directory.
-    fn drop(&mut self) {
-        for node in &mut self.nodes {
-            if let Some(child) = node.child.as_mut() {
-                let _ = child.start_kill();
-            }
-        }
-        self.remove_dir();
-    }
-}
-
-/// Whether `port` is free on 127.0.0.1 for both TCP and UDP (the nodes use
-/// both).
-fn port_free(port: u16) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-        && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
-}
-
-/// The state `ring` shows for `node`.
-fn state_in<'a>(ring: &'a Value, node: &str) -> Option<&'a str> {
-    ring["members"]
-        .as_array()?
-        .iter()
-        .find(|m| m["node"].as_str() == Some(node))
-        .and_then(|m| m["state"].as_str())
-}
-
-/// The common digest when every node answered with it, `agreed`, no
-/// transition, and exactly `running` as its members that are not removed,
-/// each of them normal.
-fn converged(polled: &Polled, running: &BTreeSet<String>) -> Option<String> {
-    let mut digest: Option<&str> = None;
-    for (_, ring) in polled {
-        let ring = ring.as_ref()?;
-        let d = ring["digest"].as_str()?;
-        if *digest.get_or_insert(d) != d
-            || ring["agreed"].as_bool() != Some(true)
-            || ring["in_transition"].as_bool() != Some(false)
-        {
-            return None;
-        }
-        let mut present = BTreeSet::new();
-        for member in ring["members"].as_array()? {
-            match member["state"].as_str()? {
-                "removed" => continue,
-                "normal" => present.insert(member["node"].as_str()?.to_string()),
-                _ => return None,
-            };
-        }
-        if present != *running {
-            return None;
-        }
-    }
-    digest.map(str::to_string)
-}
 
 /// Whether every node answered and lists `node` among its members.
 fn all_show(polled: &Polled, node: &str) -> bool {
     polled
         .iter()
         .all(|(_, ring)| ring.as_ref().and_then(|r| state_in(r, node)).is_some())
-}
-
-/// One line per node: its digest, whether it agrees, members not normal.
-fn describe(polled: &Polled) -> String {
-    let mut out = String::new();
-    for (id, ring) in polled {
-        let Some(ring) = ring else {
-            out.push_str(&format!("  {id}: no answer\n"));
-            continue;
-        };
-        let odd: Vec<String> = ring["members"]
-            .as_array()
-            .map(|members| {
-                members
-                    .iter()
-                    .filter(|m| !matches!(m["state"].as_str(), Some("normal" | "removed")))
-                    .map(|m| format!("{} {}", m["node"], m["state"]))
-                    .collect()
-            })
-            .unwrap_or_default();
-        out.push_str(&format!(
-            "  {id}: digest {} agreed {} in_transition {} members {} not normal: [{}]\n",
-            ring["digest"],
-            ring["agreed"],
-            ring["in_transition"],
-            ring["members"].as_array().map_or(0, Vec::len),
-            odd.join(", ")
-        ));
-    }
-    out
-}
-
-/// A size as `64 MiB` when it is a whole number of KiB/MiB/GiB, else in bytes.
-pub(super) fn size_text(n: u64) -> String {
-    for (unit, name) in [(1u64 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
-        if n >= unit && n.is_multiple_of(unit) {
-            return format!("{} {name}", n / unit);
-        }
-    }
-    format!("{} bytes", thousands(n))
-}
-
-/// `n` with thousands separators.
-fn thousands(n: u64) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Stops the cluster; on failure keeps its directory and says where.
-async fn finish(
-    mut cluster: LocalCluster,
-    result: anyhow::Result<ExitCode>,
-) -> anyhow::Result<ExitCode> {
-    if result.is_err() {
-        cluster.keep_dir = true;
-        eprintln!("node data and logs kept in {}", cluster.dir.display());
-    }
-    cluster.stop().await;
-    result
 }
 
 /// One timed membership change.
@@ -548,12 +137,12 @@ fn steps_json(steps: &[(&str, Duration)]) -> Value {
     )
 }
 
-/// `ringkv bench --convergence NODES`.
+/// `lab convergence`.
 pub async fn convergence(
     settings: Settings,
     count: usize,
     changes: usize,
-    out: Output,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(
         count >= 1 && count >= settings.replicas,
@@ -562,7 +151,7 @@ pub async fn convergence(
     );
     anyhow::ensure!(changes >= 1, "--changes must be at least 1");
     let mut cluster = LocalCluster::new(settings.clone())?;
-    let result = convergence_on(&mut cluster, &settings, count, changes, out).await;
+    let result = convergence_on(&mut cluster, &settings, count, changes, json).await;
     finish(cluster, result).await
 }
 
@@ -571,12 +160,11 @@ async fn convergence_on(
     settings: &Settings,
     count: usize,
     changes: usize,
-    out: Output,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     eprintln!(
-        "starting {count} nodes on ports {}–{} (data in {})…",
-        settings.base_port,
-        settings.base_port as usize + count - 1,
+        "starting {count} nodes on {} (data in {})…",
+        settings.ports_text(count),
         cluster.dir.display()
     );
     let mut running = cluster.start_nodes(count).await?;
@@ -587,7 +175,7 @@ async fn convergence_on(
         } else {
             time_leave(cluster, &mut running).await?
         };
-        if !out.json {
+        if !json {
             print_change(i + 1, &change);
         }
         done.push(change);
@@ -598,7 +186,7 @@ async fn convergence_on(
         .max()
         .unwrap_or(Duration::ZERO);
     let met = max <= CONVERGENCE_TARGET;
-    if out.json {
+    if json {
         let rows: Vec<Value> = done
             .iter()
             .map(|c| {
@@ -795,13 +383,13 @@ async fn time_leave(
     })
 }
 
-/// `ringkv bench --join-speed`.
+/// `lab join-speed`.
 pub async fn join_speed(
     settings: Settings,
     keys: usize,
     value_size: u64,
     concurrency: usize,
-    out: Output,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     anyhow::ensure!(keys >= 1 && concurrency >= 1, "need keys and clients");
     anyhow::ensure!(
@@ -809,7 +397,7 @@ pub async fn join_speed(
         "--join-speed runs 3 nodes: N is 1–3"
     );
     let mut cluster = LocalCluster::new(settings.clone())?;
-    let result = join_speed_on(&mut cluster, &settings, keys, value_size, concurrency, out).await;
+    let result = join_speed_on(&mut cluster, &settings, keys, value_size, concurrency, json).await;
     finish(cluster, result).await
 }
 
@@ -819,12 +407,11 @@ async fn join_speed_on(
     keys: usize,
     value_size: u64,
     concurrency: usize,
-    out: Output,
+    json: bool,
 ) -> anyhow::Result<ExitCode> {
     eprintln!(
-        "starting 3 nodes on ports {}–{} (data in {})…",
-        settings.base_port,
-        settings.base_port as usize + 2,
+        "starting 3 nodes on {} (data in {})…",
+        settings.ports_text(3),
         cluster.dir.display()
     );
     let mut running = cluster.start_nodes(3).await?;
@@ -887,7 +474,7 @@ async fn join_speed_on(
         0.0
     };
     let complete = held == owned;
-    if out.json {
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({
@@ -963,9 +550,7 @@ async fn prefill(
             Client::new(vec![node.clone()])?
                 .put(
                     &format!("bench/{k}"),
-                    Upload::Stream(reqwest::Body::wrap_stream(super::bench::generated(
-                        value_size,
-                    ))),
+                    Upload::Stream(reqwest::Body::wrap_stream(generated(value_size))),
                     Some("application/octet-stream"),
                     None,
                 )
@@ -974,7 +559,7 @@ async fn prefill(
         }
         return Ok(());
     }
-    let clients = super::bench::rotated_clients(nodes, &ringkv::client::ClientOptions::default())?;
+    let clients = rotated_clients(nodes, &ClientOptions::default())?;
     let per_worker = keys.div_ceil(concurrency);
     let tasks: Vec<_> = (0..concurrency)
         .map(|w| {
