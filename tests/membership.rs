@@ -173,6 +173,21 @@ async fn a_joining_node_streams_its_ranges_before_turning_normal() {
         }
     }
     assert!(owned > 100, "the new node owns only {owned} of 400 keys");
+    // Its finished transfer shows every key it fetched, over all its
+    // passes (the last pass before it turned normal found nothing new and
+    // used to show 0).
+    wait_for("the joiner's whole transfer in /ring", DEADLINE, || async {
+        let ring = cluster.ring(0).await?;
+        let member = ring["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["node"] == id.as_str())?
+            .clone();
+        let transfer = &member["transfer"];
+        (transfer["active"] == false && transfer["keys"].as_u64()? >= owned as u64)
+            .then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

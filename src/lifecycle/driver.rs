@@ -266,7 +266,7 @@ async fn perform(lifecycle: &Lifecycle, action: Action, events: &mpsc::Unbounded
                 let result = lifecycle
                     .inner
                     .transfer
-                    .receive(&lifecycle, &ring, inline_max)
+                    .receive(&lifecycle, &ring, inline_max, last_pass)
                     .await;
                 match &result {
                     Ok(reply) => tracing::info!(

@@ -720,7 +720,7 @@ impl SyncHandler for Lifecycle {
             };
             this.inner
                 .transfer
-                .receive(&this, &ring, crate::storage::INLINE_MAX_BYTES as u64)
+                .receive(&this, &ring, crate::storage::INLINE_MAX_BYTES as u64, false)
                 .await
         }
         .boxed()

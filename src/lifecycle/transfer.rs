@@ -112,11 +112,16 @@ impl Transfers {
     /// Values up to `inline_max` bytes come with the scan; the others (all
     /// with 0: a pass comparing keys and versions) are read on their own,
     /// only where the source holds a newer version.
+    ///
+    /// A `last_pass` (the one a joiner makes before it turns normal) adds
+    /// to the figures of the pass before it instead of starting new ones,
+    /// so that `/ring` shows what the whole bootstrap received.
     pub async fn receive(
         &self,
         lifecycle: &Lifecycle,
         ring: &Ring,
         inline_max: u64,
+        last_pass: bool,
     ) -> Result<SyncReply> {
         let me = &lifecycle.inner.node;
         let mine: Vec<Wanted> = ring
@@ -129,7 +134,8 @@ impl Transfers {
                 sources: m.sources,
             })
             .collect();
-        self.fetch(lifecycle, ring, mine, inline_max).await
+        self.fetch(lifecycle, ring, mine, inline_max, last_pass)
+            .await
     }
 
     /// Re-reads every range this node holds from its other replicas, as
@@ -148,7 +154,7 @@ impl Transfers {
             })
             .filter(|w| !w.sources.is_empty())
             .collect();
-        self.fetch(lifecycle, ring, mine, INLINE_MAX_BYTES as u64)
+        self.fetch(lifecycle, ring, mine, INLINE_MAX_BYTES as u64, false)
             .await
     }
 
@@ -160,6 +166,7 @@ impl Transfers {
         ring: &Ring,
         mine: Vec<Wanted>,
         inline_max: u64,
+        continued: bool,
     ) -> Result<SyncReply> {
         let _running = self.running.lock().await;
         let me = &lifecycle.inner.node;
@@ -174,18 +181,31 @@ impl Transfers {
                 }
             }
         }
-        let started = Instant::now();
-        {
+        // What earlier passes of the same transfer received, when this one
+        // continues them; its seconds count on from theirs.
+        let (before, started) = {
             let mut guard = self.progress.lock().unwrap_or_else(|p| p.into_inner());
+            let before = match continued {
+                true => guard.0.clone(),
+                false => Progress::default(),
+            };
+            let now = Instant::now();
+            let started = now
+                .checked_sub(Duration::from_secs_f64(before.seconds))
+                .unwrap_or(now);
             *guard = (
                 Progress {
                     active: true,
-                    sources: per_source.len(),
+                    keys: before.keys,
+                    bytes: before.bytes,
+                    sources_done: before.sources_done,
+                    sources: before.sources + per_source.len(),
                     ..Progress::default()
                 },
                 Some(started),
             );
-        }
+            (before, now)
+        };
         // This node's own copies older than the tombstone grace period in
         // the ranges it gains: those no current replica holds may be
         // deleted keys whose tombstones were collected (see `gc.rs`).
@@ -223,9 +243,10 @@ impl Transfers {
         let elapsed = started.elapsed().as_secs_f64();
         self.update(|p| {
             p.active = false;
-            p.seconds = elapsed;
+            p.seconds = before.seconds + elapsed;
         });
         let progress = self.progress();
+        let (keys, bytes) = (progress.keys - before.keys, progress.bytes - before.bytes);
         // Dropped only where every current replica was read.
         let store = &lifecycle.inner.store;
         let mut dropped = 0;
@@ -268,17 +289,14 @@ impl Transfers {
         }
         if !mine.is_empty() {
             tracing::info!(
-                keys = progress.keys,
-                bytes = progress.bytes,
+                keys,
+                bytes,
                 seconds = elapsed,
                 sources = per_source.len(),
                 "received ranges"
             );
         }
-        Ok(SyncReply {
-            keys: progress.keys,
-            bytes: progress.bytes,
-        })
+        Ok(SyncReply { keys, bytes })
     }
 
     /// Stores every record of `ranges` that `source` holds newer than here
