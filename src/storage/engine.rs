@@ -143,6 +143,13 @@ impl FjallEngine {
                     // 10 bits a key of memory.
                     .filter_block_pinning_policy(PinningPolicy::all(true))
                     .filter_block_partitioning_policy(PartitioningPolicy::all(false))
+                    // The same for the index blocks a lookup reads next
+                    // (fjall pins them on the first two levels only, and
+                    // the block cache is small): with 10 M keys stored a
+                    // GET cost the nodes 8 ms of CPU, 164 µs with these
+                    // pinned (and their RSS fell, 336-384 to 235-256 MiB).
+                    .index_block_pinning_policy(PinningPolicy::all(true))
+                    .index_block_partitioning_policy(PartitioningPolicy::all(false))
             })
             .map_err(Error::from_storage)?;
         let chunks = db
