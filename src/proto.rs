@@ -29,6 +29,20 @@ impl From<Version> for crate::version::Version {
 }
 
 impl RecordMeta {
+    /// The metadata of `value`, whole, stored under `key` at `version`: no
+    /// content type, no expiry, its blake3 checksum.
+    pub fn whole(key: impl Into<String>, version: crate::version::Version, value: &[u8]) -> Self {
+        RecordMeta {
+            key: key.into(),
+            version: Some(version.into()),
+            deleted: false,
+            content_type: String::new(),
+            size: value.len() as u64,
+            checksum: bytes::Bytes::copy_from_slice(blake3::hash(value).as_bytes()),
+            expires_at: 0,
+        }
+    }
+
     /// The record's version; absent on the wire means [`Version::ZERO`](crate::version::Version::ZERO).
     pub fn version(&self) -> crate::version::Version {
         self.version.map(Into::into).unwrap_or_default()

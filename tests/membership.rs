@@ -148,14 +148,8 @@ async fn a_joining_node_streams_its_ranges_before_turning_normal() {
         assert!(!whereis(&cluster, 0, &key).await.contains(&id));
     }
     wait_for("transfer progress in /ring", DEADLINE, || async {
-        let ring = cluster.ring(0).await?;
-        let member = ring["members"]
-            .as_array()?
-            .iter()
-            .find(|m| m["node"] == id.as_str())?
-            .clone();
-        (member["transfer"]["active"] == true && member["transfer"]["keys"].as_u64()? > 0)
-            .then_some(())
+        let transfer = transfer_seen(&cluster, 0, &id).await?;
+        (transfer["active"] == true && transfer["keys"].as_u64()? > 0).then_some(())
     })
     .await;
     cluster.wait_converged().await;
@@ -177,17 +171,20 @@ async fn a_joining_node_streams_its_ranges_before_turning_normal() {
     // passes (the last pass before it turned normal found nothing new and
     // used to show 0).
     wait_for("the joiner's whole transfer in /ring", DEADLINE, || async {
-        let ring = cluster.ring(0).await?;
-        let member = ring["members"]
-            .as_array()?
-            .iter()
-            .find(|m| m["node"] == id.as_str())?
-            .clone();
-        let transfer = &member["transfer"];
-        (transfer["active"] == false && transfer["keys"].as_u64()? >= owned as u64)
-            .then_some(())
+        let transfer = transfer_seen(&cluster, 0, &id).await?;
+        (transfer["active"] == false && transfer["keys"].as_u64()? >= owned as u64).then_some(())
     })
     .await;
+}
+
+/// The `transfer` object node `i`'s `/ring` shows for member `id`.
+async fn transfer_seen(cluster: &Cluster, i: usize, id: &str) -> Option<Value> {
+    let ring = cluster.ring(i).await?;
+    let member = ring["members"]
+        .as_array()?
+        .iter()
+        .find(|m| m["node"] == id)?;
+    Some(member["transfer"].clone())
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -147,19 +147,6 @@ fn value_of(k: usize, size: u64) -> Bytes {
     Bytes::from(value)
 }
 
-/// The metadata of a whole value.
-fn meta_of(key: String, version: Version, value: &Bytes) -> RecordMeta {
-    RecordMeta {
-        key,
-        version: Some(version.into()),
-        deleted: false,
-        content_type: String::new(),
-        size: value.len() as u64,
-        checksum: Bytes::copy_from_slice(blake3::hash(value).as_bytes()),
-        expires_at: 0,
-    }
-}
-
 /// Opens the store of data dir `dir` (no node running on it).
 fn open_store(dir: &Path) -> anyhow::Result<Store> {
     Store::open(&StorageOptions {
@@ -187,7 +174,7 @@ fn fill(
                 scope.spawn(move || -> anyhow::Result<()> {
                     for k in (t..keys).step_by(FILL_THREADS) {
                         let value = value_of(k, value_size);
-                        let meta = meta_of(format!("{prefix}{k}"), version, &value);
+                        let meta = RecordMeta::whole(format!("{prefix}{k}"), version, &value);
                         store.write_whole(meta, value)?;
                     }
                     Ok(())
@@ -235,7 +222,10 @@ fn apply_differences(
         match i % 3 {
             0 => {
                 let value = value_of(keys + i, value_size);
-                store.write_whole(meta_of(format!("extra/{i}"), newer, &value), value)?;
+                store.write_whole(
+                    RecordMeta::whole(format!("extra/{i}"), newer, &value),
+                    value,
+                )?;
                 done.added += 1;
             }
             kind => {
@@ -244,10 +234,10 @@ fn apply_differences(
                 let key = format!("bench/{k}");
                 if kind == 1 {
                     let value = value_of(k + keys, value_size);
-                    store.write_whole(meta_of(key, newer, &value), value)?;
+                    store.write_whole(RecordMeta::whole(key, newer, &value), value)?;
                     done.updated += 1;
                 } else {
-                    let mut meta = meta_of(key, newer, &Bytes::new());
+                    let mut meta = RecordMeta::whole(key, newer, &Bytes::new());
                     meta.deleted = true;
                     meta.checksum = Bytes::new();
                     store.write_whole(meta, Bytes::new())?;

@@ -114,15 +114,7 @@ fn held(gate: &Arc<Semaphore>) -> Faults {
 
 /// The record of `value` for `key` at `version`.
 fn record(key: &str, version: Version, value: &[u8]) -> RecordMeta {
-    RecordMeta {
-        key: key.to_string(),
-        version: Some(version.into()),
-        deleted: false,
-        content_type: String::new(),
-        size: value.len() as u64,
-        checksum: Bytes::copy_from_slice(blake3::hash(value).as_bytes()),
-        expires_at: 0,
-    }
+    RecordMeta::whole(key, version, value)
 }
 
 fn tombstone(key: &str, version: Version) -> RecordMeta {

@@ -8,15 +8,7 @@ use super::*;
 use crate::ring::{Token, TokenRange};
 
 fn meta(key: &str, ts: u64, value: &[u8]) -> RecordMeta {
-    RecordMeta {
-        key: key.into(),
-        version: Some(Version::new(ts, 1).into()),
-        deleted: false,
-        content_type: String::new(),
-        size: value.len() as u64,
-        checksum: Bytes::copy_from_slice(blake3::hash(value).as_bytes()),
-        expires_at: 0,
-    }
+    RecordMeta::whole(key, Version::new(ts, 1), value)
 }
 
 fn tombstone(key: &str, ts: u64) -> RecordMeta {
