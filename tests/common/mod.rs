@@ -251,8 +251,20 @@ impl Cluster {
     }
 
     /// Sends SIGSTOP to node `i`.
+    ///
+    /// Returns once every thread of it is stopped: kill(2) returns before
+    /// the threads of a process have all taken the stop, and on a loaded
+    /// machine one of them could still serve a request sent right after.
     pub fn freeze(&self, i: usize) {
         self.nodes[i].signal(libc::SIGSTOP);
+        let Some(pid) = self.nodes[i].pid() else {
+            return;
+        };
+        let started = Instant::now();
+        while !all_threads_stopped(pid) {
+            assert!(started.elapsed() < DEADLINE, "node {i} did not stop");
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Sends SIGCONT to node `i`.
@@ -444,6 +456,29 @@ impl Drop for Cluster {
             }
         }
     }
+}
+
+/// Whether every thread of process `pid` is stopped (state `T` in its
+/// `/proc` stat line); false when they cannot be read.
+fn all_threads_stopped(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    let mut any = false;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else {
+            return false;
+        };
+        // `PID (COMM) STATE ...`; COMM may hold spaces and parentheses.
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        if state != Some("T") {
+            return false;
+        }
+        any = true;
+    }
+    any
 }
 
 /// Starts `ringkv serve` (through `ip netns exec` in a namespace) with the
