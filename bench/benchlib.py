@@ -16,7 +16,8 @@ import urllib.error
 import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RINGKV = os.path.join(ROOT, "target", "release", "ringkv")
+# RINGKV_BIN: another build to measure (an A/B against an earlier commit).
+RINGKV = os.environ.get("RINGKV_BIN") or os.path.join(ROOT, "target", "release", "ringkv")
 
 
 def busy_seconds():

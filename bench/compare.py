@@ -23,6 +23,7 @@ Installs what it needs when missing: redis-server and redis-tools with
 apt-get, oha with `cargo install --locked oha`.
 
 Usage: bench/compare.py [DURATION_SECONDS]   (default 10)
+RINGKV_BIN=PATH measures that build instead of building this checkout's.
 """
 
 import os
@@ -170,7 +171,8 @@ def stop(procs):
 def main():
     duration = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     ensure_tools()
-    subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
+    if "RINGKV_BIN" not in os.environ:
+        subprocess.run(["cargo", "build", "--release", "--quiet"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="ringkv-compare-")
     rows = {}
     procs = []
@@ -215,7 +217,8 @@ def main():
 
 
 def report(rows, duration):
-    print(f"bench/compare.py {duration} at {commit()}, {time.strftime('%Y-%m-%d')}: "
+    built = os.environ.get("RINGKV_BIN") or commit()
+    print(f"bench/compare.py {duration} at {built}, {time.strftime('%Y-%m-%d')}: "
           f"{CONCURRENCY} connections, {len(VALUE)}-byte values, {duration} s a run")
     print("| workload | ringkv ops/s | p50 / p99 / p99.9 ms | CPU/op µs | other cores "
           "| Redis Cluster ops/s | p50 / p99 / p99.9 ms | CPU/op µs | other cores | ratio |")
