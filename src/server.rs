@@ -392,6 +392,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
             max_value_size: config.max_value_size,
             hints: config.hints,
             ring_fence: config.ring_fence,
+            full_read_every: config.full_read_every,
         },
         metrics.clone(),
     );
@@ -463,7 +464,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         membership.clone(),
         charts.clone(),
     ));
-    let api = http::router(AppState {
+    let api = http::router(AppState::new(http::Shared {
         node: id.clone(),
         coordinator,
         store: store.clone(),
@@ -473,7 +474,7 @@ pub async fn start(config: NodeConfig) -> Result<RunningNode> {
         metrics,
         charts,
         tokens: tokens.clone(),
-    });
+    }));
     lifecycle.spawn_tasks();
     let reloader = spawn_reloader(Reloadable {
         tokens,

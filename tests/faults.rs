@@ -124,7 +124,7 @@ async fn acknowledged_writes_survive_sigkill_and_a_whole_cluster_restart() {
 async fn read_repair_brings_a_stale_replica_up_to_date_and_never_resurrects() {
     // Without hints, so that only read repair can bring node 2 up to date.
     let mut cluster = Cluster::start(Options {
-        flags: vec!["--no-hints".into()],
+        flags: vec!["--no-hints".into(), "--full-read-every".into(), "1".into()],
         ..Options::default()
     })
     .await;

@@ -86,6 +86,11 @@ pub struct ServeArgs {
     /// read repair and anti-entropy (tests of those use it).
     #[arg(long)]
     pub no_hints: bool,
+    /// One read in this many asks all of a key's replicas instead of R of
+    /// them, so that read repair also reaches the replicas a quorum read
+    /// leaves out; 1 asks all on every read, 0 never.
+    #[arg(long, default_value_t = 10)]
+    pub full_read_every: u64,
     /// Turns ring-version fencing off: replicas take client reads and
     /// writes planned on any ring (fault tests, to show what fencing
     /// prevents).
@@ -197,6 +202,7 @@ impl ServeArgs {
             stream_rate: self.stream_rate,
             auto_remove_after: self.auto_remove_after,
             hints: !self.no_hints,
+            full_read_every: self.full_read_every,
             ring_fence: !self.no_ring_fence,
             repair_interval: (!self.repair_interval.is_zero()).then_some(self.repair_interval),
             scrub_interval: (!self.scrub_interval.is_zero()).then_some(self.scrub_interval),

@@ -58,6 +58,8 @@ pub struct NodeConfig {
     pub auto_remove_after: Option<Duration>,
     /// Keep hints for replicas that miss writes (F15).
     pub hints: bool,
+    /// One read in this many asks all the key's replicas (0: none).
+    pub full_read_every: u64,
     /// Ring-version fencing of client reads and writes (off only in fault
     /// tests, to show what it prevents).
     pub ring_fence: bool,

@@ -14,10 +14,18 @@
 //! calls carry on in the background.
 //!
 //! # Read
-//! The coordinator asks all N replicas for the key's record (with the value
-//! when small), answers from the newest of the first R replies, and keeps
-//! listening to the rest in the background: every replica seen holding an
-//! older version (or nothing) is sent the newest one (read repair). A
+//! The coordinator asks R of the key's replicas (this node first, then
+//! those seen up): the first for the record with its value when small,
+//! the others for the record alone, whose version says whether it is the
+//! newest. It asks the remaining replicas too when one of those fails or
+//! has not answered within the hedge delay (three times the mean time a
+//! peer takes to answer a read, 5 ms to 1 s), and on one read in
+//! `--full-read-every` (10), so that read repair also reaches replicas a
+//! quorum leaves out. It answers from the newest of the first R replies
+//! (its value streamed from a replica holding it when the one that sent a
+//! value is stale), and keeps listening to the rest in the background:
+//! every replica seen holding an older version (or nothing) is sent the
+//! newest one (read repair). A
 //! replica whose copy fails its checksums answers `Corrupt` (and drops the
 //! copy): it counts as a failed answer, the read is served by the others,
 //! and it is sent the newest version like a stale one. A large value whose
@@ -118,6 +126,10 @@ pub struct CoordinatorOptions {
     /// Fence client reads and writes with the ring they were planned on
     /// (off with the hidden `--no-ring-fence`, for fault tests).
     pub ring_fence: bool,
+    /// Every this many reads one asks all the key's replicas instead of
+    /// R of them, so that read repair also reaches the replicas outside
+    /// the quorum (`--full-read-every`; 1: every read, 0: none).
+    pub full_read_every: u64,
 }
 
 /// When a written value expires (F28).
@@ -277,6 +289,8 @@ struct Inner {
     /// Notices when the process was stopped, so that writes read right
     /// after are not stamped as new (see [`crate::stall`]).
     stall: Arc<StallWatch>,
+    /// How long peers take to answer reads, and how many reads there were.
+    reads: read::ReadStats,
     /// Fake replicas a unit test called instead of these nodes.
     #[cfg(test)]
     fakes: Vec<Arc<crate::rpc::fake::FakeReplica>>,
@@ -303,6 +317,7 @@ impl Coordinator {
                 options,
                 metrics,
                 stall: Arc::new(StallWatch::default()),
+                reads: read::ReadStats::default(),
                 #[cfg(test)]
                 fakes: Vec::new(),
             }),
@@ -331,6 +346,7 @@ impl Coordinator {
                 options,
                 metrics,
                 stall: Arc::new(StallWatch::default()),
+                reads: read::ReadStats::default(),
                 fakes,
             }),
         }

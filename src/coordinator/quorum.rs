@@ -305,6 +305,28 @@ impl ReadPlan {
         self.replicas.iter().chain(extra)
     }
 
+    /// The nodes to ask first and those kept back: the first are the fewest
+    /// that make the read if they all answer, taken by `rank` (lowest
+    /// first; ties in preference order), each only while a set it belongs
+    /// to is still short. The others are asked when one of the first fails
+    /// or is slow, or on a full read.
+    pub fn waves(&self, rank: impl Fn(&NodeId) -> u8) -> (Vec<NodeId>, Vec<NodeId>) {
+        let mut order: Vec<&NodeId> = self.nodes().collect();
+        order.sort_by_key(|n| rank(n));
+        let (mut first, mut rest) = (Vec::new(), Vec::new());
+        for node in order {
+            let short = |set: &[NodeId], needed: usize| {
+                set.contains(node) && first.iter().filter(|n| set.contains(n)).count() < needed
+            };
+            if short(&self.replicas, self.needed) || short(&self.previous, self.previous_needed) {
+                first.push(node.clone());
+            } else {
+                rest.push(node.clone());
+            }
+        }
+        (first, rest)
+    }
+
     /// The sets read (each a [`replica_set_hash`]), for the ring fence.
     pub fn set_hashes(&self) -> Vec<u64> {
         let mut sets = vec![replica_set_hash(&self.replicas)];
@@ -375,6 +397,21 @@ mod tests {
     }
 
     /// Natural replicas a, b, c; d joining takes c's place for this key.
+    /// A ring of normal members named `names`, 8 tokens each.
+    fn ring(names: &[&str], replicas: usize) -> Ring {
+        use crate::ring::{Member, Token};
+        let members = names.iter().enumerate().map(|(i, name)| Member {
+            id: NodeId::parse(name).unwrap(),
+            zone: String::new(),
+            state: MemberState::Normal,
+            live: true,
+            tokens: (0..8u64)
+                .map(|t| Token((i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ (t << 56)))
+                .collect(),
+        });
+        Ring::new(members, replicas)
+    }
+
     fn joining_plan() -> WritePlan {
         WritePlan {
             replicas: ids(&["a:1", "b:1", "c:1"]),
@@ -448,6 +485,49 @@ mod tests {
         // More than the set holds means all of it.
         plan.require(ids(&["f:1"]), 2);
         assert_eq!(plan.also.last(), Some(&(ids(&["f:1"]), 1)));
+    }
+
+    #[test]
+    fn a_read_asks_r_replicas_first_the_best_ranked_and_keeps_the_others_back() {
+        let plan = ReadPlan::new(
+            &ring(&["a:1", "b:1", "c:1", "d:1"], 3),
+            None,
+            b"k",
+            Quorum::Majority,
+        )
+        .unwrap();
+        let order = plan.replicas.clone();
+        // In preference order when every node ranks the same.
+        let (first, rest) = plan.waves(|_| 0);
+        assert_eq!(first, order[..2].to_vec());
+        assert_eq!(rest, order[2..].to_vec());
+        // The best ranked first (this node, then those seen up).
+        let (first, rest) = plan.waves(|n| if *n == order[2] { 0 } else { 1 });
+        assert_eq!(first, vec![order[2].clone(), order[0].clone()]);
+        assert_eq!(rest, vec![order[1].clone()]);
+        let all = ReadPlan::new(&ring(&["a:1", "b:1", "c:1"], 3), None, b"k", Quorum::All).unwrap();
+        assert_eq!(all.waves(|_| 0).0.len(), 3);
+        assert!(all.waves(|_| 0).1.is_empty());
+    }
+
+    #[test]
+    fn a_first_wave_answering_whole_makes_the_read_in_every_set() {
+        let plan = ReadPlan {
+            replicas: ids(&["d:1", "b:1", "c:1"]),
+            previous: ids(&["a:1", "b:1", "c:1"]),
+            needed: 2,
+            previous_needed: 2,
+            gone: Vec::new(),
+        };
+        for local in ["a:1", "b:1", "c:1", "d:1"] {
+            let local = NodeId::parse(local).unwrap();
+            let (first, rest) = plan.waves(|n| u8::from(*n != local));
+            assert_eq!(first[0], local);
+            assert_eq!(plan.shortfall(&first), None, "{first:?}");
+            assert_eq!(first.len() + rest.len(), 4);
+            // Without its last node the wave falls short.
+            assert!(plan.shortfall(&first[..first.len() - 1]).is_some());
+        }
     }
 
     #[test]

@@ -4,14 +4,16 @@
 //! hold a record: [`Coordinator::push_record`] (whole or streamed from a
 //! source) and [`Coordinator::repair_copy`] (a copy the scrub dropped).
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
-use super::{Calls, Coordinator, FENCE_ATTEMPTS, Quorum, ReadResult, gather, quorum_error};
+use super::{Calls, Coordinator, FENCE_ATTEMPTS, Quorum, ReadResult, quorum_error};
 use crate::error::{Error, Result};
-use crate::proto::{ReadReply, RecordMeta};
+use crate::proto::{Fence, ReadReply, RecordMeta};
 use crate::ring::NodeId;
 use crate::storage::INLINE_MAX_BYTES;
 use crate::version::Version;
@@ -34,21 +36,30 @@ impl Coordinator {
             let (ring, agreed) = self.rings();
             let plan = self.read_plan(&ring, &agreed, key, r)?;
             let fence = self.fence(&ring, &agreed, plan.set_hashes(), fenced > 0);
-            let mut calls: Calls<ReadReply> = plan
-                .nodes()
-                .map(|node| {
-                    let (handle, node, key) = (self.replica(node), node.clone(), key.to_string());
-                    let fence = fence.clone();
-                    async move {
-                        let reply = handle
-                            .read_fenced(&key, INLINE_MAX_BYTES as u64, fence)
-                            .await;
-                        (node, reply)
-                    }
-                    .boxed()
-                })
+            // This node first, then the replicas seen up.
+            let (mut first, mut rest) = plan.waves(|node| match ring.member(node) {
+                _ if *node == self.inner.node => 0,
+                Some(member) if member.live => 1,
+                _ => 2,
+            });
+            if self
+                .inner
+                .reads
+                .full_read_due(self.inner.options.full_read_every)
+            {
+                first.append(&mut rest);
+            }
+            // The first asked sends the value; the others only its record.
+            let mut calls: Calls<ReadReply> = first
+                .iter()
+                .enumerate()
+                .map(|(i, node)| self.read_call(node, key, i == 0, fence.clone()))
                 .collect();
-            let (answers, failed) = gather(&mut calls, |ok| plan.shortfall(ok).is_none()).await;
+            let (answers, failed) = self
+                .gather_read(&mut calls, rest, key, &fence, |ok| {
+                    plan.shortfall(ok).is_none()
+                })
+                .await;
             let answered: Vec<NodeId> = answers.iter().map(|(n, _)| n.clone()).collect();
             let Some(short) = plan.shortfall(&answered) else {
                 break (answers, failed, calls);
@@ -78,16 +89,17 @@ impl Coordinator {
             self.inner.clock.observe_time(reply.now);
         }
         let now_ms = self.cluster_now_ms();
-        let newest = answers
+        let mut newest = answers
             .iter()
             .filter_map(|(_, reply)| reply.meta.as_ref())
             .max_by_key(|m| m.version())
             .cloned();
-        let value = newest.as_ref().and_then(|m| {
-            answers
-                .iter()
-                .find(|(_, r)| r.meta.as_ref().map(|x| x.version()) == Some(m.version()))
-                .and_then(|(_, r)| r.value.clone())
+        let mut value = newest.as_ref().and_then(|m| {
+            answers.iter().find_map(|(_, r)| {
+                (r.meta.as_ref().map(|x| x.version()) == Some(m.version()))
+                    .then(|| r.value.clone())
+                    .flatten()
+            })
         });
         let mut sources: Vec<NodeId> = newest
             .as_ref()
@@ -101,6 +113,30 @@ impl Coordinator {
             .unwrap_or_default();
         // Prefer reading large values from this node.
         sources.sort_by_key(|n| *n != self.inner.node);
+        if let Some(meta) = newest
+            .as_ref()
+            .filter(|m| value.is_none() && is_inline(m) && !m.is_dead_at(now_ms))
+        {
+            // The replica that sent its value held an older one. A source
+            // may hold a newer record by now: that one is read instead (it
+            // is as new as the quorum's at least), not the version gone.
+            let Some((held, held_value, node)) = self.fetch_inline(meta, &sources).await else {
+                // Not NotFound: the key exists, its value could not be read.
+                return Err(Error::Unavailable {
+                    needed: 1,
+                    got: 0,
+                    answered: Vec::new(),
+                    failed: sources
+                        .into_iter()
+                        .map(|n| (n, "could not send the newest value".to_string()))
+                        .collect(),
+                });
+            };
+            if held.version() != meta.version() {
+                sources = vec![node];
+            }
+            (newest, value) = (Some(held), held_value);
+        }
         answers.extend(corrupt);
         if let Some(newest) = &newest {
             self.spawn_read_repair(
@@ -119,6 +155,113 @@ impl Coordinator {
             }),
             _ => Err(Error::not_found(format!("key {key:?}"))),
         }
+    }
+
+    /// A read of `key` from `node`, with the value when `with_value` and
+    /// it is small; a peer's answer times feed the hedge delay.
+    fn read_call(
+        &self,
+        node: &NodeId,
+        key: &str,
+        with_value: bool,
+        fence: Option<Fence>,
+    ) -> BoxFuture<'static, (NodeId, Result<ReadReply>)> {
+        let (handle, node, key) = (self.replica(node), node.clone(), key.to_string());
+        let remote = node != self.inner.node;
+        let this = self.clone();
+        let inline_max = if with_value {
+            INLINE_MAX_BYTES as u64
+        } else {
+            0
+        };
+        async move {
+            let started = Instant::now();
+            let reply = handle.read_fenced(&key, inline_max, fence).await;
+            if remote && reply.is_ok() {
+                this.inner.reads.observe(started.elapsed());
+            }
+            (node, reply)
+        }
+        .boxed()
+    }
+
+    /// Polls `calls` until the nodes that answered are `enough`, asking
+    /// the nodes of `rest` too (with the value) as soon as a call fails or
+    /// the first calls take longer than the hedge delay; the calls still
+    /// running stay in `calls`.
+    async fn gather_read(
+        &self,
+        calls: &mut Calls<ReadReply>,
+        mut rest: Vec<NodeId>,
+        key: &str,
+        fence: &Option<Fence>,
+        enough: impl Fn(&[NodeId]) -> bool,
+    ) -> (Vec<(NodeId, ReadReply)>, Vec<(NodeId, Error)>) {
+        let mut ok: Vec<(NodeId, ReadReply)> = Vec::new();
+        let mut succeeded: Vec<NodeId> = Vec::new();
+        let mut failed = Vec::new();
+        let hedge = tokio::time::sleep(self.inner.reads.hedge_delay());
+        tokio::pin!(hedge);
+        while !enough(&succeeded) {
+            let widen = tokio::select! {
+                next = calls.next() => match next {
+                    Some((node, Ok(answer))) => {
+                        succeeded.push(node.clone());
+                        ok.push((node, answer));
+                        false
+                    }
+                    Some((node, Err(err))) => {
+                        tracing::debug!(replica = %node, %err, "replica call failed");
+                        failed.push((node, err));
+                        true
+                    }
+                    None if rest.is_empty() => break,
+                    None => true,
+                },
+                () = &mut hedge, if !rest.is_empty() => {
+                    tracing::debug!(%key, "read hedged: its first replicas are slow");
+                    true
+                }
+            };
+            if widen {
+                for node in rest.drain(..) {
+                    calls.push(self.read_call(&node, key, true, fence.clone()));
+                }
+            }
+        }
+        (ok, failed)
+    }
+
+    /// `meta`'s small value, or a newer record (and its value), read from
+    /// the first of `sources` that holds either, with that source; `None`
+    /// when none does.
+    pub(super) async fn fetch_inline(
+        &self,
+        meta: &RecordMeta,
+        sources: &[NodeId],
+    ) -> Option<(RecordMeta, Option<Bytes>, NodeId)> {
+        for node in sources {
+            match self
+                .replica(node)
+                .read(&meta.key, INLINE_MAX_BYTES as u64)
+                .await
+            {
+                Ok(ReadReply {
+                    meta: Some(held),
+                    value,
+                    ..
+                }) if held.version() >= meta.version()
+                    && (value.is_some() || held.deleted || !is_inline(&held)) =>
+                {
+                    return Some((held, value, node.clone()));
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::debug!(key = %meta.key, replica = %node, %err, "no value from this source")
+                }
+            }
+        }
+        None
     }
 
     /// Sends the newest record to every replica seen holding an older one
@@ -259,5 +402,94 @@ impl Coordinator {
                 }
             }
         });
+    }
+}
+
+/// Whether a read reply carries `meta`'s value (a live value small enough).
+fn is_inline(meta: &RecordMeta) -> bool {
+    !meta.deleted && meta.size <= INLINE_MAX_BYTES as u64
+}
+
+/// What a node's reads learn as they go: how long peers take to answer one
+/// (a moving mean, for the hedge delay) and how many reads there were (for
+/// full reads).
+#[derive(Debug, Default)]
+pub(super) struct ReadStats {
+    /// Mean time a peer took to answer a read, µs (0: none seen yet).
+    mean_us: AtomicU64,
+    /// Reads planned so far.
+    count: AtomicU64,
+}
+
+impl ReadStats {
+    /// Shortest hedge delay: below it, a loaded machine's scheduling noise
+    /// alone would send reads to every replica.
+    const MIN_HEDGE: Duration = Duration::from_millis(5);
+    /// Longest hedge delay, however slow peers have been.
+    const MAX_HEDGE: Duration = Duration::from_secs(1);
+
+    /// Counts a peer's answer that took `took`.
+    fn observe(&self, took: Duration) {
+        let took = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        // A mean over about the last 16 answers.
+        let _ = self
+            .mean_us
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |mean| {
+                Some(if mean == 0 {
+                    took
+                } else {
+                    mean - mean / 16 + took / 16
+                })
+            });
+    }
+
+    /// How long a read waits for its first replicas before asking the
+    /// others: three times the mean answer, so that only a replica far
+    /// slower than usual (stopped, starved) is worked around, and a
+    /// cluster slow all over (overloaded) does not double its reads.
+    fn hedge_delay(&self) -> Duration {
+        let mean = Duration::from_micros(self.mean_us.load(Ordering::Relaxed));
+        (mean * 3).clamp(Self::MIN_HEDGE, Self::MAX_HEDGE)
+    }
+
+    /// Whether the read being planned is one of every `every` that asks all
+    /// the replicas (1: each one; 0: none).
+    fn full_read_due(&self, every: u64) -> bool {
+        let n = self.count.fetch_add(1, Ordering::Relaxed);
+        every != 0 && n.is_multiple_of(every)
+    }
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+
+    #[test]
+    fn the_hedge_delay_follows_the_mean_answer_within_its_bounds() {
+        let stats = ReadStats::default();
+        assert_eq!(stats.hedge_delay(), ReadStats::MIN_HEDGE);
+        for _ in 0..200 {
+            stats.observe(Duration::from_millis(10));
+        }
+        let delay = stats.hedge_delay();
+        assert!(
+            delay > Duration::from_millis(29) && delay <= Duration::from_millis(30),
+            "{delay:?}"
+        );
+        stats.observe(Duration::from_secs(60));
+        assert_eq!(stats.hedge_delay(), ReadStats::MAX_HEDGE);
+        for _ in 0..400 {
+            stats.observe(Duration::from_micros(100));
+        }
+        assert_eq!(stats.hedge_delay(), ReadStats::MIN_HEDGE);
+    }
+
+    #[test]
+    fn one_read_in_every_asks_all() {
+        let stats = ReadStats::default();
+        let full = (0..30).filter(|_| stats.full_read_due(10)).count();
+        assert_eq!(full, 3);
+        assert!((0..5).all(|_| stats.full_read_due(1)));
+        assert!((0..5).all(|_| !stats.full_read_due(0)));
     }
 }

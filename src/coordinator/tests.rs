@@ -49,8 +49,13 @@ fn peers(members: usize) -> Vec<PeerState> {
 }
 
 /// `fakes` replicas; the coordinator's ring has the first `members` of
-/// them with N = `n`.
+/// them with N = `n`. Reads ask R replicas (no full reads).
 fn cluster(fakes: usize, members: usize, n: usize) -> Cluster {
+    cluster_with(fakes, members, n, 0)
+}
+
+/// As [`cluster`], one read in `full_read_every` asking all replicas.
+fn cluster_with(fakes: usize, members: usize, n: usize, full_read_every: u64) -> Cluster {
     let membership = Arc::new(FixedMembership::new(peers(members), n));
     let replicas: Vec<Arc<FakeReplica>> = (0..fakes)
         .map(|i| FakeReplica::new(&node(i)).unwrap())
@@ -76,6 +81,7 @@ fn cluster(fakes: usize, members: usize, n: usize) -> Cluster {
             max_value_size: 1 << 30,
             hints: true,
             ring_fence: true,
+            full_read_every,
         },
     );
     Cluster {
@@ -292,6 +298,162 @@ async fn a_read_returns_the_newest_version_and_repairs_the_stale_replica() {
     ));
     assert!(c.replicas[0].writes().is_empty());
     assert!(c.replicas[1].writes().is_empty());
+}
+
+/// The reads each replica was sent: (replica, with its value).
+fn reads(c: &Cluster) -> Vec<(usize, bool)> {
+    let mut reads = Vec::new();
+    for (i, replica) in c.replicas.iter().enumerate() {
+        for call in replica.calls() {
+            if let Call::Read { with_value, .. } = call {
+                reads.push((i, with_value));
+            }
+        }
+    }
+    reads
+}
+
+/// The key's replicas in preference order, as indexes into `c.replicas`.
+fn preference(c: &Cluster, key: &str) -> Vec<usize> {
+    c.membership
+        .ring()
+        .nodes_of(key.as_bytes())
+        .iter()
+        .map(|n| (0..c.replicas.len()).find(|i| node(*i) == *n).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_read_asks_r_replicas_one_for_the_value_and_the_other_for_its_record() {
+    let c = cluster(3, 3, 3);
+    c.coordinator
+        .put_bytes("k", Bytes::from_static(b"v"), Expiry::Never, Quorum::All)
+        .await
+        .unwrap();
+    let read = c.coordinator.get("k", Quorum::Majority).await.unwrap();
+    assert_eq!(read.value.as_deref(), Some(&b"v"[..]));
+    let order = preference(&c, "k");
+    let mut sent = reads(&c);
+    sent.sort();
+    let mut expected = vec![(order[0], true), (order[1], false)];
+    expected.sort();
+    assert_eq!(sent, expected);
+    // With R = N every replica is asked, still one for the value.
+    c.coordinator.get("k", Quorum::All).await.unwrap();
+    assert_eq!(reads(&c).iter().filter(|(_, v)| *v).count(), 2);
+    assert_eq!(reads(&c).len(), 5);
+}
+
+#[tokio::test]
+async fn a_read_whose_value_sender_is_stale_fetches_the_value_from_a_replica_holding_the_newest() {
+    let c = cluster(3, 3, 3);
+    let order = preference(&c, "k");
+    let (old, new) = (version_in(0), version_in(1));
+    for (rank, i) in order.iter().enumerate() {
+        let (version, value) = if rank == 0 {
+            (old, "old")
+        } else {
+            (new, "new")
+        };
+        c.replicas[*i]
+            .store()
+            .write_whole(record("k", version, value.as_bytes()), Bytes::from(value))
+            .unwrap();
+    }
+    let read = c.coordinator.get("k", Quorum::Majority).await.unwrap();
+    assert_eq!(read.meta.version(), new);
+    assert_eq!(read.value.as_deref(), Some(&b"new"[..]));
+    assert_eq!(read.sources, vec![node(order[1])]);
+    // The second replica was asked for the record, then for the value.
+    let second: Vec<bool> = reads(&c)
+        .into_iter()
+        .filter(|(i, _)| *i == order[1])
+        .map(|(_, v)| v)
+        .collect();
+    assert_eq!(second, vec![false, true]);
+    until("read repair of the stale replica", || {
+        c.replicas[order[0]].holds("k") == Some(new)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_value_fetched_after_the_quorum_may_be_newer_never_gone() {
+    let c = cluster(3, 3, 3);
+    let order = preference(&c, "k");
+    let (quorum, newer) = (version_in(0), version_in(1));
+    // The quorum saw `quorum` on the source; a write replaced it since.
+    c.replicas[order[1]]
+        .store()
+        .write_whole(record("k", newer, b"newer"), Bytes::from_static(b"newer"))
+        .unwrap();
+    let seen = record("k", quorum, b"seen");
+    let (held, value, from) = c
+        .coordinator
+        .fetch_inline(&seen, &[node(order[1])])
+        .await
+        .expect("the newer record");
+    assert_eq!(held.version(), newer);
+    assert_eq!(value.as_deref(), Some(&b"newer"[..]));
+    assert_eq!(from, node(order[1]));
+    // A source holding only an older record gives nothing.
+    c.replicas[order[2]]
+        .store()
+        .write_whole(record("k", quorum, b"seen"), Bytes::from_static(b"seen"))
+        .unwrap();
+    let later = record("k", version_in(2), b"later");
+    assert!(
+        c.coordinator
+            .fetch_inline(&later, &[node(order[2])])
+            .await
+            .is_none()
+    );
+}
+
+#[tokio::test]
+async fn a_read_whose_first_replicas_are_slow_asks_the_others_after_the_hedge_delay() {
+    let c = cluster(3, 3, 3);
+    c.coordinator
+        .put_bytes("k", Bytes::from_static(b"v"), Expiry::Never, Quorum::All)
+        .await
+        .unwrap();
+    let order = preference(&c, "k");
+    // The replica asked for the record never answers while the gate is open.
+    let gate = Arc::new(Semaphore::new(0));
+    c.replicas[order[1]].set_faults(held(&gate));
+    let read = c.coordinator.get("k", Quorum::Majority).await.unwrap();
+    assert_eq!(read.value.as_deref(), Some(&b"v"[..]));
+    assert!(reads(&c).contains(&(order[2], true)), "{:?}", reads(&c));
+    gate.close();
+    // A failed replica is worked around at once: no hedge delay to wait.
+    c.replicas[order[1]].set_faults(failing());
+    let read = c.coordinator.get("k", Quorum::Majority).await.unwrap();
+    assert_eq!(read.value.as_deref(), Some(&b"v"[..]));
+}
+
+#[tokio::test]
+async fn one_read_in_every_full_read_every_asks_all_replicas_and_repairs_one_a_quorum_leaves_out() {
+    let c = cluster_with(3, 3, 3, 2);
+    let order = preference(&c, "k");
+    let (old, new) = (version_in(0), version_in(1));
+    for (rank, i) in order.iter().enumerate() {
+        let version = if rank == 2 { old } else { new };
+        c.replicas[*i]
+            .store()
+            .write_whole(record("k", version, b"v"), Bytes::from_static(b"v"))
+            .unwrap();
+    }
+    // The first read is a full one: the third replica is read too (after
+    // the quorum, by read repair) and repaired.
+    c.coordinator.get("k", Quorum::Majority).await.unwrap();
+    until("read repair of the replica left out of the quorum", || {
+        c.replicas[order[2]].holds("k") == Some(new)
+    })
+    .await;
+    assert_eq!(reads(&c).len(), 3);
+    // The next asks R.
+    c.coordinator.get("k", Quorum::Majority).await.unwrap();
+    assert_eq!(reads(&c).len(), 5);
 }
 
 #[tokio::test]

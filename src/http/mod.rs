@@ -34,9 +34,27 @@ use crate::metrics::Metrics;
 use crate::ring::NodeId;
 use crate::storage::Store;
 
-/// What every handler may use.
+/// What every handler may use: one `Arc`, cloned for each request.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    /// The state of a node's handlers.
+    pub fn new(shared: Shared) -> AppState {
+        AppState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// The parts of [`AppState`].
+pub struct Shared {
     /// This node.
     pub node: NodeId,
     /// Quorum reads and writes.

@@ -66,6 +66,8 @@ pub enum Call {
     Read {
         /// The key.
         key: String,
+        /// Whether the value was asked for too (else the record alone).
+        with_value: bool,
     },
     /// A value stream of this key.
     ReadStream {
@@ -217,6 +219,7 @@ impl FakeReplica {
     ) -> Result<ReadReply> {
         let call = Call::Read {
             key: key.to_string(),
+            with_value: inline_max > 0,
         };
         self.admit(call, key, fence.as_ref()).await?;
         self.local.read(key, inline_max).await
