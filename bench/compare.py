@@ -92,7 +92,7 @@ def oha(jobs, duration, servers):
             latencies.append(float(fields[4]) * 1000)
     elapsed, server, other = measured.stop()
     if failed:
-        sys.exit(f"answers other than 2xx: {failed}")
+        sys.exit(f"answers other than 2xx to {jobs[0][0]} {jobs[0][1]}...: {failed}")
     latencies.sort()
     ops = len(latencies)
     return (ops / elapsed, percentile(latencies, 0.5), percentile(latencies, 0.99),
