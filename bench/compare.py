@@ -7,8 +7,10 @@ side by side; each workload drives one of them at a time with the same
 concurrency (64 connections), value size (100 bytes) and duration:
 
 - HTTP, with oha, its connections spread over the three nodes: PUT of
-  fresh keys, GET of 9,000 stored keys, a 50/50 mix of the two, and PUT on
-  a cluster started with --fsync;
+  fresh keys, GET of 9,000 stored keys, the same GET with R = 1 (the
+  coordinator's own copy alone: next to GET, what a replica call to a peer
+  costs), a 50/50 mix of PUT and GET, and PUT on a cluster started with
+  --fsync;
 - RESP, with redis-benchmark --cluster, against ringkv's RESP ports and
   against Redis: SET and GET over 10,000 keys, unpipelined (P = 1) and
   16 commands a pipeline (P = 16).
@@ -192,6 +194,10 @@ def main():
                        capture_output=True, check=True)
         rows["GET"] = oha(spread("GET", f"/keys/{GET_KEYS}", CONCURRENCY, RINGKV_PORT),
                           duration, nodes)
+        # R = 1 reads this node's own copy alone: next to GET, what the
+        # replica call to a peer costs.
+        rows["GET r=1"] = oha(spread("GET", f"/keys/{GET_KEYS}\\?r=1", CONCURRENCY, RINGKV_PORT),
+                              duration, nodes)
         half = CONCURRENCY // 2
         rows["50/50 PUT+GET"] = oha(spread("PUT", fresh, half, RINGKV_PORT)
                                     + spread("GET", f"/keys/{GET_KEYS}", half, RINGKV_PORT),
@@ -225,8 +231,8 @@ def report(rows, duration):
     print("|---|---|---|---|---|---|---|---|---|---|")
     peers = {"PUT": "redis RESP SET P=1", "GET": "redis RESP GET P=1",
              "PUT --fsync": "redis RESP SET P=1"}
-    for name in ("PUT", "GET", "50/50 PUT+GET", "PUT --fsync", "RESP SET P=1", "RESP GET P=1",
-                 "RESP SET P=16", "RESP GET P=16"):
+    for name in ("PUT", "GET", "GET r=1", "50/50 PUT+GET", "PUT --fsync", "RESP SET P=1",
+                 "RESP GET P=1", "RESP SET P=16", "RESP GET P=16"):
         ours = rows[name]
         peer = rows.get(peers.get(name, "redis " + name))
         cells = [name, f"{ours[0]:,.0f}", f"{ours[1]:.2f} / {ours[2]:.2f} / {ours[3]:.2f}",

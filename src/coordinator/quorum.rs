@@ -510,15 +510,20 @@ mod tests {
         assert!(all.waves(|_| 0).1.is_empty());
     }
 
-    #[test]
-    fn a_first_wave_answering_whole_makes_the_read_in_every_set() {
-        let plan = ReadPlan {
+    /// A read of R = 2 of d, b, c while the last agreed ring gives a, b, c.
+    fn joint_read_plan() -> ReadPlan {
+        ReadPlan {
             replicas: ids(&["d:1", "b:1", "c:1"]),
             previous: ids(&["a:1", "b:1", "c:1"]),
             needed: 2,
             previous_needed: 2,
             gone: Vec::new(),
-        };
+        }
+    }
+
+    #[test]
+    fn a_first_wave_answering_whole_makes_the_read_in_every_set() {
+        let plan = joint_read_plan();
         for local in ["a:1", "b:1", "c:1", "d:1"] {
             let local = NodeId::parse(local).unwrap();
             let (first, rest) = plan.waves(|n| u8::from(*n != local));
@@ -532,13 +537,7 @@ mod tests {
 
     #[test]
     fn until_every_member_left_the_previous_ring_a_read_needs_r_of_its_replicas_too() {
-        let plan = ReadPlan {
-            replicas: ids(&["d:1", "b:1", "c:1"]),
-            previous: ids(&["a:1", "b:1", "c:1"]),
-            needed: 2,
-            previous_needed: 2,
-            gone: Vec::new(),
-        };
+        let plan = joint_read_plan();
         assert_eq!(plan.nodes().count(), 4);
         assert_eq!(plan.set_hashes().len(), 2);
         // d and a answered: one of each set, short in both.

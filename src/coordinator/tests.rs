@@ -300,6 +300,14 @@ async fn a_read_returns_the_newest_version_and_repairs_the_stale_replica() {
     assert!(c.replicas[1].writes().is_empty());
 }
 
+/// Writes `k` = `v` to every replica.
+async fn put_everywhere(c: &Cluster) {
+    c.coordinator
+        .put_bytes("k", Bytes::from_static(b"v"), Expiry::Never, Quorum::All)
+        .await
+        .unwrap();
+}
+
 /// The reads each replica was sent: (replica, with its value).
 fn reads(c: &Cluster) -> Vec<(usize, bool)> {
     let mut reads = Vec::new();
@@ -326,10 +334,7 @@ fn preference(c: &Cluster, key: &str) -> Vec<usize> {
 #[tokio::test]
 async fn a_read_asks_r_replicas_one_for_the_value_and_the_other_for_its_record() {
     let c = cluster(3, 3, 3);
-    c.coordinator
-        .put_bytes("k", Bytes::from_static(b"v"), Expiry::Never, Quorum::All)
-        .await
-        .unwrap();
+    put_everywhere(&c).await;
     let read = c.coordinator.get("k", Quorum::Majority).await.unwrap();
     assert_eq!(read.value.as_deref(), Some(&b"v"[..]));
     let order = preference(&c, "k");
@@ -413,10 +418,7 @@ async fn a_value_fetched_after_the_quorum_may_be_newer_never_gone() {
 #[tokio::test]
 async fn a_read_whose_first_replicas_are_slow_asks_the_others_after_the_hedge_delay() {
     let c = cluster(3, 3, 3);
-    c.coordinator
-        .put_bytes("k", Bytes::from_static(b"v"), Expiry::Never, Quorum::All)
-        .await
-        .unwrap();
+    put_everywhere(&c).await;
     let order = preference(&c, "k");
     // The replica asked for the record never answers while the gate is open.
     let gate = Arc::new(Semaphore::new(0));
@@ -459,10 +461,7 @@ async fn one_read_in_every_full_read_every_asks_all_replicas_and_repairs_one_a_q
 #[tokio::test]
 async fn a_read_meets_its_quorum_with_one_replica_down_and_not_with_two() {
     let c = cluster(3, 3, 3);
-    c.coordinator
-        .put_bytes("k", Bytes::from_static(b"v"), Expiry::Never, Quorum::All)
-        .await
-        .unwrap();
+    put_everywhere(&c).await;
     c.replicas[0].set_faults(failing());
     let read = c.coordinator.get("k", Quorum::Majority).await.unwrap();
     assert_eq!(read.value.as_deref(), Some(&b"v"[..]));
